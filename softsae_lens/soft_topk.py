@@ -1,0 +1,310 @@
+"""Differentiable Soft Top-K (the LapSum operator) in pure PyTorch.
+
+For a row ``x`` of ``n`` values, a target ``k`` in ``(0, n)`` and a Laplace scale ``alpha > 0``,
+``soft_topk`` returns weights ``w_i = F((x_i - t) / alpha)`` where ``F`` is the standard Laplace CDF
+and ``t`` is the unique threshold with ``sum_i w_i = k``. As ``alpha -> 0`` the weights tend to the
+0/1 mask of the ``k`` largest entries.
+
+How the threshold is found (exactly, no iteration on ``t``):
+
+* On the segment ``s_{m+1} <= t <= s_m`` of the descending-sorted row, the sum is
+  ``m - (A/2) u + (B/2) / u`` with ``u = exp((t - r) / alpha)`` for a reference point ``r``:
+  a quadratic in ``u`` whose positive root is taken in the cancellation-free form.
+* Only the top ``M`` entries need sorting: everything below ``s_M`` lies below ``t`` once
+  ``t >= s_M`` and contributes ``exp((x_i - t) / alpha) / 2`` each, which one reduction over
+  the row (the "tail sum") accounts for exactly. ``M`` starts just above ``k`` and grows only
+  for the rows where ``t`` falls below ``s_M`` (large ``alpha`` or ``k`` close to ``n``).
+* The small ``[rows, M]`` part runs in float64 and in log space, so ``alpha`` many orders of
+  magnitude below the row's spread neither overflows nor loses the threshold's precision.
+
+The backward pass uses the implicit-function-theorem gradients (no autograd through the
+solve). With ``z_i = (x_i - t) / alpha``, ``p_i = exp(-|z_i|) / 2`` and ``P = sum_i p_i``::
+
+    dL/dx_i   = (p_i / alpha) * (g_i - sum_j p_j g_j / P)
+    dL/dk     = sum_j p_j g_j / P
+    dL/dalpha = (1 / alpha) * (sum_j p_j g_j * sum_j p_j z_j / P - sum_j p_j g_j z_j)
+
+Ratios of ``p`` are formed relative to the row's largest ``p`` so that a threshold sitting in a
+gap many ``alpha`` wide (where every ``p_i`` underflows) still gives a finite ``dL/dk``.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+
+__all__ = ["soft_topk", "laplace_cdf"]
+
+# Extra candidates sorted beyond ceil(k) on the first try; rows that need more get 4x as many.
+_CANDIDATE_PADDING = 32
+_CANDIDATE_GROWTH = 4
+
+
+def laplace_cdf(z: torch.Tensor) -> torch.Tensor:
+    """Standard Laplace CDF, ``1 - exp(-z)/2`` for ``z >= 0`` and ``exp(z)/2`` below."""
+    return _laplace_cdf_(z.clone())
+
+
+def _exp_floor(dtype: torch.dtype) -> float:
+    """Smallest exponent whose ``exp`` is still a normal number of ``dtype``.
+
+    Vectorised ``exp`` takes a slow path (about 8x) for arguments that underflow; clamping at
+    this floor first changes results only below the dtype's smallest normal number.
+    """
+    return math.log(torch.finfo(dtype).tiny) + 1.0
+
+
+def _laplace_cdf_(z: torch.Tensor) -> torch.Tensor:
+    """In-place Laplace CDF of ``z`` (one scratch tensor).
+
+    ``F(z) = e + H(z) (1 - 2e)`` with ``e = exp(-|z|)/2`` and ``H`` the step function, so the
+    lower side is ``e`` itself, accurate to the last bit even for tiny weights. In-place ops,
+    because at SAE sizes each fresh full-size tensor costs more than the arithmetic.
+    """
+    half_tail = z.abs().neg_().clamp_min_(_exp_floor(z.dtype)).exp_().mul_(0.5)
+    step = torch.heaviside(z, torch.ones((), dtype=z.dtype, device=z.device), out=z)
+    return torch.addcmul(step, step, half_tail, value=-2.0, out=step).add_(half_tail)
+
+
+def _threshold_from_top_candidates(
+    top: torch.Tensor, log_tail: torch.Tensor, k: torch.Tensor, alpha: float, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve for the threshold using the ``M`` largest entries of each row.
+
+    Args:
+        top: ``[R, M]`` float64, each row sorted descending.
+        log_tail: ``[R]`` float64, ``log sum_{i not in top} exp((x_i - top[:, -1]) / alpha)``
+            (``-inf`` when nothing is left out).
+        k: ``[R]`` float64 targets.
+        alpha: the Laplace scale.
+        n: the full row length.
+
+    Returns:
+        ``(t, ok)``: the float64 threshold per row and whether it lies at or above ``top[:, -1]``
+        (only then is the answer exact; rows with ``ok == False`` need more candidates, unless
+        ``M == n``).
+    """
+    rows, m_top = top.shape
+    first = top[:, :1]
+    last = top[:, -1:]
+    # log sum_{j<=m} exp((s_1 - s_j)/alpha), then shifted to the reference s_m.
+    log_a = torch.logcumsumexp((first - top) / alpha, dim=1) - (first - top) / alpha
+    # log of sum_{j>m} exp((s_j - s_M)/alpha) (exclusive, top part plus tail), then shifted to s_m.
+    up = (top - last) / alpha
+    rev_incl = torch.logcumsumexp(up.flip(1), dim=1).flip(1)
+    excl_top = torch.cat([rev_incl[:, 1:], rev_incl.new_full((rows, 1), -math.inf)], dim=1)
+    log_b = torch.logaddexp(excl_top, log_tail[:, None]) - up
+    # Sum of weights with t placed exactly at s_m, for m = 1..M; non-decreasing in m.
+    counts = torch.arange(1, m_top + 1, dtype=top.dtype, device=top.device)
+    sum_at = counts - 0.5 * log_a.exp() + 0.5 * log_b.exp()
+    segment = (sum_at <= k[:, None]).sum(dim=1)  # t lies in [s_{m+1}, s_m] with m = segment
+    ok = (segment < m_top) | (m_top == n)
+
+    # Segment m (1-based) uses reference r = s_m; segment 0 (t above the max) uses r = s_1, A = 0.
+    # Everything stays in log space: across a gap many alpha wide, A*B underflows while the
+    # root u = sqrt(B/A) is still an ordinary number in log space.
+    idx = (segment - 1).clamp(min=0)[:, None]
+    ref = top.gather(1, idx).squeeze(1)
+    log_a_m = log_a.gather(1, idx).squeeze(1)
+    log_b_m = log_b.gather(1, idx).squeeze(1)
+    above_max = segment == 0
+    log_a_m = torch.where(above_max, torch.full_like(log_a_m, -math.inf), log_a_m)
+    log_b_m = torch.where(above_max, torch.logaddexp(log_b_m, torch.zeros_like(log_b_m)), log_b_m)
+    d = segment.to(top.dtype) - k
+    log_abs_d = d.abs().log()
+    # log sqrt(d^2 + A B)
+    log_disc = 0.5 * torch.logaddexp(2.0 * log_abs_d, log_a_m + log_b_m)
+    # Positive root of A u^2 - 2 d u - B = 0, in whichever form avoids cancellation:
+    # u = (d + disc) / A for d >= 0, u = B / (disc - d) for d < 0.
+    log_u = torch.where(
+        d >= 0,
+        torch.logaddexp(log_abs_d, log_disc) - log_a_m,
+        log_b_m - torch.logaddexp(log_abs_d, log_disc),
+    )
+    return ref + alpha * log_u, ok
+
+
+def _log_tail_sums(rows: torch.Tensor, last: torch.Tensor, alpha: float, m_top: int,
+                   scratch: torch.Tensor) -> torch.Tensor:
+    """``log sum_{i not in top-M} exp((x_i - s_M) / alpha)`` per row, in one pass over ``rows``.
+
+    Every top-M entry is ``>= s_M`` and contributes exactly ``exp(0) = 1`` to the clamped sum, so
+    subtracting ``M`` leaves the tail, entries tied with ``s_M`` outside the top M included.
+    """
+    torch.sub(rows, last, out=scratch).mul_(1.0 / alpha)
+    scratch.clamp_(_exp_floor(rows.dtype), 0.0).exp_()
+    tail = scratch.sum(dim=1).double() - m_top
+    return tail.clamp_min_(0.0).log()
+
+
+def _solve_threshold(x: torch.Tensor, k: torch.Tensor, alpha: float,
+                     scratch: torch.Tensor) -> torch.Tensor:
+    """Exact threshold per row of ``x`` ``[R, n]`` (``k`` float64 ``[R]``); float64 ``[R]``.
+
+    ``scratch`` is a tensor like ``x`` that may be overwritten.
+    """
+    rows, n = x.shape
+    t = torch.empty(rows, dtype=torch.float64, device=x.device)
+    pending = torch.arange(rows, device=x.device)
+    m_top = min(n, int(math.ceil(float(k.max()))) + _CANDIDATE_PADDING)
+    # A tail whose total contribution is below this (relative to k) is below rounding.
+    tolerance = torch.finfo(x.dtype).eps
+    while pending.numel() > 0:
+        every_row = pending.numel() == rows
+        xs = x if every_row else x.index_select(0, pending)
+        ks = k if every_row else k.index_select(0, pending)
+        top = xs.topk(m_top, dim=1, sorted=True).values
+        top64 = top.double()
+        no_tail = torch.full((xs.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
+        t_rows, ok = _threshold_from_top_candidates(top64, no_tail, ks, alpha, n)
+        if m_top < n:
+            # Each left-out entry is <= s_M <= t, so it adds at most exp((s_M - t)/alpha)/2.
+            tail_bound = 0.5 * (n - m_top) * torch.exp((top64[:, -1] - t_rows) / alpha)
+            needs_tail = ~(ok & (tail_bound <= tolerance * ks))
+            if bool(needs_tail.any()):
+                sel = needs_tail.nonzero().squeeze(1)
+                all_sel = sel.numel() == xs.shape[0]
+                sub_rows = xs if all_sel else xs.index_select(0, sel)
+                sub_scratch = scratch[: sel.numel()] if every_row else torch.empty_like(sub_rows)
+                log_tail = _log_tail_sums(sub_rows, top[sel, -1:], alpha, m_top, sub_scratch)
+                t_sel, ok_sel = _threshold_from_top_candidates(
+                    top64.index_select(0, sel), log_tail, ks.index_select(0, sel), alpha, n)
+                t_rows = t_rows.index_copy(0, sel, t_sel)
+                ok = ok.index_copy(0, sel, ok_sel)
+        t[pending[ok]] = t_rows[ok]
+        pending = pending[~ok]
+        m_top = min(n, m_top * _CANDIDATE_GROWTH)
+    return t
+
+
+def _scaled_distance(x: torch.Tensor, t: torch.Tensor, alpha: float, out: torch.Tensor) -> torch.Tensor:
+    """``z = (x - t) / alpha`` into ``out``, with the float64 ``t`` split into two parts of
+    ``x``'s dtype so its rounding does not move entries near the threshold."""
+    t_hi = t.to(x.dtype)
+    t_lo = (t - t_hi.double()).to(x.dtype)
+    return torch.sub(x, t_hi[:, None], out=out).sub_(t_lo[:, None]).mul_(1.0 / alpha)
+
+
+class SoftTopKFunction(torch.autograd.Function):
+    """LapSum Soft Top-K on ``[R, n]`` rows with exact implicit gradients.
+
+    forward(x [R, n] float32/float64, k [R] same dtype, alpha 0-dim tensor) -> w [R, n], with
+    ``w_i = F((x_i - t) / alpha)`` and ``sum_i w_i = k`` per row. Use :func:`soft_topk`, which
+    validates and reshapes its arguments; this class assumes they are already valid.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, k: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        alpha_value = float(alpha)
+        w = torch.empty_like(x)  # also the scratch for the tail sums
+        t = _solve_threshold(x, k.double(), alpha_value, scratch=w)
+        _laplace_cdf_(_scaled_distance(x, t, alpha_value, out=w))
+        ctx.save_for_backward(x, t, alpha)
+        return w
+
+    @staticmethod
+    def backward(ctx, grad_w: torch.Tensor):
+        x, t, alpha = ctx.saved_tensors
+        alpha_value = float(alpha)
+        need_x, need_k, need_alpha = ctx.needs_input_grad
+        grad_w = grad_w.contiguous()
+        z = _scaled_distance(x, t, alpha_value, out=torch.empty_like(x)) if need_alpha else None
+        q = z.abs() if need_alpha else _scaled_distance(x, t, alpha_value, out=torch.empty_like(x)).abs_()
+        closest = q.amin(dim=1, keepdim=True)
+        # q = p / max(p) = exp(closest - |z|): well-scaled even where every p_i underflows.
+        q.sub_(closest).neg_().clamp_min_(_exp_floor(q.dtype)).exp_()
+        q_sum = q.sum(dim=1, keepdim=True)
+        weighted = torch.mul(q, grad_w)
+        mean_g = weighted.sum(dim=1, keepdim=True) / q_sum  # sum p g / P
+        p_scale = 0.5 * torch.exp(-closest)  # p = q * p_scale
+        grad_x = grad_k = grad_alpha = None
+        if need_alpha:
+            mean_z = (q * z).sum(dim=1, keepdim=True) / q_sum
+            mean_gz = (weighted.mul_(z)).sum(dim=1, keepdim=True) / q_sum
+            p_total = p_scale * q_sum
+            grad_alpha = ((p_total / alpha_value) * (mean_g * mean_z - mean_gz)).sum()
+            grad_alpha = grad_alpha.to(alpha.dtype).reshape(alpha.shape)
+        if need_x:
+            grad_x = torch.sub(grad_w, mean_g, out=weighted).mul_(q).mul_(p_scale / alpha_value)
+        if need_k:
+            grad_k = mean_g.squeeze(1)
+        return grad_x, grad_k, grad_alpha
+
+
+def _as_alpha_tensor(alpha, device: torch.device) -> torch.Tensor:
+    if isinstance(alpha, torch.Tensor):
+        if alpha.numel() != 1 or alpha.dim() != 0:
+            raise ValueError(
+                f"alpha must be a positive float or a 0-dim tensor, got a tensor of shape {tuple(alpha.shape)}"
+            )
+        value = float(alpha.detach())
+    elif isinstance(alpha, Real) and not isinstance(alpha, bool):
+        value = float(alpha)
+        alpha = torch.tensor(value, dtype=torch.float64, device=device)
+    else:
+        raise ValueError(f"alpha must be a positive float or a 0-dim tensor, got {type(alpha).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"alpha must be positive and finite, got alpha={value}")
+    return alpha
+
+
+def soft_topk(x: torch.Tensor, k, alpha) -> torch.Tensor:
+    """Differentiable Soft Top-K: weights in (0, 1) that sum to ``k`` along the last dim.
+
+    ``w_i = F((x_i - t) / alpha)`` with ``F`` the standard Laplace CDF and ``t`` the row's
+    threshold solving ``sum_i w_i = k`` (computed exactly, in closed form). Gradients with
+    respect to ``x``, ``k`` and a tensor ``alpha`` are the exact implicit ones.
+
+    Args:
+        x: float tensor ``[..., n]`` on any device. float16/bfloat16 are computed in float32
+            and the result cast back.
+        k: per-row targets, a Python number or a tensor broadcastable to ``x.shape[:-1]``;
+            every value must lie in the open interval ``(0, n)``.
+        alpha: the Laplace scale, a positive float or 0-dim tensor (smaller is harder; as
+            ``alpha -> 0`` the weights approach the 0/1 mask of the ``k`` largest entries).
+
+    Returns:
+        ``w`` with ``x``'s shape and dtype, ``0 < w < 1`` and ``w.sum(-1) == k``.
+
+    Raises:
+        ValueError: on non-finite ``x``, ``k`` outside ``(0, n)`` or not broadcastable,
+            or ``alpha`` that is not a positive finite scalar.
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {type(x).__name__}"
+                         + (f" of dtype {x.dtype}" if isinstance(x, torch.Tensor) else ""))
+    if x.dim() == 0 or x.shape[-1] == 0:
+        raise ValueError(f"x must have a non-empty last dimension, got shape {tuple(x.shape)}")
+    n = x.shape[-1]
+    if x.numel() > 0 and not bool(torch.isfinite(torch.stack(torch.aminmax(x))).all()):
+        raise ValueError("x contains NaN or inf; soft_topk needs finite inputs")
+    alpha_t = _as_alpha_tensor(alpha, x.device)
+
+    compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if isinstance(k, torch.Tensor):
+        k_t = k.to(device=x.device, dtype=compute_dtype)
+    elif isinstance(k, Real) and not isinstance(k, bool):
+        k_t = torch.tensor(float(k), dtype=compute_dtype, device=x.device)
+    else:
+        raise ValueError(f"k must be a number or a tensor, got {type(k).__name__}")
+    batch_shape = x.shape[:-1]
+    try:
+        k_t = k_t.expand(batch_shape) if k_t.dim() <= len(batch_shape) else None
+    except RuntimeError:
+        k_t = None
+    if k_t is None:
+        raise ValueError(
+            f"k of shape {tuple(k.shape)} is not broadcastable to x.shape[:-1] = {tuple(batch_shape)}"
+        )
+    k_detached = k_t.detach()
+    if k_detached.numel() > 0 and not bool(((k_detached > 0) & (k_detached < n)).all()):
+        bad = k_detached[~((k_detached > 0) & (k_detached < n))].flatten()[0].item()
+        raise ValueError(f"k must lie in the open interval (0, n) = (0, {n}), got k={bad}")
+
+    rows = x.reshape(-1, n).to(compute_dtype)
+    if rows.shape[0] == 0:
+        return torch.empty_like(x)
+    w = SoftTopKFunction.apply(rows, k_t.reshape(-1), alpha_t)
+    return w.reshape(x.shape).to(x.dtype)
