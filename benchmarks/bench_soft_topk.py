@@ -50,9 +50,23 @@ def _post_relu_input(rows: int, n: int, device: torch.device) -> torch.Tensor:
 def _peak_extra_bytes(args: argparse.Namespace, alpha: float) -> int:
     """Run one forward+backward in a fresh process and return its peak extra memory."""
     out = subprocess.run(
-        [sys.executable, __file__, "--measure-memory", str(alpha), "--rows", str(args.rows),
-         "--n", str(args.n), "--k", str(args.k), "--device", args.device],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            __file__,
+            "--measure-memory",
+            str(alpha),
+            "--rows",
+            str(args.rows),
+            "--n",
+            str(args.n),
+            "--k",
+            str(args.k),
+            "--device",
+            args.device,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return int(out.stdout.strip().splitlines()[-1])
 
@@ -89,11 +103,15 @@ def _peak_rss_kib() -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=4096)
     parser.add_argument("--n", type=int, default=16384)
     parser.add_argument("--k", type=float, default=32.0)
-    parser.add_argument("--d-model", type=int, default=768, help="inner size of the yardstick matmul")
+    parser.add_argument(
+        "--d-model", type=int, default=768, help="inner size of the yardstick matmul"
+    )
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 1e-2, 1e-4])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -126,29 +144,39 @@ def main() -> None:
         fwd_bwd_s = _median_seconds(forward_backward, args.repeats, device)
         w = forward()
         row_err = ((w.double().sum(-1) - args.k).abs() / args.k).max().item()
-        results.append({
-            "alpha": alpha,
-            "forward_s": round(fwd_s, 4),
-            "forward_backward_s": round(fwd_bwd_s, 4),
-            "forward_backward_over_matmul": round(fwd_bwd_s / matmul_s, 3),
-            "peak_extra_memory_mib": round(_peak_extra_bytes(args, alpha) / 2**20, 1),
-            "max_row_sum_rel_error": row_err,
-        })
+        results.append(
+            {
+                "alpha": alpha,
+                "forward_s": round(fwd_s, 4),
+                "forward_backward_s": round(fwd_bwd_s, 4),
+                "forward_backward_over_matmul": round(fwd_bwd_s / matmul_s, 3),
+                "peak_extra_memory_mib": round(_peak_extra_bytes(args, alpha) / 2**20, 1),
+                "max_row_sum_rel_error": row_err,
+            }
+        )
         del leaf, w
 
-    print(json.dumps({
-        "benchmark": "soft_topk",
-        "device": str(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "rows": args.rows, "n": args.n, "k": args.k, "dtype": "float32",
-        "input": "relu(randn): about half the entries exactly zero",
-        "matmul_yardstick": f"({args.rows}x{args.d_model}) @ ({args.d_model}x{args.n})",
-        "matmul_s": round(matmul_s, 4),
-        "input_mib": round(x.numel() * 4 / 2**20, 1),
-        "target": "forward_backward_over_matmul <= 2.5 for every alpha",
-        "results": results,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "soft_topk",
+                "device": str(device),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "rows": args.rows,
+                "n": args.n,
+                "k": args.k,
+                "dtype": "float32",
+                "input": "relu(randn): about half the entries exactly zero",
+                "matmul_yardstick": f"({args.rows}x{args.d_model}) @ ({args.d_model}x{args.n})",
+                "matmul_s": round(matmul_s, 4),
+                "input_mib": round(x.numel() * 4 / 2**20, 1),
+                "target": "forward_backward_over_matmul <= 2.5 for every alpha",
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

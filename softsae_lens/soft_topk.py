@@ -126,8 +126,9 @@ def _threshold_from_top_candidates(
     return ref + alpha * log_u, ok
 
 
-def _log_tail_sums(rows: torch.Tensor, last: torch.Tensor, alpha: float, m_top: int,
-                   scratch: torch.Tensor) -> torch.Tensor:
+def _log_tail_sums(
+    rows: torch.Tensor, last: torch.Tensor, alpha: float, m_top: int, scratch: torch.Tensor
+) -> torch.Tensor:
     """``log sum_{i not in top-M} exp((x_i - s_M) / alpha)`` per row, in one pass over ``rows``.
 
     Every top-M entry is ``>= s_M`` and contributes exactly ``exp(0) = 1`` to the clamped sum, so
@@ -139,8 +140,9 @@ def _log_tail_sums(rows: torch.Tensor, last: torch.Tensor, alpha: float, m_top: 
     return tail.clamp_min_(0.0).log()
 
 
-def _solve_threshold(x: torch.Tensor, k: torch.Tensor, alpha: float,
-                     scratch: torch.Tensor) -> torch.Tensor:
+def _solve_threshold(
+    x: torch.Tensor, k: torch.Tensor, alpha: float, scratch: torch.Tensor
+) -> torch.Tensor:
     """Exact threshold per row of ``x`` ``[R, n]`` (``k`` float64 ``[R]``); float64 ``[R]``.
 
     ``scratch`` is a tensor like ``x`` that may be overwritten.
@@ -170,7 +172,8 @@ def _solve_threshold(x: torch.Tensor, k: torch.Tensor, alpha: float,
                 sub_scratch = scratch[: sel.numel()] if every_row else torch.empty_like(sub_rows)
                 log_tail = _log_tail_sums(sub_rows, top[sel, -1:], alpha, m_top, sub_scratch)
                 t_sel, ok_sel = _threshold_from_top_candidates(
-                    top64.index_select(0, sel), log_tail, ks.index_select(0, sel), alpha, n)
+                    top64.index_select(0, sel), log_tail, ks.index_select(0, sel), alpha, n
+                )
                 t_rows = t_rows.index_copy(0, sel, t_sel)
                 ok = ok.index_copy(0, sel, ok_sel)
         t[pending[ok]] = t_rows[ok]
@@ -179,7 +182,9 @@ def _solve_threshold(x: torch.Tensor, k: torch.Tensor, alpha: float,
     return t
 
 
-def _scaled_distance(x: torch.Tensor, t: torch.Tensor, alpha: float, out: torch.Tensor) -> torch.Tensor:
+def _scaled_distance(
+    x: torch.Tensor, t: torch.Tensor, alpha: float, out: torch.Tensor
+) -> torch.Tensor:
     """``z = (x - t) / alpha`` into ``out``, with the float64 ``t`` split into two parts of
     ``x``'s dtype so its rounding does not move entries near the threshold."""
     t_hi = t.to(x.dtype)
@@ -211,7 +216,11 @@ class SoftTopKFunction(torch.autograd.Function):
         need_x, need_k, need_alpha = ctx.needs_input_grad
         grad_w = grad_w.contiguous()
         z = _scaled_distance(x, t, alpha_value, out=torch.empty_like(x)) if need_alpha else None
-        q = z.abs() if need_alpha else _scaled_distance(x, t, alpha_value, out=torch.empty_like(x)).abs_()
+        q = (
+            z.abs()
+            if need_alpha
+            else _scaled_distance(x, t, alpha_value, out=torch.empty_like(x)).abs_()
+        )
         closest = q.amin(dim=1, keepdim=True)
         # q = p / max(p) = exp(closest - |z|): well-scaled even where every p_i underflows.
         q.sub_(closest).neg_().clamp_min_(_exp_floor(q.dtype)).exp_()
@@ -244,7 +253,9 @@ def _as_alpha_tensor(alpha, device: torch.device) -> torch.Tensor:
         value = float(alpha)
         alpha = torch.tensor(value, dtype=torch.float64, device=device)
     else:
-        raise ValueError(f"alpha must be a positive float or a 0-dim tensor, got {type(alpha).__name__}")
+        raise ValueError(
+            f"alpha must be a positive float or a 0-dim tensor, got {type(alpha).__name__}"
+        )
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"alpha must be positive and finite, got alpha={value}")
     return alpha
@@ -273,8 +284,10 @@ def soft_topk(x: torch.Tensor, k, alpha) -> torch.Tensor:
             or ``alpha`` that is not a positive finite scalar.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor, got {type(x).__name__}"
-                         + (f" of dtype {x.dtype}" if isinstance(x, torch.Tensor) else ""))
+        raise ValueError(
+            f"x must be a floating-point tensor, got {type(x).__name__}"
+            + (f" of dtype {x.dtype}" if isinstance(x, torch.Tensor) else "")
+        )
     if x.dim() == 0 or x.shape[-1] == 0:
         raise ValueError(f"x must have a non-empty last dimension, got shape {tuple(x.shape)}")
     n = x.shape[-1]

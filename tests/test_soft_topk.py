@@ -16,14 +16,16 @@ def reference_soft_topk(x: torch.Tensor, k: float, alpha: float) -> torch.Tensor
 
         def total(t, row=row):
             z = (row - t) / alpha
-            w = torch.where(z >= 0, 1 - 0.5 * torch.exp(-z.clamp(min=0)), 0.5 * torch.exp(z.clamp(max=0)))
+            w = torch.where(
+                z >= 0, 1 - 0.5 * torch.exp(-z.clamp(min=0)), 0.5 * torch.exp(z.clamp(max=0))
+            )
             return w.sum().item()
 
         lo, hi = row.min().item() - 60 * alpha - 1, row.max().item() + 60 * alpha + 1
         while total(lo) < kk:
-            lo -= (hi - lo)
+            lo -= hi - lo
         while total(hi) > kk:
-            hi += (hi - lo)
+            hi += hi - lo
         for _ in range(200):
             mid = 0.5 * (lo + hi)
             if total(mid) > kk:
@@ -94,11 +96,15 @@ def test_gradcheck_post_relu_rows_with_ties(alpha):
     x[0, :3] = x[0, 5]  # ties among nonzeros; zeros tie as well
     x.requires_grad_()
     k = torch.tensor([3.0, 6.5], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: soft_topk(a, b, alpha), (x, k), eps=1e-7, atol=1e-5)
+    assert torch.autograd.gradcheck(
+        lambda a, b: soft_topk(a, b, alpha), (x, k), eps=1e-7, atol=1e-5
+    )
 
 
 def test_gradient_matches_implicit_formula():
-    x = torch.randn(4, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    x = torch.randn(
+        4, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(6), requires_grad=True
+    )
     k = torch.full((4,), 5.0, dtype=torch.float64, requires_grad=True)
     alpha = 0.4
     w = soft_topk(x, k, alpha)
@@ -180,7 +186,9 @@ def test_dtype_round_trip(dtype):
 
 def test_laplace_cdf():
     z = torch.tensor([-800.0, -2.0, 0.0, 2.0, 800.0], dtype=torch.float64)
-    expected = torch.tensor([0.0, 0.5 * math.exp(-2), 0.5, 1 - 0.5 * math.exp(-2), 1.0], dtype=torch.float64)
+    expected = torch.tensor(
+        [0.0, 0.5 * math.exp(-2), 0.5, 1 - 0.5 * math.exp(-2), 1.0], dtype=torch.float64
+    )
     torch.testing.assert_close(laplace_cdf(z), expected, atol=1e-300, rtol=1e-12)
 
 
@@ -191,7 +199,10 @@ def test_laplace_cdf():
         (dict(k=10.0), r"k must lie in the open interval"),
         (dict(k=-1.0), r"k must lie in the open interval"),
         (dict(k=torch.tensor([1.0, 11.0, 2.0])), r"got k=11.0"),
-        (dict(k=torch.ones(4)), r"k of shape \(4,\) is not broadcastable to x.shape\[:-1\] = \(3,\)"),
+        (
+            dict(k=torch.ones(4)),
+            r"k of shape \(4,\) is not broadcastable to x.shape\[:-1\] = \(3,\)",
+        ),
         (dict(k=torch.ones(2, 3)), r"not broadcastable"),
         (dict(alpha=0.0), r"alpha must be positive and finite, got alpha=0.0"),
         (dict(alpha=-1.0), r"alpha must be positive"),
