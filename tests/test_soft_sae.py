@@ -1,0 +1,589 @@
+import copy
+import importlib
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import CONTEXT, D_MODEL, token_dataset
+from sae_lens import (
+    SAE,
+    LanguageModelSAERunnerConfig,
+    LanguageModelSAETrainingRunner,
+    LoggingConfig,
+    TrainingSAE,
+)
+from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig, TrainStepInput
+
+import softsae_lens
+from softsae_lens import (
+    SoftSAE,
+    SoftSAEConfig,
+    SoftTrainingSAE,
+    SoftTrainingSAEConfig,
+    configure_runner,
+)
+
+HOOK = "blocks.0.hook_resid_post"
+
+
+def make_training_sae(d_in=D_MODEL, d_sae=128, k=8, seed=0, **kwargs) -> SoftTrainingSAE:
+    """A training SoftSAE with non-trivial weights (so k_hat varies and norms are not 1)."""
+    torch.manual_seed(seed)
+    kwargs.setdefault("total_training_steps", 100)
+    sae = SoftTrainingSAE(SoftTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, **kwargs))
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(d_sae, 1) * 2 + 0.5)
+        sae.b_enc.normal_(0, 0.05)
+        sae.b_dec.normal_(0, 0.1)
+        sae.W_k_out.normal_(0, 0.5)
+        sae.b_k_in.normal_(0, 0.1)
+    sae.cfg.metadata.hook_name = HOOK
+    return sae
+
+
+def inference_copy(sae: SoftTrainingSAE, tmp_path) -> SoftSAE:
+    sae.save_inference_model(tmp_path / "inference")
+    return SAE.load_from_disk(tmp_path / "inference")
+
+
+def step_input(x, step=0, dead=None):
+    return TrainStepInput(
+        sae_in=x,
+        coefficients={},
+        dead_neuron_mask=dead,
+        n_training_steps=step,
+        is_logging_step=False,
+    )
+
+
+# ---------------------------------------------------------------- configs
+
+
+def test_defaults_follow_the_paper_where_measured():
+    cfg = SoftTrainingSAEConfig(d_in=64, d_sae=512, k=20)
+    assert cfg.k_max == 40.0 and cfg.k_estimator_width == 512 and cfg.k_target_start == 64.0
+    assert (
+        cfg.k_loss_coefficient == 1.0
+        and cfg.k_loss_beta == 5.0
+        and cfg.aux_loss_coefficient == 1 / 32
+    )
+    assert cfg.alpha_start == 1.0 and cfg.alpha_end < cfg.alpha_start
+    assert cfg.architecture() == "soft"
+
+
+def test_training_config_round_trip():
+    cfg = SoftTrainingSAEConfig(
+        d_in=16, d_sae=64, k=4, k_max=9.5, alpha_end=1e-3, total_training_steps=7
+    )
+    restored = TrainingSAEConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert isinstance(restored, SoftTrainingSAEConfig)
+    assert restored.to_dict() == cfg.to_dict()
+
+
+def test_inference_config_round_trip():
+    cfg = SoftSAEConfig(d_in=16, d_sae=64, k=4, k_rounding="floor")
+    restored = SAEConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert isinstance(restored, SoftSAEConfig) and restored.to_dict() == cfg.to_dict()
+    training = SoftTrainingSAEConfig(d_in=16, d_sae=64, k=4, k_max=6.0, k_rounding="floor")
+    inference = SAEConfig.from_dict(training.get_inference_sae_cfg_dict())
+    assert isinstance(inference, SoftSAEConfig)
+    assert (inference.k, inference.k_max, inference.k_rounding) == (4, 6.0, "floor")
+    details = inference.metadata.training_architecture_details
+    assert details["alpha_end"] == training.alpha_end and "k_max" not in details
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(k=0), r"k must be a positive integer .* got k=0"),
+        (dict(k=-3), r"k must be a positive integer"),
+        (dict(k=2.5), r"k must be a positive integer"),
+        (dict(k=100), r"k must be at most d_sae=64, got k=100"),
+        (dict(k_max=3.0), r"k_max must be >= k=4 .* got k_max=3.0"),
+        (dict(k_max=65.0), r"k_max must be <= d_sae=64, got k_max=65.0"),
+        (dict(k_rounding="ceil"), r"k_rounding must be 'round' or 'floor', got k_rounding='ceil'"),
+        (dict(alpha_end=2.0), r"alpha_end must be <= alpha_start=1.0 .* got alpha_end=2.0"),
+        (dict(alpha_end=0.0), r"alpha_end must be positive, got alpha_end=0.0"),
+        (dict(alpha_start=-1.0), r"alpha_start must be positive and finite"),
+        (dict(alpha_scale="auto"), r"alpha_scale must be 'absolute' or 'relative'"),
+        (
+            dict(hard_topk_fraction=1.0),
+            r"hard_topk_fraction must be in \[0, 1\), got hard_topk_fraction=1.0",
+        ),
+        (dict(k_anneal_fraction=1.5), r"k_anneal_fraction must be in \[0, 1\]"),
+        (dict(total_training_steps=0), r"total_training_steps must be a positive integer or None"),
+        (dict(k_target_start=2.0), r"k_target_start must be >= k=4"),
+        (dict(k_loss_beta=0.0), r"k_loss_beta must be > 0"),
+    ],
+)
+def test_bad_training_configs_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SoftTrainingSAEConfig(d_in=16, d_sae=64, **{"k": 4, **kwargs})
+
+
+def test_bad_inference_config_raises():
+    with pytest.raises(ValueError, match=r"k_max must be <= d_sae=8"):
+        SoftSAEConfig(d_in=4, d_sae=8, k=4, k_max=9.0)
+
+
+def test_registration_is_idempotent_and_survives_reload():
+    from sae_lens.registry import get_sae_class, get_sae_training_class
+
+    softsae_lens.register_soft_architecture()
+    importlib.reload(softsae_lens)
+    assert get_sae_class("soft")[0].__name__ == "SoftSAE"
+    assert get_sae_training_class("soft")[1].__name__ == "SoftTrainingSAEConfig"
+
+
+def test_registration_refuses_a_foreign_class():
+    from sae_lens.registry import SAE_CLASS_REGISTRY
+
+    saved = SAE_CLASS_REGISTRY["soft"]
+    SAE_CLASS_REGISTRY["soft"] = (torch.nn.Module, SoftSAEConfig)
+    try:
+        with pytest.raises(
+            ValueError, match="already registered to torch.nn.modules.module.Module"
+        ):
+            softsae_lens.register_soft_architecture()
+    finally:
+        SAE_CLASS_REGISTRY["soft"] = saved
+
+
+# ---------------------------------------------------------------- inference behaviour
+
+
+def test_predict_k_and_encode_select_round_k_hat_latents(tmp_path):
+    sae = inference_copy(make_training_sae(), tmp_path)
+    x = torch.randn(64, D_MODEL) * 3
+    k_hat = sae.predict_k(x)
+    assert k_hat.shape == (64,) and k_hat.dtype == torch.float32
+    assert k_hat.std() > 0  # the estimator is input dependent
+    acts = sae.encode(x)
+    pre = (sae.process_sae_in(x) @ sae.W_enc + sae.b_enc).relu()
+    expected_k = k_hat.round().clamp(1, sae.cfg.k_max).long()
+    for row in range(64):
+        top = pre[row].topk(int(expected_k[row])).indices
+        assert set(acts[row].nonzero().squeeze(-1).tolist()) <= set(top.tolist())
+        torch.testing.assert_close(acts[row, top], pre[row, top])
+    assert ((acts != 0).sum(-1) <= expected_k).all()
+
+
+def test_encode_on_batch_ctx_d_matches_flat(tmp_path):
+    sae = inference_copy(make_training_sae(), tmp_path)
+    x = torch.randn(3, 5, D_MODEL)
+    torch.testing.assert_close(sae.encode(x).reshape(15, -1), sae.encode(x.reshape(15, -1)))
+    assert sae.predict_k(x).shape == (3, 5)
+    assert sae(x).shape == x.shape
+
+
+def test_floor_rounding_reproduces_paper_inference(tmp_path):
+    sae = inference_copy(make_training_sae(), tmp_path)
+    x = torch.randn(32, D_MODEL)
+    k_hat = sae.predict_k(x)
+    sae.cfg.k_rounding = "floor"
+    assert torch.equal(sae.round_k(k_hat), k_hat.floor().clamp(1, sae.cfg.k_max).long())
+    sae.cfg.k_rounding = "round"
+    assert torch.equal(sae.round_k(k_hat), k_hat.round().clamp(1, sae.cfg.k_max).long())
+
+
+def test_hook_sae_k_can_be_read_and_replaced(tmp_path):
+    sae = inference_copy(make_training_sae(), tmp_path)
+    x = torch.randn(20, D_MODEL) * 3
+    seen = {}
+    sae.hook_sae_k.add_hook(lambda k, hook: seen.update(k=k.clone()))
+    sae.encode(x)
+    torch.testing.assert_close(seen["k"], sae.predict_k(x))
+    sae.reset_hooks()
+    sae.hook_sae_k.add_hook(lambda k, hook: torch.ones_like(k))
+    assert ((sae.encode(x) != 0).sum(-1) == 1).all()
+    sae.reset_hooks()
+
+
+def test_fold_activation_norm_scaling_factor_preserves_outputs(tmp_path):
+    sae = make_training_sae()
+    x = torch.randn(40, D_MODEL) * 5
+    s = 0.37
+    folded = copy.deepcopy(sae)
+    folded.fold_activation_norm_scaling_factor(s)
+    torch.testing.assert_close(folded.predict_k(x), sae.predict_k(x * s))
+    # with rescale_acts_by_decoder_norm the decoder norms shrink by s, so every latent
+    # shrinks by s (as in SAELens's TopK): same selection, same reconstruction
+    torch.testing.assert_close(folded.encode(x), sae.encode(x * s) / s, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(folded(x), sae(x * s) / s, atol=1e-5, rtol=1e-4)
+    # the inference copy saved after folding agrees too
+    loaded = inference_copy(folded, tmp_path)
+    torch.testing.assert_close(loaded(x), sae(x * s) / s, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("apply_b_dec_to_input", [True, False])
+def test_fold_activation_whitening_preserves_outputs(apply_b_dec_to_input):
+    sae = make_training_sae(
+        apply_b_dec_to_input=apply_b_dec_to_input, rescale_acts_by_decoder_norm=False
+    )
+    g = torch.Generator().manual_seed(1)
+    mean = torch.randn(D_MODEL, generator=g)
+    whitening = torch.randn(D_MODEL, D_MODEL, generator=g) / D_MODEL**0.5 + torch.eye(D_MODEL)
+    unwhitening = torch.linalg.inv(whitening)
+    x = torch.randn(30, D_MODEL, generator=g) * 2
+    z = (x - mean) @ whitening
+    folded = copy.deepcopy(sae)
+    folded.fold_activation_whitening(mean, whitening, unwhitening)
+    torch.testing.assert_close(folded.predict_k(x), sae.predict_k(z), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(folded.encode(x), sae.encode(z), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(folded(x), sae(z) @ unwhitening + mean, atol=1e-4, rtol=1e-4)
+
+
+def test_fold_w_dec_norm_behaves_like_topk():
+    sae = make_training_sae(rescale_acts_by_decoder_norm=False)
+    with pytest.raises(NotImplementedError, match="rescale_acts_by_decoder_norm is False"):
+        sae.fold_W_dec_norm()
+    sae = make_training_sae(rescale_acts_by_decoder_norm=True)
+    x = torch.randn(20, D_MODEL)
+    before = sae(x)
+    sae.fold_W_dec_norm()
+    torch.testing.assert_close(sae(x), before, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(sae.cfg.d_sae))
+
+
+# ---------------------------------------------------------------- save / load
+
+
+def test_save_inference_then_load_from_disk_gives_identical_outputs(tmp_path):
+    sae = make_training_sae()
+    loaded = inference_copy(sae, tmp_path)
+    assert type(loaded) is SoftSAE
+    for x in (torch.randn(25, D_MODEL) * 3, torch.randn(2, 7, D_MODEL)):
+        torch.testing.assert_close(loaded.predict_k(x), sae.predict_k(x))
+        torch.testing.assert_close(loaded.encode(x), sae.encode(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loaded(x), sae(x), atol=1e-5, rtol=1e-5)
+    # every k-estimator tensor left the meta device
+    assert all(p.device.type == "cpu" for p in loaded.parameters())
+
+
+def test_training_checkpoint_round_trip(tmp_path):
+    sae = make_training_sae(alpha_end=3e-3, total_training_steps=1234)
+    sae.save_model(tmp_path / "ckpt")
+    loaded = TrainingSAE.load_from_disk(tmp_path / "ckpt")
+    assert type(loaded) is SoftTrainingSAE
+    assert loaded.cfg.total_training_steps == 1234 and loaded.cfg.alpha_end == 3e-3
+    for name, tensor in sae.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor)
+    assert loaded.cfg.schedule(600) == sae.cfg.schedule(600)
+
+
+# ---------------------------------------------------------------- training behaviour
+
+
+def test_schedule_anneals_and_ends_hard():
+    cfg = SoftTrainingSAEConfig(
+        d_in=16,
+        d_sae=64,
+        k=4,
+        total_training_steps=1000,
+        k_anneal_fraction=0.1,
+        alpha_anneal_fraction=0.2,
+        alpha_start=1.0,
+        alpha_end=0.01,
+        hard_topk_fraction=0.05,
+    )
+    assert cfg.schedule(0).k_target == 16.0 and cfg.schedule(0).alpha == 1.0
+    assert cfg.schedule(50).k_target == pytest.approx(10.0)
+    assert cfg.schedule(100).k_target == 4.0 and cfg.schedule(500).k_target == 4.0
+    assert cfg.schedule(100).alpha == pytest.approx(0.505)
+    assert cfg.schedule(200).alpha == pytest.approx(0.01)
+    assert not cfg.schedule(949).hard and cfg.schedule(950).hard
+
+
+def test_missing_run_length_raises_naming_the_field():
+    sae = SoftTrainingSAE(SoftTrainingSAEConfig(d_in=16, d_sae=64, k=4))
+    with pytest.raises(ValueError, match="SoftTrainingSAEConfig.total_training_steps is not set"):
+        sae.training_forward_pass(step_input(torch.randn(8, 16)))
+
+
+@pytest.mark.parametrize("grad_to_pre", [False, True])
+def test_soft_phase_gradients_reach_encoder_decoder_and_k_estimator(grad_to_pre):
+    sae = make_training_sae(
+        soft_topk_grad_to_pre=grad_to_pre, alpha_scale="absolute", alpha_end=0.5
+    )
+    x = torch.randn(64, D_MODEL) * 3
+    out = sae.training_forward_pass(step_input(x, step=0))
+    assert out.metrics["softsae/hard_phase"] == 0
+    out.loss.backward()
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "W_k_in", "b_k_in", "W_k_out", "b_k_out"):
+        grad = getattr(sae, name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    # the trainer's statistics see the hard selection inference would produce
+    torch.testing.assert_close(out.feature_acts, sae.encode(x))
+    assert set(out.losses) == {"mse_loss", "k_loss", "auxiliary_reconstruction_loss"}
+
+
+def test_hard_phase_trains_encoder_and_decoder_but_freezes_k():
+    sae = make_training_sae(total_training_steps=100, hard_topk_fraction=0.1)
+    x = torch.randn(64, D_MODEL) * 3
+    out = sae.training_forward_pass(step_input(x, step=95))
+    assert out.metrics["softsae/hard_phase"] == 1
+    out.loss.backward()
+    assert sae.W_enc.grad.abs().sum() > 0 and sae.W_dec.grad.abs().sum() > 0
+    assert sae.W_k_in.grad is None and sae.W_k_out.grad is None
+    torch.testing.assert_close(out.sae_out, sae(x))
+
+
+def test_k_loss_is_one_sided():
+    sae = make_training_sae(total_training_steps=100, k_anneal_fraction=0.0)
+    x = torch.randn(32, D_MODEL)
+    with torch.no_grad():
+        sae.b_k_out.fill_(6.0)  # k_hat near k_max = 2k, above the target k
+    high = sae.training_forward_pass(step_input(x, step=10)).losses["k_loss"]
+    with torch.no_grad():
+        sae.b_k_out.fill_(-6.0)  # k_hat far below the target
+    low = sae.training_forward_pass(step_input(x, step=10)).losses["k_loss"]
+    assert high > 5.0 and low < 1e-6
+
+
+def test_aux_loss_only_with_dead_latents():
+    sae = make_training_sae()
+    x = torch.randn(16, D_MODEL)
+    none_dead = sae.training_forward_pass(step_input(x, dead=torch.zeros(128, dtype=torch.bool)))
+    all_dead = sae.training_forward_pass(step_input(x, dead=torch.ones(128, dtype=torch.bool)))
+    assert none_dead.losses["auxiliary_reconstruction_loss"] == 0
+    assert all_dead.losses["auxiliary_reconstruction_loss"] > 0
+
+
+def test_k_hat_is_float32_under_bf16_autocast():
+    sae = make_training_sae()
+    x = torch.randn(16, D_MODEL)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae.training_forward_pass(step_input(x, step=0))
+        k_hat = sae.predict_k(x)
+    assert k_hat.dtype == torch.float32
+    torch.testing.assert_close(k_hat, sae.predict_k(x))
+    assert torch.isfinite(out.loss)
+
+
+def test_train_toy_sae_with_run_length(tmp_path):
+    from sae_lens.synthetic import ActivationGenerator, FeatureDictionary, train_toy_sae
+
+    fd = FeatureDictionary(num_features=64, hidden_dim=16)
+    gen = ActivationGenerator(num_features=64, firing_probabilities=torch.full((64,), 0.08))
+    samples, batch = 64 * 40, 64
+    sae = SoftTrainingSAE(
+        SoftTrainingSAEConfig(d_in=16, d_sae=64, k=5, total_training_steps=samples // batch)
+    )
+    train_toy_sae(sae, fd, gen, training_samples=samples, batch_size=batch, lr=3e-3)
+    bare = SoftTrainingSAE(SoftTrainingSAEConfig(d_in=16, d_sae=64, k=5))
+    with pytest.raises(ValueError, match="total_training_steps is not set"):
+        train_toy_sae(bare, fd, gen, training_samples=samples, batch_size=batch)
+
+
+# ---------------------------------------------------------------- TransformerLens / SAELens integration
+
+
+def test_hooked_sae_transformer_cache_error_term_and_k_override(tiny_model, tmp_path):
+    sae = inference_copy(make_training_sae(), tmp_path)
+    tokens = torch.randint(1, 90, (2, CONTEXT), generator=torch.Generator().manual_seed(0))
+    clean = tiny_model(tokens)
+    _, cache = tiny_model.run_with_cache_with_saes(tokens, saes=[sae])
+    k_name = f"{HOOK}.hook_sae_k"
+    assert cache[k_name].shape == (2, CONTEXT)
+    torch.testing.assert_close(cache[k_name], sae.predict_k(cache[f"{HOOK}.hook_sae_input"]))
+    acts_name = f"{HOOK}.hook_sae_acts_post"
+    assert ((cache[acts_name] != 0).sum(-1) > 1).any()
+
+    tiny_model.add_sae(sae, use_error_term=True)
+    try:
+        torch.testing.assert_close(tiny_model(tokens), clean, atol=1e-4, rtol=1e-4)
+        forced = {}
+        tiny_model.run_with_hooks(
+            tokens,
+            fwd_hooks=[
+                (k_name, lambda k, hook: torch.ones_like(k)),
+                (acts_name, lambda a, hook: forced.update(l0=(a != 0).sum(-1))),
+            ],
+        )
+        assert (forced["l0"] == 1).all()
+    finally:
+        tiny_model.reset_saes()
+
+
+def _runner_cfg(tmp_path, **overrides):
+    base = dict(
+        sae=SoftTrainingSAEConfig(d_in=D_MODEL, d_sae=128, k=8),
+        model_name="tiny-random",
+        hook_name=HOOK,
+        dataset_path="local-random-tokens",
+        is_dataset_tokenized=True,
+        context_size=CONTEXT,
+        training_tokens=CONTEXT * 320,
+        train_batch_size_tokens=128,
+        n_batches_in_buffer=8,
+        store_batch_size_prompts=8,
+        device="cpu",
+        lr=1e-3,
+        logger=LoggingConfig(log_to_wandb=False),
+        output_path=str(tmp_path / "out"),
+        n_checkpoints=0,
+        save_final_checkpoint=False,
+    )
+    base.update(overrides)
+    return LanguageModelSAERunnerConfig(**base)
+
+
+def test_runner_trains_saves_and_reloads(tiny_model, tmp_path):
+    cfg = configure_runner(_runner_cfg(tmp_path))
+    assert cfg.sae.total_training_steps == 40
+    trained = LanguageModelSAETrainingRunner(
+        cfg, override_model=tiny_model, override_dataset=token_dataset()
+    ).run()
+    loaded = SAE.load_from_disk(tmp_path / "out")
+    assert type(loaded) is SoftSAE and loaded.cfg.metadata.hook_name == HOOK
+    x = torch.randn(10, D_MODEL)
+    trained.eval()
+    torch.testing.assert_close(loaded(x), trained(x), atol=1e-5, rtol=1e-5)
+    assert 1 <= loaded.cfg.metadata.l0 <= loaded.cfg.k_max
+
+
+def test_runner_without_configure_runner_fails_clearly(tiny_model, tmp_path):
+    runner = LanguageModelSAETrainingRunner(
+        _runner_cfg(tmp_path), override_model=tiny_model, override_dataset=token_dataset()
+    )
+    with pytest.raises(ValueError, match="total_training_steps is not set"):
+        runner.run()
+
+
+def test_configure_runner_rejects_a_mismatched_length(tmp_path):
+    cfg = _runner_cfg(
+        tmp_path, sae=SoftTrainingSAEConfig(d_in=D_MODEL, d_sae=128, k=8, total_training_steps=7)
+    )
+    with pytest.raises(
+        ValueError, match="total_training_steps=7 but the runner config trains for 40 steps"
+    ):
+        configure_runner(cfg)
+
+
+def test_resume_continues_the_schedule(tiny_model, tmp_path):
+    cfg = configure_runner(
+        _runner_cfg(tmp_path, n_checkpoints=1, checkpoint_path=str(tmp_path / "ckpts"))
+    )
+    LanguageModelSAETrainingRunner(
+        cfg, override_model=tiny_model, override_dataset=token_dataset()
+    ).run()
+    (checkpoint,) = [p for p in (tmp_path / "ckpts").glob("*/*") if p.is_dir()]
+    resumed_cfg = configure_runner(
+        _runner_cfg(tmp_path, resume_from_checkpoint=str(checkpoint), output_path=None)
+    )
+    runner = LanguageModelSAETrainingRunner(
+        resumed_cfg, override_model=tiny_model, override_dataset=token_dataset()
+    )
+    schedule_steps = []
+    original = runner.sae.cfg.schedule
+
+    def spy(step):
+        schedule_steps.append(step)
+        return original(step)
+
+    runner.sae.cfg.schedule = spy
+    runner.run()
+    # SAELens resumes with the index of the last completed step; the schedule must not repeat it
+    state = torch.load(checkpoint / "trainer_state.pt")
+    completed = state["n_training_samples"] // 128
+    assert state["n_training_steps"] == completed - 1
+    assert schedule_steps == list(range(completed, 40))
+
+
+def test_run_evals_l0_equals_mean_rounded_k_hat(tiny_model, tmp_path):
+    from sae_lens.evals import EvalConfig, run_evals
+    from sae_lens.training.activation_scaler import ActivationScaler
+    from sae_lens.training.activations_store import ActivationsStore
+
+    sae = inference_copy(make_training_sae(), tmp_path)
+    with torch.no_grad():
+        sae.b_enc.fill_(5.0)  # every latent positive, so L0 equals the selected k exactly
+    store = ActivationsStore.from_config(
+        tiny_model, _runner_cfg(tmp_path), override_dataset=token_dataset(64, seed=3)
+    )
+    cfg = EvalConfig(
+        n_eval_reconstruction_batches=2,
+        n_eval_sparsity_variance_batches=2,
+        batch_size_prompts=4,
+        compute_ce_loss=True,
+        compute_sparsity_metrics=True,
+        compute_variance_metrics=True,
+    )
+    metrics, _ = run_evals(
+        sae, store, tiny_model, ActivationScaler(), cfg, exclude_special_tokens=False
+    )
+    l0 = metrics["sparsity"]["l0"]
+    acts = store.get_batch_tokens(8)
+    _, cache = tiny_model.run_with_cache(acts, names_filter=HOOK)
+    k_int = sae.round_k(sae.predict_k(cache[HOOK])).float()
+    assert 1 <= l0 <= sae.cfg.k_max
+    assert abs(l0 - k_int.mean().item()) < 0.15 * k_int.mean().item()
+    assert torch.isfinite(torch.tensor(metrics["model_performance_preservation"]["ce_loss_score"]))
+
+
+def test_run_evals_l0_is_exactly_mean_rounded_k_hat_on_a_fixed_batch(tiny_model, tmp_path):
+    # run_evals' L0 is the mean of (acts != 0).sum(-1); check that identity on a fixed batch
+    sae = inference_copy(make_training_sae(), tmp_path)
+    with torch.no_grad():
+        sae.b_enc.fill_(5.0)
+    tokens = torch.randint(1, 90, (4, CONTEXT), generator=torch.Generator().manual_seed(5))
+    _, cache = tiny_model.run_with_cache_with_saes(tokens, saes=[sae])
+    l0 = (cache[f"{HOOK}.hook_sae_acts_post"] != 0).sum(-1).float()
+    assert torch.equal(l0, sae.round_k(cache[f"{HOOK}.hook_sae_k"]).float())
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_parses_architecture_soft_and_fills_run_length():
+    from softsae_lens.train import parse_args
+
+    cfg = parse_args(
+        [
+            "--architecture",
+            "soft",
+            "--d_in",
+            "32",
+            "--d_sae",
+            "256",
+            "--k",
+            "16",
+            "--alpha_end",
+            "0.005",
+            "--model_name",
+            "tiny",
+            "--hook_name",
+            HOOK,
+            "--training_tokens",
+            "4096",
+            "--train_batch_size_tokens",
+            "512",
+        ]
+    )
+    assert isinstance(cfg.sae, SoftTrainingSAEConfig)
+    assert (cfg.sae.d_sae, cfg.sae.k, cfg.sae.alpha_end, cfg.sae.total_training_steps) == (
+        256,
+        16,
+        0.005,
+        8,
+    )
+
+
+def test_cli_help_lists_soft_fields():
+    out = subprocess.run(
+        [sys.executable, "-m", "softsae_lens.train", "--architecture", "soft", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    for flag in (
+        "--k_max",
+        "--alpha_end",
+        "--soft_topk_grad_to_pre",
+        "--hard_topk_fraction",
+        "soft",
+    ):
+        assert flag in out.stdout, flag
