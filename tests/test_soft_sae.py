@@ -63,7 +63,7 @@ def step_input(x, step=0, dead=None):
 
 def test_defaults_follow_the_paper_where_measured():
     cfg = SoftTrainingSAEConfig(d_in=64, d_sae=512, k=20)
-    assert cfg.k_max == 40.0 and cfg.k_estimator_width == 512 and cfg.k_target_start == 64.0
+    assert cfg.k_max == 40.0 and cfg.k_estimator_width == 128 and cfg.k_target_start == 64.0
     assert (
         cfg.k_loss_coefficient == 1.0
         and cfg.k_loss_beta == 5.0
