@@ -39,7 +39,6 @@ from sae_lens.saes.sae import (
     TrainingSAEConfig,
     TrainStepInput,
     TrainStepOutput,
-    _disable_hooks,
 )
 from sae_lens.saes.topk_sae import _fold_norm_topk, act_times_W_dec, calculate_topk_aux_acts
 from torch import nn
@@ -348,28 +347,40 @@ class _SoftEncoderMixin:
         sae_out_pre = self.run_time_activation_norm_fn_out(sae_out_pre)  # type: ignore[attr-defined]
         return self.reshape_fn_out(sae_out_pre, self.d_head)  # type: ignore[attr-defined]
 
+    # The folds run through SAELens's own (the mixin precedes SAE in the MRO) and then apply
+    # the same transform to the k-estimator, which also reads x - b_dec.
+
     @torch.no_grad()
-    def _fold_scale_into_k_estimator(self, scaling_factor: float) -> None:
-        # The estimator reads x - b_dec; folding scales x's units like the encoder's.
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        """SAELens's fold, plus the k-estimator's input weights, so k_hat on raw inputs is unchanged."""
+        super().fold_activation_norm_scaling_factor(scaling_factor)  # type: ignore[misc]
         self.W_k_in.data *= scaling_factor
 
     @torch.no_grad()
-    def _fold_whitening_into_k_estimator(
-        self, mean: torch.Tensor, whitening_matrix: torch.Tensor
+    def fold_activation_whitening(
+        self, mean: torch.Tensor, whitening_matrix: torch.Tensor, unwhitening_matrix: torch.Tensor
     ) -> None:
-        # Same algebra as SAE.fold_activation_whitening applies to W_enc and b_enc.
+        """SAELens's whitening fold, extended to the k-estimator (``W_k_in <- M @ W_k_in``)."""
+        if self.cfg.rescale_acts_by_decoder_norm:
+            # Unwhitening changes the decoder row norms and so the top-k selection (as in TopK).
+            self.fold_W_dec_norm()
+            self.cfg.rescale_acts_by_decoder_norm = False
+        super().fold_activation_whitening(mean, whitening_matrix, unwhitening_matrix)  # type: ignore[misc]
         dtype = torch.promote_types(self.W_k_in.dtype, whitening_matrix.dtype)
         matrix = whitening_matrix.to(self.W_k_in.device, dtype)
         self.W_k_in.data.copy_(matrix @ self.W_k_in.data.to(dtype))
         if not self.cfg.apply_b_dec_to_input:
             self.b_k_in.data.sub_(mean.to(self.W_k_in.device, dtype) @ self.W_k_in.data.to(dtype))
 
-    def _check_fold_w_dec_norm(self) -> None:
+    @torch.no_grad()
+    def fold_W_dec_norm(self) -> None:
+        """Fold decoder norms into the encoder; only safe with ``rescale_acts_by_decoder_norm``."""
         if not self.cfg.rescale_acts_by_decoder_norm:
             raise NotImplementedError(
                 "Folding W_dec_norm is not safe for SoftSAEs when rescale_acts_by_decoder_norm is False, "
                 "as it changes which latents are in each input's top k (same rule as SAELens's TopK)"
             )
+        super().fold_W_dec_norm()  # type: ignore[misc]
 
 
 class SoftSAE(_SoftEncoderMixin, SAE[SoftSAEConfig]):
@@ -400,29 +411,6 @@ class SoftSAE(_SoftEncoderMixin, SAE[SoftSAEConfig]):
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
         """Reconstruction from feature activations (``W_dec`` and ``b_dec``, hooks fired)."""
         return self._decode(feature_acts)
-
-    @override
-    @torch.no_grad()
-    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
-        super().fold_activation_norm_scaling_factor(scaling_factor)
-        self._fold_scale_into_k_estimator(scaling_factor)
-
-    @override
-    @torch.no_grad()
-    def fold_activation_whitening(
-        self, mean: torch.Tensor, whitening_matrix: torch.Tensor, unwhitening_matrix: torch.Tensor
-    ) -> None:
-        if self.cfg.rescale_acts_by_decoder_norm:
-            self.fold_W_dec_norm()
-            self.cfg.rescale_acts_by_decoder_norm = False
-        super().fold_activation_whitening(mean, whitening_matrix, unwhitening_matrix)
-        self._fold_whitening_into_k_estimator(mean, whitening_matrix)
-
-    @override
-    @torch.no_grad()
-    def fold_W_dec_norm(self) -> None:
-        self._check_fold_w_dec_norm()
-        super().fold_W_dec_norm()
 
 
 class SoftTrainingSAE(_SoftEncoderMixin, TrainingSAE[SoftTrainingSAEConfig]):
@@ -468,16 +456,6 @@ class SoftTrainingSAE(_SoftEncoderMixin, TrainingSAE[SoftTrainingSAEConfig]):
     @override
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
         return self._decode(feature_acts)
-
-    @override
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feature_acts = self.encode(x)
-        sae_out = self.decode(feature_acts)
-        if self.use_error_term:
-            with torch.no_grad(), _disable_hooks(self):
-                clean = self.decode(self.encode(x))
-            sae_out = sae_out + self.hook_sae_error(x - clean)
-        return self.hook_sae_output(sae_out)
 
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
@@ -568,29 +546,6 @@ class SoftTrainingSAE(_SoftEncoderMixin, TrainingSAE[SoftTrainingSAEConfig]):
         recons = act_times_W_dec(aux_acts, self.W_dec, self.cfg.rescale_acts_by_decoder_norm)
         recons = self.reshape_fn_out(recons, self.d_head)
         return self.cfg.aux_loss_coefficient * scale * (recons - residual).pow(2).sum(dim=-1).mean()
-
-    @override
-    @torch.no_grad()
-    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
-        super().fold_activation_norm_scaling_factor(scaling_factor)
-        self._fold_scale_into_k_estimator(scaling_factor)
-
-    @override
-    @torch.no_grad()
-    def fold_activation_whitening(
-        self, mean: torch.Tensor, whitening_matrix: torch.Tensor, unwhitening_matrix: torch.Tensor
-    ) -> None:
-        if self.cfg.rescale_acts_by_decoder_norm:
-            self.fold_W_dec_norm()
-            self.cfg.rescale_acts_by_decoder_norm = False
-        super().fold_activation_whitening(mean, whitening_matrix, unwhitening_matrix)
-        self._fold_whitening_into_k_estimator(mean, whitening_matrix)
-
-    @override
-    @torch.no_grad()
-    def fold_W_dec_norm(self) -> None:
-        self._check_fold_w_dec_norm()
-        super().fold_W_dec_norm()
 
     @override
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
