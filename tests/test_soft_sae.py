@@ -457,7 +457,7 @@ def test_configure_runner_rejects_a_mismatched_length(tmp_path):
         tmp_path, sae=SoftTrainingSAEConfig(d_in=D_MODEL, d_sae=128, k=8, total_training_steps=7)
     )
     with pytest.raises(
-        ValueError, match="total_training_steps=7 but the runner config trains for 40 steps"
+        ValueError, match=r"sae.total_training_steps=7 but the runner config trains for 40 steps"
     ):
         configure_runner(cfg)
 
