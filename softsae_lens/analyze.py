@@ -1,0 +1,263 @@
+"""Look at a saved SoftSAE's per-token k on some text.
+
+Usage::
+
+    python -m softsae_lens.analyze --sae DIR --text "Some text" [--text "More"] \\
+        [--text-file F] [--token-ids "1 2 3"] [--out out/analysis] [--top-latents 8] \\
+        [--device cpu] [--model NAME] [--max-tokens 1024] [--k-override K | --k-scale S | --k-cap C]
+
+Loads the SAE with ``sae_lens.SAE.load_from_disk`` (after ``import softsae_lens`` registered
+"soft") and the model its metadata names: SmolLM2-135M-Instruct offline through
+:mod:`softsae_lens.smollm2` when the name is SmolLM2's or missing, otherwise
+``HookedSAETransformer.from_pretrained_no_processing`` (or ``SAETransformerBridge`` when the
+metadata's ``model_class_name`` says so); when that fails and ``--model`` was not given, SmolLM2
+is used if its width matches the SAE's ``d_in``. Writes ``tokens.html``, ``tokens.png``,
+``records.json``, ``corpus_stats.json`` and ``corpus_stats.png`` into ``--out`` and prints a
+summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUT = "out/analysis"
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m softsae_lens.analyze",
+        description="Per-token k_hat of a SoftSAE: an HTML view, PNGs and JSON records.",
+    )
+    parser.add_argument(
+        "--sae", required=True, type=Path, help="folder of a saved SoftSAE (save_inference_model)"
+    )
+    parser.add_argument(
+        "--text", action="append", default=[], help="a text to analyse (repeatable)"
+    )
+    parser.add_argument(
+        "--text-file",
+        action="append",
+        default=[],
+        type=Path,
+        help="a UTF-8 file analysed as one text (repeatable)",
+    )
+    parser.add_argument(
+        "--token-ids",
+        action="append",
+        default=[],
+        help="token ids separated by spaces or commas, analysed as one text (repeatable; "
+        "for models without a tokenizer)",
+    )
+    parser.add_argument(
+        "--out", default=DEFAULT_OUT, type=Path, help=f"output folder (default {DEFAULT_OUT})"
+    )
+    parser.add_argument(
+        "--top-latents", default=8, type=int, help="top latents kept per token (default 8)"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model name to load instead of the one in the SAE's metadata",
+    )
+    parser.add_argument(
+        "--max-tokens", default=1024, type=int, help="tokens kept per text (default 1024)"
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--k-override", type=float, help="also report the loss with every k set to this"
+    )
+    group.add_argument(
+        "--k-scale", type=float, help="also report the loss with k_hat scaled by this"
+    )
+    group.add_argument("--k-cap", type=float, help="also report the loss with k_hat capped at this")
+    parser.add_argument("--no-png", action="store_true", help="skip the two PNGs (no matplotlib)")
+    # Testing path: build the model with a function "module:function" (called with device=...).
+    parser.add_argument("--model-factory", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not (args.text or args.text_file or args.token_ids):
+        parser.error("give at least one of --text, --text-file or --token-ids")
+    if not (args.sae / "cfg.json").is_file():
+        parser.error(
+            f"--sae {args.sae}: no cfg.json there (expected a folder written by "
+            "save_inference_model or the SAELens training runner)"
+        )
+    if args.top_latents < 0:
+        parser.error(f"--top-latents must be >= 0, got {args.top_latents}")
+    if args.max_tokens < 1:
+        parser.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    return args
+
+
+def _is_smollm2(name: str | None) -> bool:
+    return name is None or name == "" or "smollm2" in name.lower()
+
+
+def _from_factory(spec: str, device: str) -> Any:
+    module_name, _, func_name = spec.partition(":")
+    if not module_name or not func_name:
+        raise ValueError(f"--model-factory must look like module:function, got {spec!r}")
+    return getattr(importlib.import_module(module_name), func_name)(device=device)
+
+
+def load_model_for_sae(
+    sae: Any, model_name: str | None = None, device: str = "cpu"
+) -> tuple[Any, str]:
+    """The model to analyse ``sae`` in, and its name (see the module docstring for the rules)."""
+    from softsae_lens import smollm2
+
+    meta = sae.cfg.metadata
+    name = model_name or meta.model_name
+    if _is_smollm2(name):
+        return smollm2.load_smollm2_bridge(device=device), smollm2.DEFAULT_MODEL_NAME
+    kwargs = dict(meta.model_from_pretrained_kwargs or {})
+    try:
+        if "Bridge" in (meta.model_class_name or ""):
+            from sae_lens import SAETransformerBridge
+
+            model = SAETransformerBridge.boot_transformers(name, device=device)
+        else:
+            from sae_lens import HookedSAETransformer
+
+            model = HookedSAETransformer.from_pretrained_no_processing(
+                name, device=device, **kwargs
+            )
+        model.eval()
+        return model, name
+    except Exception as err:
+        if model_name is not None or sae.cfg.d_in != smollm2.D_MODEL:
+            raise RuntimeError(
+                f"could not load the model {name!r} for this SAE ({type(err).__name__}: {err}); "
+                "pass --model with a loadable name"
+            ) from err
+        logger.warning(
+            "could not load %r (%s); using %s offline, which has the SAE's width d_in=%d",
+            name,
+            err,
+            smollm2.DEFAULT_MODEL_NAME,
+            sae.cfg.d_in,
+        )
+        return smollm2.load_smollm2_bridge(device=device), smollm2.DEFAULT_MODEL_NAME
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(",", " ").split()]
+    except ValueError as err:
+        raise SystemExit(
+            f"--token-ids must be integers separated by spaces or commas: {err}"
+        ) from err
+    if not ids:
+        raise SystemExit("--token-ids is empty")
+    return ids
+
+
+def main(argv: Sequence[str] | None = None, *, model: Any | None = None) -> dict[str, Any]:
+    """Run the CLI. ``model`` (for tests and notebooks) skips model loading.
+
+    Returns the corpus statistics written to ``corpus_stats.json`` plus ``"paths"``.
+    """
+    args = _parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from sae_lens import SAE
+
+    import softsae_lens  # noqa: F401  (registers "soft")
+    from softsae_lens import analysis
+    from softsae_lens.smollm2 import resolve_hook_name
+
+    sae = SAE.load_from_disk(str(args.sae), device=args.device)
+    sae.eval()
+    if model is None and args.model_factory:
+        model = _from_factory(args.model_factory, args.device)
+    if model is not None:
+        model_name = (
+            getattr(getattr(model, "cfg", None), "model_name", None) or type(model).__name__
+        )
+    else:
+        model, model_name = load_model_for_sae(sae, args.model, args.device)
+
+    hook_name = sae.cfg.metadata.hook_name
+    resolved = resolve_hook_name(model, hook_name)
+    if resolved != hook_name:
+        sae.cfg.metadata.hook_name = resolved
+
+    texts: list[Any] = list(args.text)
+    texts += [path.read_text(encoding="utf-8") for path in args.text_file]
+    texts += [torch.tensor(_parse_ids(t), dtype=torch.long) for t in args.token_ids]
+
+    records = analysis.token_k_report(
+        model, sae, texts, top_n=args.top_latents, max_tokens=args.max_tokens
+    )
+    meta: dict[str, Any] = {
+        "model": model_name,
+        "sae_path": str(args.sae),
+        "hook_name_resolved": resolved,
+    }
+    sae_info = analysis._sae_info(sae)
+    sae_info["hook_name"] = hook_name
+    meta["sae"] = sae_info
+
+    override_summary = None
+    override = {"k": args.k_override, "scale": args.k_scale, "cap": args.k_cap}
+    if any(v is not None for v in override.values()):
+        result = analysis.loss_with_k_override(
+            model,
+            sae,
+            texts,
+            max_tokens=args.max_tokens,
+            **{k: v for k, v in override.items() if v is not None},
+        )
+        override_summary = result.summary()
+        meta["k_override"] = override_summary
+
+    paths = analysis.write_analysis(
+        records, args.out, meta=meta, title="SoftSAE: latents per token", png=not args.no_png
+    )
+    stats = json.loads(paths["corpus_stats"].read_text(encoding="utf-8"))
+
+    spearman = stats["spearman_k_hat_vs_loss"]
+    rho = "n/a" if spearman["rho"] is None else f"{spearman['rho']:+.3f}"
+    print(
+        f"{stats['n_tokens']} tokens in {stats['n_texts']} text(s), {model_name}, hook {resolved}"
+    )
+    print(
+        f"mean k_hat {stats['k_hat_mean']:.2f} (SAE k={sae_info['k']}, k_max={sae_info['k_max']}), "
+        f"mean L0 {stats['l0_mean']:.2f}"
+    )
+    print(f"Spearman(k_hat, next-token loss) = {rho} over {spearman['n']} tokens (positions > 0)")
+    by_class = stats["k_hat_by_class"]
+    print(
+        "mean k_hat by class: "
+        + ", ".join(
+            f"{c} {v['mean']:.2f} (n={v['count']})" for c, v in by_class.items() if c != "all"
+        )
+    )
+    if override_summary is not None:
+        print(
+            f"loss clean {override_summary['loss_clean']:.4f}, SAE spliced "
+            f"{override_summary['loss_spliced']:.4f}, with {override_summary['override']} "
+            f"{override_summary['loss_override']:.4f} (L0 {override_summary['l0_override_mean']:.2f})"
+        )
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    stats["paths"] = {k: str(v) for k, v in paths.items()}
+    return stats
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        main()
+    except (RuntimeError, ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
