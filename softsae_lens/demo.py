@@ -37,7 +37,7 @@ SAE_NAMES = ("softsae", "topk")
 class DemoConfig:
     """Settings of one demo run (the CLI flags)."""
 
-    tokens: int = 600_000
+    tokens: int = 300_000
     layer: int = 5
     d_sae: int | None = None  # default 8 x d_model
     k: int = 32
@@ -47,7 +47,7 @@ class DemoConfig:
     context_size: int = 128
     batch_tokens: int = 1024
     lr: float = 1e-3
-    eval_batches: int = 8
+    eval_batches: int = 6
     k_report_docs: int = 24
     seed: int = 0
     device: str = "cpu"
@@ -345,11 +345,15 @@ def plot_k_hist(records: list[Any], path: Path, k_target: int) -> None:
     plt.close(fig)
 
 
+def _fmt_rho(result: dict[str, Any]) -> str:
+    rho = result["rho"]
+    return "n/a" if rho is None else f"{rho:.3f} (n = {result['n']})"
+
+
 def write_report(out: Path, summary: dict[str, Any]) -> str:
     """Write ``report.md`` and return the table."""
     table = markdown_table(summary["metrics"])
     k = summary["softsae_k_hat"]
-    rho = k["spearman_with_next_token_loss"]["rho"]
     lines = [
         "# SoftSAE vs TopK on a real model",
         "",
@@ -368,9 +372,8 @@ def write_report(out: Path, summary: dict[str, Any]) -> str:
         f"k_hat over {k['tokens']} held-out tokens (position 0 excluded): mean {k['mean']:.2f}, std {k['std']:.2f}, "
         + ", ".join(f"{name} {value:.1f}" for name, value in k["percentiles"].items()),
         "",
-        f"Spearman(k_hat, next-token loss) = {rho if rho is None else f'{rho:.3f}'} "
-        f"(n = {k['spearman_with_next_token_loss']['n']}); "
-        f"Spearman(k_hat, the token's own surprisal) = {k['spearman_with_token_surprisal']['rho']}",
+        f"Spearman(k_hat, next-token loss) = {_fmt_rho(k['spearman_with_next_token_loss'])}; "
+        f"Spearman(k_hat, the token's own surprisal) = {_fmt_rho(k['spearman_with_token_surprisal'])}",
         "",
         "![k_hat histogram](k_hat_hist.png)",
         "",
