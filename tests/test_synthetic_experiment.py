@@ -1,0 +1,136 @@
+"""The synthetic ground-truth experiment (``python -m softsae_lens.experiments.synthetic``).
+
+The acceptance numbers come from the default run (minutes); here the ``--quick`` run checks the
+pipeline's invariants, and the pieces it is built from are checked directly.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+from sae_lens.saes.jumprelu_sae import JumpReLUSAE
+from sae_lens.saes.topk_sae import TopKSAE
+
+from softsae_lens import SoftSAE
+from softsae_lens.experiments import synthetic as S
+
+PLOTS = ("k_hat_vs_true_l0.png", "error_by_true_l0.png", "true_l0_hist.png")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic_quick")
+    json_path = out / "custom" / "quick.json"
+    S.main(["--quick", "--out", str(out), "--json", str(json_path), "--no-progress"])
+    return out, json.loads(json_path.read_text())
+
+
+def test_quick_run_writes_every_output(quick_run):
+    out, result = quick_run
+    for name in (*PLOTS, "results.md"):
+        path = out / name
+        assert path.is_file() and path.stat().st_size > 0, name
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "results.md").read_text()
+    for regime in ("bimodal", "spread"):
+        assert f"Regime `{regime}`" in md
+    assert "Acceptance" in md
+    assert set(result["files"]) >= {str(out / "custom" / "quick.json"), str(out / "results.md")}
+
+
+def test_quick_run_covers_every_regime_sae_and_seed(quick_run):
+    _, result = quick_run
+    assert [r["name"] for r in result["regimes"]] == ["bimodal", "spread"]
+    seeds = result["settings"]["seeds"]
+    assert len(result["per_seed"]) == 2 * len(seeds)
+    for run in result["per_seed"]:
+        assert set(run["metrics"]) == set(S.MAIN_VARIANTS)
+        for m in run["metrics"].values():
+            for key in ("explained_variance", "mse", "mean_l0", "mcc", "f1"):
+                assert math.isfinite(m[key]), key
+            assert (
+                m["buckets"] and sum(b["n"] for b in m["buckets"]) == result["settings"]["n_eval"]
+            )
+            for b in m["buckets"]:
+                assert math.isfinite(b["rel_err"]) and b["rel_err"] >= 0
+    assert isinstance(result["acceptance"]["all_pass"], bool)
+
+
+def test_quick_run_true_l0_varies_strongly(quick_run):
+    _, result = quick_run
+    dists = {r["name"]: r["true_l0_distribution"] for r in result["regimes"]}
+    bimodal = dists["bimodal"]
+    assert bimodal["complex_mean"] > 4 * bimodal["simple_mean"]
+    assert 0.4 < bimodal["complex_fraction"] < 0.6
+    spread = dists["spread"]
+    assert spread["std"] > 0.25 * spread["mean"]
+    assert spread["quantiles"]["0.9"] - spread["quantiles"]["0.1"] >= 0.5 * spread["mean"]
+
+
+def test_quick_run_soft_correlations_finite_and_l0_adaptive(quick_run):
+    _, result = quick_run
+    for run in result["per_seed"]:
+        soft, topk = run["metrics"]["soft"], run["metrics"]["topk"]
+        for key in ("corr_k_hat_vs_true", "corr_l0_vs_true"):
+            for stat in ("spearman", "pearson"):
+                value = soft[key][stat]
+                assert value is not None and math.isfinite(value), (key, stat)
+        # SoftSAE's L0 varies across inputs; TopK's is its fixed k (ReLU may only lower it).
+        assert soft["l0_max"] - soft["l0_min"] >= 3
+        assert soft["l0_std"] > 0.5
+        assert topk["l0_max"] <= topk["k"]
+        assert topk["l0_std"] < soft["l0_std"]
+        assert soft["k_max"] == pytest.approx(
+            S.default_settings(quick=True).k_max_factor * soft["k"]
+        )
+    for regime in ("bimodal", "spread"):
+        soft = result["summary"][regime]["soft"]
+        assert math.isfinite(soft["spearman_k_hat"]["mean"])
+        assert len(soft["buckets"]) >= 3
+
+
+def test_modifier_shapes_true_l0():
+    regime = S.Regime("b", "bimodal", num_features=128, d_in=32, dense_l0=20, simple_l0=2)
+    _, generator = S.build_data(regime, seed=0)
+    true_l0, mode = S.sample_true_l0(generator, 20_000, seed=0)
+    assert true_l0[mode == 0].float().mean() == pytest.approx(2, abs=0.2)
+    assert true_l0[mode == 1].float().mean() == pytest.approx(20, rel=0.05)
+    assert mode.float().mean() == pytest.approx(0.5, abs=0.02)
+    spread = S.Regime("s", "spread", num_features=128, d_in=32, dense_l0=20, min_l0=1)
+    _, generator = S.build_data(spread, seed=0)
+    true_l0, _ = S.sample_true_l0(generator, 20_000, seed=0)
+    assert true_l0.float().mean() == pytest.approx(10.5, rel=0.05)
+    # Uniform complexity: roughly uniform expected L0 over [1, 20] plus binomial noise.
+    assert true_l0.float().std() > 5
+    # Same seed, same inputs.
+    again, _ = S.sample_true_l0(generator, 20_000, seed=0)
+    assert torch.equal(true_l0, again)
+
+
+def test_inference_forms_are_the_ones_saelens_saves():
+    regime = S.default_regimes(quick=True)[0]
+    settings = S.default_settings(quick=True)
+    torch.manual_seed(0)
+    x = torch.randn(64, regime.d_in)
+    expected = {"topk": TopKSAE, "batchtopk": JumpReLUSAE, "soft": SoftSAE}
+    for kind, cls in expected.items():
+        sae = S.build_sae(kind, regime, true_mean_l0=6.4, settings=settings)
+        inference = S.to_inference(sae)
+        assert type(inference) is cls
+        assert not inference.training
+        if kind == "soft":
+            assert torch.allclose(inference.predict_k(x), sae.predict_k(x), atol=1e-5)
+            assert inference.cfg.k == 6 and inference.cfg.k_max == settings.k_max_factor * 6
+        if kind == "batchtopk":
+            # BatchTopK's inference threshold is the running top-k threshold it learned.
+            assert torch.allclose(
+                inference.threshold, sae.topk_threshold.float().expand_as(inference.threshold)
+            )
+
+
+def test_correlations_handle_constant_inputs():
+    a = torch.tensor([1, 2, 3, 4])
+    assert S.correlations(a, a * 2)["spearman"] == pytest.approx(1.0)
+    assert S.correlations(torch.full((4,), 3), a) == {"spearman": None, "pearson": None}
