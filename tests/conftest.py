@@ -12,8 +12,10 @@ CONTEXT = 16
 VOCAB = 97
 
 
-@pytest.fixture(scope="session")
-def tiny_model():
+HOOK = "blocks.0.hook_resid_post"
+
+
+def build_tiny_model(device="cpu"):
     """A small, randomly initialised HookedSAETransformer (no hub access)."""
     from sae_lens import HookedSAETransformer
     from transformer_lens import HookedTransformerConfig
@@ -30,10 +32,42 @@ def tiny_model():
         act_fn="gelu",
         normalization_type="LN",
         seed=0,
+        device=device,
     )
-    model = HookedSAETransformer(cfg)
-    model.eval()
-    return model
+    return HookedSAETransformer(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return build_tiny_model()
+
+
+def tiny_runner_cfg(output_path, **overrides):
+    """A LanguageModelSAERunnerConfig for a 40-step SoftSAE run on the tiny model."""
+    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
+
+    from softsae_lens import SoftTrainingSAEConfig
+
+    base = dict(
+        sae=SoftTrainingSAEConfig(d_in=D_MODEL, d_sae=128, k=8),
+        model_name="tiny-random",
+        hook_name=HOOK,
+        dataset_path="local-random-tokens",
+        is_dataset_tokenized=True,
+        context_size=CONTEXT,
+        training_tokens=CONTEXT * 320,
+        train_batch_size_tokens=128,
+        n_batches_in_buffer=8,
+        store_batch_size_prompts=8,
+        device="cpu",
+        lr=1e-3,
+        logger=LoggingConfig(log_to_wandb=False),
+        output_path=None if output_path is None else str(output_path),
+        n_checkpoints=0,
+        save_final_checkpoint=False,
+    )
+    base.update(overrides)
+    return LanguageModelSAERunnerConfig(**base)
 
 
 def token_dataset(n_rows: int = 256, seed: int = 0):

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONTEXT, D_MODEL, VOCAB, token_dataset
+from conftest import CONTEXT, D_MODEL, VOCAB, build_tiny_model, tiny_runner_cfg, token_dataset  # noqa: F401
 from sae_lens import (
     SAE,
-    LanguageModelSAERunnerConfig,
     LanguageModelSAETrainingRunner,
-    LoggingConfig,
 )
 
 from softsae_lens import SoftSAE, SoftTrainingSAEConfig, configure_runner
@@ -25,49 +23,12 @@ HOOK = "blocks.0.hook_resid_post"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def build_tiny_model(device="cpu"):
-    """The conftest ``tiny_model`` again, as a plain function (for --model-factory)."""
-    from sae_lens import HookedSAETransformer
-    from transformer_lens import HookedTransformerConfig
-
-    torch.manual_seed(0)
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=D_MODEL,
-        n_ctx=CONTEXT,
-        d_head=8,
-        n_heads=4,
-        d_mlp=64,
-        d_vocab=VOCAB,
-        act_fn="gelu",
-        normalization_type="LN",
-        seed=0,
-        device=device,
-    )
-    return HookedSAETransformer(cfg).eval()
-
-
 @pytest.fixture(scope="module")
 def trained_dir(tiny_model, tmp_path_factory):
     """A SoftSAE trained for 40 steps on the tiny model, saved with its metadata."""
     out = tmp_path_factory.mktemp("trained_soft")
-    cfg = LanguageModelSAERunnerConfig(
-        sae=SoftTrainingSAEConfig(d_in=D_MODEL, d_sae=128, k=8, k_max=16.0),
-        model_name="tiny-random",
-        hook_name=HOOK,
-        dataset_path="local-random-tokens",
-        is_dataset_tokenized=True,
-        context_size=CONTEXT,
-        training_tokens=CONTEXT * 320,
-        train_batch_size_tokens=128,
-        n_batches_in_buffer=8,
-        store_batch_size_prompts=8,
-        device="cpu",
-        lr=3e-3,
-        logger=LoggingConfig(log_to_wandb=False),
-        output_path=str(out),
-        n_checkpoints=0,
-        save_final_checkpoint=False,
+    cfg = tiny_runner_cfg(
+        out, sae=SoftTrainingSAEConfig(d_in=D_MODEL, d_sae=128, k=8, k_max=16.0), lr=3e-3
     )
     torch.manual_seed(0)
     LanguageModelSAETrainingRunner(
@@ -468,7 +429,7 @@ def test_cli_subprocess_with_model_factory(trained_dir, tmp_path):
             "--out",
             str(out),
             "--model-factory",
-            "test_analysis:build_tiny_model",
+            "conftest:build_tiny_model",
             "--no-png",
         ],
         capture_output=True,

@@ -6,12 +6,10 @@ import sys
 
 import pytest
 import torch
-from conftest import CONTEXT, D_MODEL, token_dataset
+from conftest import CONTEXT, D_MODEL, tiny_runner_cfg, token_dataset
 from sae_lens import (
     SAE,
-    LanguageModelSAERunnerConfig,
     LanguageModelSAETrainingRunner,
-    LoggingConfig,
     TrainingSAE,
 )
 from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig, TrainStepInput
@@ -424,26 +422,8 @@ def test_hooked_sae_transformer_cache_error_term_and_k_override(tiny_model, tmp_
 
 
 def _runner_cfg(tmp_path, **overrides):
-    base = dict(
-        sae=SoftTrainingSAEConfig(d_in=D_MODEL, d_sae=128, k=8),
-        model_name="tiny-random",
-        hook_name=HOOK,
-        dataset_path="local-random-tokens",
-        is_dataset_tokenized=True,
-        context_size=CONTEXT,
-        training_tokens=CONTEXT * 320,
-        train_batch_size_tokens=128,
-        n_batches_in_buffer=8,
-        store_batch_size_prompts=8,
-        device="cpu",
-        lr=1e-3,
-        logger=LoggingConfig(log_to_wandb=False),
-        output_path=str(tmp_path / "out"),
-        n_checkpoints=0,
-        save_final_checkpoint=False,
-    )
-    base.update(overrides)
-    return LanguageModelSAERunnerConfig(**base)
+    overrides.setdefault("output_path", tmp_path / "out")
+    return tiny_runner_cfg(**overrides)
 
 
 def test_runner_trains_saves_and_reloads(tiny_model, tmp_path):
