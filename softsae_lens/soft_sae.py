@@ -347,10 +347,12 @@ class _SoftEncoderMixin:
         return feature_acts, hidden_pre, k_hat
 
     def _decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-        sae_out_pre = (
-            act_times_W_dec(feature_acts, self.W_dec, self.cfg.rescale_acts_by_decoder_norm)
-            + self.b_dec  # type: ignore[attr-defined]
-        )
+        W_dec = self.W_dec
+        if self.cfg.rescale_acts_by_decoder_norm:
+            # (f / |W_dec|) @ W_dec == f @ (W_dec / |W_dec|): scaling the [d_sae, d_in] rows costs
+            # a fraction of scaling the [batch, d_sae] activations, forward and backward.
+            W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True)
+        sae_out_pre = feature_acts @ W_dec + self.b_dec  # type: ignore[attr-defined]
         sae_out_pre = self.hook_sae_recons(sae_out_pre)  # type: ignore[attr-defined]
         sae_out_pre = self.run_time_activation_norm_fn_out(sae_out_pre)  # type: ignore[attr-defined]
         return self.reshape_fn_out(sae_out_pre, self.d_head)  # type: ignore[attr-defined]
@@ -475,8 +477,8 @@ class SoftTrainingSAE(_SoftEncoderMixin, TrainingSAE[SoftTrainingSAEConfig]):
         if self.cfg.alpha_scale == "absolute":
             return alpha
         positive = relu_pre.detach()
-        count = (positive > 0).sum().clamp(min=1)
-        rms = (positive.pow(2).sum() / count).sqrt()
+        count = torch.count_nonzero(positive).clamp(min=1)
+        rms = torch.linalg.vector_norm(positive) / count.sqrt()
         return (alpha * rms).clamp(min=torch.finfo(torch.float32).tiny)
 
     @override
