@@ -1,7 +1,7 @@
-"""Train a SoftSAE on SmolLM2's residual stream with SAELens's own runner (about two minutes on
+"""Train a SoftSAE on SmolLM2's residual stream with SAELens's own runner (a few minutes on
 2 CPU cores, no hub access), then look at its per-token k.
 
-    python examples/train_smollm2.py [--tokens 100000] [--out out/example]
+    python examples/train_smollm2.py [--tokens 50000] [--out out/example]
 
 Everything SoftSAE-specific is the config class and one `configure_runner` call; the rest is
 plain SAELens.
@@ -21,7 +21,7 @@ from softsae_lens.corpus import load_corpus, split_documents, to_hf_dataset
 from softsae_lens.smollm2 import layer_hook_name, load_smollm2_bridge, resolve_hook_name
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--tokens", type=int, default=100_000)
+parser.add_argument("--tokens", type=int, default=50_000)
 parser.add_argument("--out", default="out/example")
 args = parser.parse_args()
 
