@@ -983,7 +983,11 @@ def markdown_report(result: dict[str, Any]) -> str:
             "Relative reconstruction error (and mean L0) per true-L0 bucket, mean over seeds:",
             "",
         ]
-        header = "| true L0 | n | " + " | ".join(result["labels"].get(n, n) for n in names) + " |"
+        header = (
+            "| true L0 | inputs (all seeds) | "
+            + " | ".join(result["labels"].get(n, n) for n in names)
+            + " |"
+        )
         lines += [header, "|---|---|" + "---|" * len(names)]
         for i, row in enumerate(agg[names[0]]["buckets"]):
             rng = f"{row['lo']}-{row['hi'] - 1}" if row["hi"] is not None else f"≥{row['lo']}"
@@ -1009,7 +1013,8 @@ def markdown_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def make_plots(result: dict[str, Any], out_dir: Path, runs: dict[str, list[SeedRun]]) -> list[str]:
+def make_plots(result: dict[str, Any], out_dir: Path) -> list[str]:
+    """The PNGs, from the result JSON alone (``--replot`` redraws them from a saved one)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1038,20 +1043,24 @@ def make_plots(result: dict[str, Any], out_dir: Path, runs: dict[str, list[SeedR
     #    variant and regime.
     soft_names = [nm for nm in names if result["summary"][regimes[0]["name"]][nm]["kind"] == "soft"]
     if soft_names:
-        # One SoftSAE: regimes side by side; several (ablation): a regime per row.
-        rows, cols = (1, n) if len(soft_names) == 1 else (n, len(soft_names))
+        # Regime-major panels, at most 5 a row (one SoftSAE: the regimes side by side).
+        specs = [(regime, nm) for regime in regimes for nm in soft_names]
+        cols = min(len(specs), 5)
+        rows = math.ceil(len(specs) / cols)
         size = 5.2 if cols <= 2 else 3.8
         fig, axes = plt.subplots(
             rows, cols, figsize=(size * cols, 0.92 * size * rows), squeeze=False
         )
-        panels = [
-            (axes.flat[i * len(soft_names) + j], regime, nm)
-            for i, regime in enumerate(regimes)
-            for j, nm in enumerate(soft_names)
-        ]
-        for ax, regime, name in panels:
+        for ax in axes.flat[len(specs) :]:
+            ax.set_visible(False)
+        panels = [(ax, regime, nm) for ax, (regime, nm) in zip(axes.flat, specs, strict=False)]
+        for index, (ax, regime, name) in enumerate(panels):
             agg = result["summary"][regime["name"]]
-            points = [r.scatter[name] for r in runs[regime["name"]] if name in r.scatter]
+            points = [
+                r["scatter"][name]
+                for r in result["per_seed"]
+                if r["regime"] == regime["name"] and name in r.get("scatter", {})
+            ]
             t = np.concatenate([p["true_l0"] for p in points]).astype(float)
             k = np.concatenate([p["k_hat"] for p in points])
             jitter = np.random.default_rng(0).uniform(-0.3, 0.3, size=t.shape)
@@ -1081,7 +1090,8 @@ def make_plots(result: dict[str, Any], out_dir: Path, runs: dict[str, list[SeedR
             ax.set_ylabel("k̂ (SoftSAE's predicted k)")
             ax.set_xlim(-1, hi)
             ax.set_ylim(0, hi)
-            ax.legend(fontsize=8, loc="upper left")
+            if index == 0 or cols <= 2:
+                ax.legend(fontsize=8, loc="upper left")
             ax.grid(alpha=0.3)
         fig.tight_layout()
         path = out_dir / "k_hat_vs_true_l0.png"
@@ -1124,6 +1134,23 @@ def make_plots(result: dict[str, Any], out_dir: Path, runs: dict[str, list[SeedR
         )
         axes[0][col].set_ylabel("relative error  Σ‖x−x̂‖² / Σ‖x‖²")
         axes[0][col].set_yscale("log")
+        # A collapsed run (relative error far above 1) would squash every other curve.
+        off_chart = [
+            labels.get(nm, nm)
+            for nm, a in agg.items()
+            if min(r["rel_err"] for r in a["buckets"]) > 1
+        ]
+        if off_chart:
+            low = min(r["rel_err"] for a in agg.values() for r in a["buckets"])
+            axes[0][col].set_ylim(0.8 * low, 1.0)
+            axes[0][col].text(
+                0.02,
+                0.98,
+                "off the chart (error > 1, collapsed): " + ", ".join(off_chart),
+                transform=axes[0][col].transAxes,
+                fontsize=7,
+                va="top",
+            )
         axes[1][col].set_ylabel("realised L0 (bucket mean)")
         axes[1][col].set_xlabel("true L0 (bucket mean; mean ± std over seeds)")
         for ax in axes[:, col]:
@@ -1223,6 +1250,7 @@ def run_experiment(
                 "k": r.k,
                 "train_wall_s": r.wall_s,
                 "metrics": r.metrics,
+                "scatter": r.scatter,
             }
             for rs in runs.values()
             for r in rs
@@ -1279,12 +1307,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=1, help="PyTorch threads per process (default 1)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="train nothing: redraw the Markdown and PNGs of a saved results JSON into --out "
+        "(default: the JSON's folder)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.replot is not None:
+        result = json.loads(args.replot.read_text())
+        out_dir = args.out if args.out is not None else args.replot.parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = make_plots(result, out_dir)
+        (out_dir / "results.md").write_text(markdown_report(result))
+        print("wrote " + ", ".join([str(out_dir / "results.md"), *files]))
+        return result
     settings = default_settings(quick=args.quick)
     variants = None
     labels = None
@@ -1311,7 +1355,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         sys.argv[1:] if argv is None else argv
     )
     workers = args.workers if args.workers is not None else (1 if args.quick else 2)
-    result, runs = run_experiment(
+    result, _ = run_experiment(
         settings,
         variants,
         labels,
@@ -1325,7 +1369,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result["ablation_descriptions"] = ABLATION_DESCRIPTIONS
     files = [str(json_path), str(out_dir / "results.md")]
     if not args.no_plots:
-        files += make_plots(result, out_dir, runs)
+        files += make_plots(result, out_dir)
     result["files"] = files
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=1))
