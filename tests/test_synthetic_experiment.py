@@ -40,6 +40,14 @@ def test_quick_run_writes_every_output(quick_run):
     assert set(result["files"]) >= {str(out / "custom" / "quick.json"), str(out / "results.md")}
 
 
+def test_replot_redraws_from_the_json_alone(quick_run, tmp_path):
+    out, _ = quick_run
+    S.main(["--replot", str(out / "custom" / "quick.json"), "--out", str(tmp_path)])
+    for name in (*PLOTS, "results.md"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert (tmp_path / "results.md").read_text() == (out / "results.md").read_text()
+
+
 def test_quick_run_covers_every_regime_sae_and_seed(quick_run):
     _, result = quick_run
     assert [r["name"] for r in result["regimes"]] == ["bimodal", "spread"]

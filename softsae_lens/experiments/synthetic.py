@@ -692,6 +692,8 @@ def run_jobs(jobs: list[Job], workers: int, threads: int, progress: bool = True)
                     regime=result.job.regime.name, seed=result.job.seed, sae=result.job.name
                 )
                 bar.update()
+            pool.close()
+            pool.join()
     bar.close()
     by_key = {(r.job.regime.name, r.job.seed, r.job.name): r for r in results}
     return [by_key[(j.regime.name, j.seed, j.name)] for j in jobs]
