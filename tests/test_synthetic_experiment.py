@@ -6,6 +6,9 @@ pipeline's invariants, and the pieces it is built from are checked directly.
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,7 +66,67 @@ def test_quick_run_covers_every_regime_sae_and_seed(quick_run):
             )
             for b in m["buckets"]:
                 assert math.isfinite(b["rel_err"]) and b["rel_err"] >= 0
-    assert isinstance(result["acceptance"]["all_pass"], bool)
+
+
+def test_quick_run_acceptance_follows_the_summary(quick_run):
+    _, result = quick_run
+    acc = result["acceptance"]
+    verdicts = []
+    for regime in ("bimodal", "spread"):
+        soft, topk = result["summary"][regime]["soft"], result["summary"][regime]["topk"]
+        checks = acc[regime]
+        ev_s, ev_t = soft["explained_variance"]["mean"], topk["explained_variance"]["mean"]
+        mcc_s, mcc_t = soft["mcc"]["mean"], topk["mcc"]["mean"]
+        rho = soft["spearman_k_hat"]["mean"]
+        assert checks["ev_soft_ge_topk"] == {"soft": ev_s, "topk": ev_t, "pass": ev_s >= ev_t}
+        assert checks["mcc_soft_ge_topk_minus_0.02"]["pass"] == (mcc_s >= mcc_t - 0.02)
+        assert checks["spearman_k_hat_ge_0.9"] == {"value": rho, "pass": rho >= 0.9}
+        assert checks["mean_l0"]["soft"] == soft["mean_l0"]["mean"]
+        verdicts += [c["pass"] for c in checks.values() if "pass" in c]
+    assert len(verdicts) == 6
+    assert acc["all_pass"] is all(verdicts)
+
+
+def _summary(ev_soft, mcc_soft, rho, ev_topk=0.8, mcc_topk=0.9):
+    def stat(v):
+        return {"mean": v, "std": 0.0, "per_seed": [v]}
+
+    soft = {"explained_variance": stat(ev_soft), "mcc": stat(mcc_soft), "mean_l0": stat(12.0)}
+    soft["spearman_k_hat"] = stat(rho)
+    topk = {"explained_variance": stat(ev_topk), "mcc": stat(mcc_topk), "mean_l0": stat(11.5)}
+    plus1 = {"explained_variance": stat(ev_topk + 0.02), "mcc": stat(0.9), "mean_l0": stat(12.5)}
+    return {"r": {"soft": soft, "topk": topk, "topk_plus1": plus1}}
+
+
+def test_acceptance_fails_when_any_check_fails():
+    assert S.acceptance(_summary(ev_soft=0.85, mcc_soft=0.89, rho=0.95))["all_pass"] is True
+    for bad in (
+        {"ev_soft": 0.79, "mcc_soft": 0.95, "rho": 0.95},
+        {"ev_soft": 0.85, "mcc_soft": 0.87, "rho": 0.95},
+        {"ev_soft": 0.85, "mcc_soft": 0.95, "rho": 0.89},
+    ):
+        assert S.acceptance(_summary(**bad))["all_pass"] is False, bad
+    info = S.acceptance(_summary(0.85, 0.9, 0.95))["r"]["info_soft_vs_topk_plus1"]
+    # TopK's EV interpolated at SoftSAE's L0 (12.0, halfway between 11.5 and 12.5).
+    assert info["ev_topk_interpolated_at_l0_soft"] == pytest.approx(0.81)
+    assert S.acceptance({"r": {"topk": {}}}) is None
+
+
+def test_report_and_plots_do_not_import_torch():
+    """They redraw a saved JSON alone (--replot), so they must not need torch or SAELens."""
+    code = (
+        "import sys, importlib.util, pathlib\n"
+        "pkg = pathlib.Path(sys.argv[1])\n"
+        "for name in ('report', 'plots'):\n"
+        "    spec = importlib.util.spec_from_file_location(name, pkg / f'{name}.py')\n"
+        "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "print(sorted(m for m in ('torch', 'sae_lens') if m in sys.modules))\n"
+    )
+    pkg = Path(S.__file__).parent
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(pkg)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
 
 
 def test_quick_run_true_l0_varies_strongly(quick_run):
