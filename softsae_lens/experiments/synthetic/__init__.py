@@ -68,16 +68,18 @@ from softsae_lens.experiments.synthetic.data import (
     l0_distribution,
     sample_true_l0,
 )
+from softsae_lens.experiments.synthetic.jobs import run_job
 from softsae_lens.experiments.synthetic.metrics import correlations, evaluate
 from softsae_lens.experiments.synthetic.plots import PLOT_FILES, make_plots
-from softsae_lens.experiments.synthetic.report import acceptance, aggregate, markdown_report
-from softsae_lens.experiments.synthetic.runner import run_experiment, run_job
+from softsae_lens.experiments.synthetic.report import markdown_report
+from softsae_lens.experiments.synthetic.runner import run_experiment
 from softsae_lens.experiments.synthetic.settings import (
     EXPERIMENT_SOFT_OVERRIDES,
     Settings,
     default_regimes,
     default_settings,
 )
+from softsae_lens.experiments.synthetic.summary import acceptance, aggregate
 
 __all__ = [
     "ABLATION_DESCRIPTIONS",

@@ -25,7 +25,12 @@ from sae_lens import (
 
 import softsae_lens  # noqa: F401  (registers the "soft" architecture with SAELens)
 from softsae_lens.experiments.synthetic.data import Regime
-from softsae_lens.experiments.synthetic.settings import Settings
+from softsae_lens.experiments.synthetic.prototype import (
+    ProtoSoftTrainingSAE,
+    ProtoSoftTrainingSAEConfig,
+)
+from softsae_lens.experiments.synthetic.realistic import RealisticRegime
+from softsae_lens.experiments.synthetic.settings import RealisticSettings, Settings
 from softsae_lens.soft_sae import SoftTrainingSAE, SoftTrainingSAEConfig
 
 SAE_KINDS = ("soft", "topk", "batchtopk")
@@ -38,6 +43,8 @@ MAIN_VARIANTS: dict[str, dict[str, Any]] = {
     "topk_plus1": {"kind": "topk", "k_offset": 1},
     "batchtopk": {"kind": "batchtopk"},
 }
+# The realistic regime runs the same comparison (SoftSAE with the package defaults there).
+REALISTIC_VARIANTS: dict[str, dict[str, Any]] = dict(MAIN_VARIANTS)
 SAE_LABELS = {
     "soft": "SoftSAE",
     "topk": "TopK",
@@ -115,17 +122,21 @@ ABLATION_DESCRIPTIONS = {
 
 
 def build_sae(
-    kind: str, regime: Regime, true_mean_l0: float, settings: Settings, **overrides: Any
+    kind: str,
+    regime: Regime | RealisticRegime,
+    true_mean_l0: float,
+    settings: Settings | RealisticSettings,
+    **overrides: Any,
 ) -> TrainingSAE[Any]:
-    """A fresh training SAE; every kind targets the true mean L0.
+    """A fresh training SAE of width ``regime.d_sae``; every kind targets ``true_mean_l0``.
 
     ``overrides`` are config fields, plus ``k_offset`` (shifts the integer k of TopK and
-    SoftSAE) and, for SoftSAE, ``k_max_factor`` (``k_max = k_max_factor * k``); SoftSAE also
-    takes ``settings.soft_overrides`` first.
+    SoftSAE) and, for SoftSAE, ``k_max_factor`` (``k_max = k_max_factor * k``; None keeps the
+    package default); SoftSAE also takes ``settings.soft_overrides`` first.
     """
     overrides = dict(overrides)
     k = max(1, round(true_mean_l0) + int(overrides.pop("k_offset", 0)))
-    common: dict[str, Any] = {"d_in": regime.d_in, "d_sae": regime.num_features}
+    common: dict[str, Any] = {"d_in": regime.d_in, "d_sae": regime.d_sae}
     if settings.aux_loss_coefficient is not None:
         common["aux_loss_coefficient"] = settings.aux_loss_coefficient
     if kind == "topk":
@@ -137,9 +148,15 @@ def build_sae(
     if kind == "soft":
         overrides = {**settings.soft_overrides, **overrides}
         factor = overrides.pop("k_max_factor", settings.k_max_factor)
-        overrides.setdefault("k_max", float(min(regime.num_features, factor * k)))
+        if factor is not None:
+            overrides.setdefault("k_max", float(min(regime.d_sae, factor * k)))
         if overrides.get("k_estimator_width") == "d_sae":
-            overrides["k_estimator_width"] = regime.num_features
+            overrides["k_estimator_width"] = regime.d_sae
+        if "train_code" in overrides:  # an experiment-only training variant (.prototype)
+            proto = ProtoSoftTrainingSAEConfig(
+                k=k, total_training_steps=settings.total_steps, **common, **overrides
+            )
+            return ProtoSoftTrainingSAE(proto)
         cfg = SoftTrainingSAEConfig(
             k=k, total_training_steps=settings.total_steps, **common, **overrides
         )
@@ -154,3 +171,48 @@ def to_inference(sae: TrainingSAE[Any]) -> SAE[Any]:
         inference = SAE.load_from_disk(tmp)
     inference.eval()
     return inference
+
+
+# The realistic-regime ablation: the package defaults, then one change at a time; TopK (k and
+# k + 1, to compare EV at SoftSAE's L0) and BatchTopK as references.
+_ST = {"train_code": "straight_through"}
+REALISTIC_ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
+    "topk": {"kind": "topk"},
+    "topk_plus1": {"kind": "topk", "k_offset": 1},
+    "batchtopk": {"kind": "batchtopk"},
+    "soft": {"kind": "soft"},
+    "straight_through": {"kind": "soft", **_ST},
+    "straight_through_no_hard": {"kind": "soft", **_ST, "hard_topk_fraction": 0.0},
+    "hard_25": {"kind": "soft", "hard_topk_fraction": 0.25},
+    "hard_50": {"kind": "soft", "hard_topk_fraction": 0.5},
+    "alpha_end_0.05": {"kind": "soft", "alpha_end": 0.05},
+    "alpha_end_1e-3": {"kind": "soft", "alpha_end": 1e-3},
+    "alpha_anneal_10pct": {"kind": "soft", "alpha_anneal_fraction": 0.1},
+    "grad_to_pre": {"kind": "soft", "soft_topk_grad_to_pre": True},
+    "k_max_4k": {"kind": "soft", "k_max_factor": 4.0},
+    "k_loss_absolute": {"kind": "soft", "k_loss_scale": "absolute"},
+    "k_loss_coef_10": {"kind": "soft", "k_loss_coefficient": 10.0},
+    "estimator_d_sae": {"kind": "soft", "k_estimator_width": "d_sae"},
+    "aux_coef_1": {"kind": "soft", "aux_loss_coefficient": 1.0},
+    "no_decoder_rescale": {"kind": "soft", "rescale_acts_by_decoder_norm": False},
+}
+REALISTIC_ABLATION_DESCRIPTIONS = {
+    "topk": "SAELens TopK, k = round(true L0 of the d_sae most frequent features) (reference)",
+    "topk_plus1": "SAELens TopK with k + 1 (reference: EV at SoftSAE's L0)",
+    "batchtopk": "SAELens BatchTopK, same k (reference)",
+    "soft": "SoftSAE, package defaults",
+    "straight_through": "hard top-k forward from step 0; the k-estimator gets the soft weights' exact gradient (straight-through); last 4% hard as by default",
+    "straight_through_no_hard": "straight_through with hard_topk_fraction 0 (k keeps learning to the end)",
+    "hard_25": "hard_topk_fraction 0.25 (default 0.04)",
+    "hard_50": "hard_topk_fraction 0.5",
+    "alpha_end_0.05": "alpha floor 0.05 of the RMS positive pre-activation (default 0.01)",
+    "alpha_end_1e-3": "alpha floor 1e-3 (default 0.01)",
+    "alpha_anneal_10pct": "alpha annealed over 10% of the steps (default 1%)",
+    "grad_to_pre": "soft_topk_grad_to_pre True: the soft weights' gradient reaches the pre-activations",
+    "k_max_4k": "k_max = 4k (default 2k)",
+    "k_loss_absolute": "the paper's k penalty (k_loss_scale absolute; default MSE-scaled)",
+    "k_loss_coef_10": "k_loss_coefficient 10 (default 1)",
+    "estimator_d_sae": "k-estimator width d_sae, as the paper (default d_sae / 4)",
+    "aux_coef_1": "aux_loss_coefficient 1.0, TopK's SAELens default (default 1/32, the paper's)",
+    "no_decoder_rescale": "rescale_acts_by_decoder_norm False (default True)",
+}

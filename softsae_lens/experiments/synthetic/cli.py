@@ -15,46 +15,85 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from softsae_lens.experiments.synthetic.arms import ABLATION_DESCRIPTIONS, ABLATION_VARIANTS
+from softsae_lens.experiments.synthetic.arms import (
+    ABLATION_DESCRIPTIONS,
+    ABLATION_VARIANTS,
+    REALISTIC_ABLATION_DESCRIPTIONS,
+    REALISTIC_ABLATION_VARIANTS,
+)
 from softsae_lens.experiments.synthetic.plots import make_plots
+from softsae_lens.experiments.synthetic.realistic import RealisticRegime
 from softsae_lens.experiments.synthetic.report import markdown_report
 from softsae_lens.experiments.synthetic.runner import MAIN_TITLE, run_experiment
-from softsae_lens.experiments.synthetic.settings import default_settings
+from softsae_lens.experiments.synthetic.settings import default_realistic, default_settings
+
+REGIMES = ("bimodal", "spread", "realistic")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m softsae_lens.experiments.synthetic",
-        description="Does SoftSAE's k_hat track the true number of active features? Trains "
-        "SoftSAE, TopK (k and k+1) and BatchTopK on synthetic data with known per-input L0.",
+        description="Does SoftSAE's k_hat track the true number of active features, and does it "
+        "learn the true features? Trains SoftSAE, TopK (k and k+1) and BatchTopK on synthetic "
+        "data with known per-input L0: two toy regimes (bimodal, spread) and a realistic one "
+        "(SAELens's SynthSAEBench recipe, scaled down, trained through SyntheticSAERunner).",
     )
     p.add_argument("--quick", action="store_true", help="tiny run (seconds) for the test suite")
     p.add_argument(
         "--ablation",
         action="store_true",
         help="instead of the main comparison, compare SoftSAE variants (package defaults, "
-        "gradient to the pre-activations, the paper's settings, alpha_end, k_max) with TopK",
+        "gradient to the pre-activations, the paper's settings, alpha_end, k_max) with TopK "
+        "on the toy regimes",
+    )
+    p.add_argument(
+        "--realistic-ablation",
+        action="store_true",
+        help="instead of the main comparison, compare SoftSAE training variants with TopK and "
+        "BatchTopK on the realistic regime (one change at a time)",
     )
     p.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="output folder (default out/synthetic, out/synthetic_ablation or out/synthetic_quick)",
+        help="output folder (default out/synthetic, out/synthetic_ablation, "
+        "out/synthetic_realistic_ablation or out/synthetic_quick)",
     )
     p.add_argument("--json", type=Path, default=None, help="JSON path (default OUT/results.json)")
     p.add_argument(
         "--regimes",
         nargs="+",
-        choices=["bimodal", "spread"],
+        choices=REGIMES,
         default=None,
-        help="regimes to run (default: both)",
+        help="regimes to run (default: all three; the ablations run their own)",
     )
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="toy regimes' seeds (default 0 1 2)"
+    )
     p.add_argument("--training-samples", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument(
         "--k-max-factor", type=float, default=None, help="SoftSAE k_max = factor * k (default 4)"
     )
+    p.add_argument("--realistic-seeds", type=int, nargs="+", default=None, help="default 0 1 2")
+    p.add_argument(
+        "--realistic-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("FEATURES", "DIMS"),
+        help="true features and dimensions of the realistic regime (default 2048 128; "
+        "d_sae is a quarter of the features)",
+    )
+    p.add_argument("--realistic-samples", type=int, default=None, help="default 1,024,000")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("out") / "synthetic_cache",
+        help="where the realistic regime's recorded training streams are kept for later runs "
+        "(default out/synthetic_cache)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="record the streams afresh, keep none")
     p.add_argument(
         "--workers",
         type=int,
@@ -72,7 +111,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default: the JSON's folder)",
     )
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.ablation and args.realistic_ablation:
+        p.error("--ablation and --realistic-ablation: choose one")
+    for name in ("training_samples", "realistic_samples", "workers", "threads"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            p.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.realistic_size is not None and (
+        args.realistic_size[0] < 128 or args.realistic_size[1] < 1
+    ):
+        p.error(f"--realistic-size needs FEATURES >= 128 and DIMS >= 1, got {args.realistic_size}")
+    return args
 
 
 def replot(json_path: Path, out_dir: Path | None) -> dict[str, Any]:
@@ -92,15 +142,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.replot is not None:
         return replot(args.replot, args.out)
     settings = default_settings(quick=args.quick)
-    variants = None
-    labels = None
+    realistic = default_realistic(quick=args.quick)
+    variants = realistic_variants = labels = None
     title = MAIN_TITLE
+    regimes = set(args.regimes or REGIMES)
     if args.ablation:
         variants = ABLATION_VARIANTS
         labels = {n: n for n in ABLATION_VARIANTS}
         title = "Ablation: SoftSAE variants against TopK"
-    if args.regimes is not None:
-        settings.regimes = [r for r in settings.regimes if r.name in args.regimes]
+        regimes = set(args.regimes or ("bimodal", "spread"))
+    if args.realistic_ablation:
+        realistic_variants = REALISTIC_ABLATION_VARIANTS
+        labels = {n: n for n in REALISTIC_ABLATION_VARIANTS}
+        title = "Ablation on the realistic regime: SoftSAE training variants against TopK"
+        regimes = {"realistic"}
+    settings.regimes = [r for r in settings.regimes if r.name in regimes]
     if args.seeds is not None:
         settings.seeds = list(args.seeds)
     if args.training_samples is not None:
@@ -109,7 +165,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         settings.lr = args.lr
     if args.k_max_factor is not None:
         settings.k_max_factor = args.k_max_factor
-    suffix = "_ablation" if args.ablation else ("_quick" if args.quick else "")
+    if args.realistic_seeds is not None:
+        realistic.seeds = list(args.realistic_seeds)
+    if args.realistic_samples is not None:
+        realistic.training_samples = args.realistic_samples
+    if args.realistic_size is not None:
+        features, dims = args.realistic_size
+        realistic.regimes = [RealisticRegime("realistic", features, dims)]
+    suffix = (
+        "_ablation"
+        if args.ablation
+        else "_realistic_ablation"
+        if args.realistic_ablation
+        else ("_quick" if args.quick else "")
+    )
     out_dir = args.out if args.out is not None else Path("out") / f"synthetic{suffix}"
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.json if args.json is not None else out_dir / "results.json"
@@ -126,9 +195,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         progress=not args.no_progress,
         workers=workers,
         threads=args.threads,
+        realistic=realistic if "realistic" in regimes else None,
+        realistic_variants=realistic_variants,
+        cache_dir=None if args.no_cache else args.cache,
     )
     if args.ablation:
         result["ablation_descriptions"] = ABLATION_DESCRIPTIONS
+    if args.realistic_ablation:
+        result["ablation_descriptions"] = REALISTIC_ABLATION_DESCRIPTIONS
     files = [str(json_path), str(out_dir / "results.md")]
     if not args.no_plots:
         files += make_plots(result, out_dir)

@@ -66,6 +66,11 @@ class Regime:
             raise ValueError(f"the sparsest inputs' L0 must lie in (0, dense_l0], got {low}")
 
     @property
+    def d_sae(self) -> int:
+        """The SAEs' width: as many latents as true features."""
+        return self.num_features
+
+    @property
     def firing_probability(self) -> float:
         return self.dense_l0 / self.num_features
 

@@ -40,12 +40,13 @@ def correlations(a: torch.Tensor, b: torch.Tensor) -> dict[str, float | None]:
 
 @torch.no_grad()
 def per_input_stats(sae: SAE[Any], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Realised L0, squared reconstruction error and (SoftSAE) ``k_hat`` of every input."""
+    """Latents, realised L0, squared reconstruction error and (SoftSAE) ``k_hat`` of every input."""
     latents = sae.encode(x)
     x_hat = sae.decode(latents)
     out = {
         "l0": (latents != 0).sum(-1),
         "sq_err": (x - x_hat).pow(2).sum(-1),
+        "latents": latents,
     }
     if hasattr(sae, "predict_k"):
         out["k_hat"] = sae.predict_k(x)
@@ -102,6 +103,31 @@ def _by_mode(
         )
 
 
+@torch.no_grad()
+def sample_inputs(
+    feature_dict: FeatureDictionary, generator: ActivationGenerator, n: int, batch: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``n`` inputs drawn exactly as ``eval_sae_on_synthetic_data(..., batch_size=batch)`` draws
+    them under the same RNG state: true features, hidden activations, and the bimodal mode labels
+    (None for a generator without a :class:`~.data.ComplexityModifier`)."""
+    feats, xs, modes = [], [], []
+    modifier = _complexity_modifier(generator)
+    for start in range(0, n, batch):
+        f = generator.sample(min(batch, n - start))
+        feats.append(f)
+        xs.append(feature_dict(f))
+        if modifier is not None:
+            modes.append(modifier.last_mode)
+    return torch.cat(feats), torch.cat(xs), torch.cat(modes) if modes else None
+
+
+def _complexity_modifier(generator: ActivationGenerator) -> Any:
+    try:
+        return modifier_of(generator)
+    except (AttributeError, TypeError):
+        return None
+
+
 def evaluate(
     sae: SAE[Any],
     feature_dict: FeatureDictionary,
@@ -109,21 +135,23 @@ def evaluate(
     eval_seed: int,
     n_eval: int,
     edges: list[int],
+    batch_size: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """SAELens's synthetic eval plus per-input stats on the very same inputs."""
+    """SAELens's synthetic eval plus per-input stats on the very same inputs.
+
+    The returned stats hold per-input tensors (``l0``, ``sq_err``, ``true_l0``, ``k_hat`` for
+    SoftSAE) and the inputs themselves (``features``, ``latents``) for further diagnostics.
+    """
     sae.eval()
+    batch = batch_size or n_eval
     torch.manual_seed(eval_seed)
     result = eval_sae_on_synthetic_data(
-        sae, feature_dict, generator, num_samples=n_eval, batch_size=n_eval
+        sae, feature_dict, generator, num_samples=n_eval, batch_size=batch
     )
-    # Same seed, same single batch: the same inputs eval_sae_on_synthetic_data just used.
+    # Same seed, same batches: the same inputs eval_sae_on_synthetic_data just used.
     torch.manual_seed(eval_seed)
-    with torch.no_grad():
-        feats = generator.sample(n_eval)
-        x = feature_dict(feats)
+    feats, x, mode = sample_inputs(feature_dict, generator, n_eval, batch)
     true_l0 = (feats != 0).sum(-1)
-    mode = modifier_of(generator).last_mode
-    assert mode is not None
     if abs(float(true_l0.double().mean()) - result.true_l0) > 1e-6 * max(1.0, result.true_l0):
         raise RuntimeError("evaluation inputs differ from eval_sae_on_synthetic_data's")
     stats = per_input_stats(sae, x)
@@ -152,5 +180,7 @@ def evaluate(
         metrics["k_hat_mean"] = float(stats["k_hat"].double().mean())
         metrics["k_hat_std"] = float(stats["k_hat"].double().std())
         metrics["corr_k_hat_vs_true"] = correlations(stats["k_hat"], true_l0)
-    _by_mode(metrics, stats, mode, sq_norm)
+    if mode is not None:
+        _by_mode(metrics, stats, mode, sq_norm)
+    stats["features"] = feats
     return metrics, stats

@@ -92,12 +92,14 @@ def _k_hat_panel(ax: Axes, result: dict[str, Any], regime: dict[str, Any], name:
 def plot_k_hat(result: dict[str, Any], path: Path) -> str | None:
     """k_hat (and realised L0) against true L0, all seeds pooled; one panel per SoftSAE
     variant and regime, regime-major, at most 5 a row. None when no SoftSAE ran."""
-    regimes = result["regimes"]
-    first = result["summary"][regimes[0]["name"]]
-    soft_names = [nm for nm in first if first[nm]["kind"] == "soft"]
-    if not soft_names:
+    specs = [
+        (regime, nm)
+        for regime in result["regimes"]
+        for nm, a in result["summary"][regime["name"]].items()
+        if a["kind"] == "soft"
+    ]
+    if not specs:
         return None
-    specs = [(regime, nm) for regime in regimes for nm in soft_names]
     cols = min(len(specs), 5)
     rows = math.ceil(len(specs) / cols)
     size = 5.2 if cols <= 2 else 3.8
@@ -129,7 +131,7 @@ def plot_error_by_true_l0(result: dict[str, Any], path: Path) -> str:
     """Relative reconstruction error (top) and realised L0 (bottom) per true-L0 bucket."""
     regimes = result["regimes"]
     labels = result["labels"]
-    color_of = _colors(list(result["summary"][regimes[0]["name"]]))
+    color_of = _colors(list(dict.fromkeys(n for agg in result["summary"].values() for n in agg)))
     n = len(regimes)
     fig = Figure(figsize=(5.2 * n, 7.5))
     axes = fig.subplots(2, n, squeeze=False, sharex="col")

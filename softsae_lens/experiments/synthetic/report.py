@@ -1,146 +1,12 @@
-"""Aggregation over seeds, the acceptance checks and the Markdown report.
+"""The Markdown report (``results.md``), from a result dict or a saved ``results.json``.
 
-Everything here reads and writes plain JSON-able dicts (the per-seed metrics of
-:mod:`.metrics`, the result of :func:`.runner.run_experiment`), so a saved ``results.json`` can
-be re-reported without training.
-
-Depends on numpy only: nothing about torch, SAELens, training or plots.
+Depends on nothing but the standard library: no numpy, torch, SAELens or plots.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
-
-import numpy as np
-
-_SCALAR_KEYS = (
-    "explained_variance",
-    "mse",
-    "rel_err",
-    "mean_l0",
-    "l0_std",
-    "mcc",
-    "f1",
-    "dead_latents",
-    "k_hat_mean",
-    "l0_simple_mode",
-    "l0_complex_mode",
-    "rel_err_simple_mode",
-    "rel_err_complex_mode",
-)
-_CORRELATION_KEYS = ("spearman_k_hat", "pearson_k_hat", "spearman_l0", "pearson_l0")
-_BUCKET_KEYS = ("true_l0", "mse", "rel_err", "l0", "k_hat")
-
-
-class _SeedMetrics(Protocol):
-    metrics: dict[str, dict[str, Any]]
-
-
-def _get(m: dict[str, Any], key: str) -> float | None:
-    if key in ("spearman_k_hat", "pearson_k_hat"):
-        return (m.get("corr_k_hat_vs_true") or {}).get(key.split("_")[0])
-    if key in ("spearman_l0", "pearson_l0"):
-        return (m.get("corr_l0_vs_true") or {}).get(key.split("_")[0])
-    v = m.get(key)
-    return float(v) if isinstance(v, (int, float)) else None
-
-
-def _mean_std(values: Sequence[float]) -> dict[str, Any]:
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "per_seed": list(values)}
-
-
-def _aggregate_buckets(runs: Sequence[_SeedMetrics], name: str) -> list[dict[str, Any]]:
-    """Seed mean and std of every bucket (every seed of a regime uses the same edges)."""
-    out = []
-    for row in runs[0].metrics[name]["buckets"]:
-        rows = [
-            b
-            for r in runs
-            for b in r.metrics[name]["buckets"]
-            if b["lo"] == row["lo"] and b["hi"] == row["hi"]
-        ]
-        agg: dict[str, Any] = {"lo": row["lo"], "hi": row["hi"], "n": sum(b["n"] for b in rows)}
-        for key in _BUCKET_KEYS:
-            if key in row:
-                vals = [b[key] for b in rows]
-                agg[key] = float(np.mean(vals))
-                agg[f"{key}_std"] = float(np.std(vals))
-        out.append(agg)
-    return out
-
-
-def aggregate(runs: Sequence[_SeedMetrics]) -> dict[str, dict[str, Any]]:
-    """Mean and std over seeds of every scalar metric and every bucket, per SAE."""
-    out: dict[str, dict[str, Any]] = {}
-    for name in runs[0].metrics:
-        entry: dict[str, Any] = {}
-        for key in (*_SCALAR_KEYS, *_CORRELATION_KEYS):
-            vals = [v for r in runs if (v := _get(r.metrics[name], key)) is not None]
-            if vals:
-                entry[key] = _mean_std(vals)
-        within = [r.metrics[name].get("spearman_k_hat_within_mode") for r in runs]
-        if all(w is not None for w in within):
-            entry["spearman_k_hat_within_mode"] = {
-                mode: float(np.mean([w[mode] for w in within if w[mode] is not None]))
-                for mode in ("simple", "complex")
-            }
-        entry["buckets"] = _aggregate_buckets(runs, name)
-        out[name] = entry
-    return out
-
-
-def _ev_at_l0(l0: float, l0_a: float, ev_a: float, l0_b: float, ev_b: float) -> float:
-    """EV at ``l0``, linear in L0 through two (L0, EV) points (the second where they coincide)."""
-    return ev_a + (ev_b - ev_a) * (l0 - l0_a) / (l0_b - l0_a) if l0_b != l0_a else ev_b
-
-
-def acceptance(summary: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """The issue's acceptance checks on the mean over seeds (None without "soft" and "topk").
-
-    Also records every SAE's measured mean L0 and, where present, SoftSAE's EV against
-    TopK with k + 1 (whose L0 is at or above SoftSAE's), as information.
-    """
-    checks: dict[str, Any] = {}
-    for regime, agg in summary.items():
-        soft, topk = agg.get("soft"), agg.get("topk")
-        if soft is None or topk is None:
-            continue
-        rho = soft["spearman_k_hat"]["mean"]
-        ev_s, ev_t = soft["explained_variance"]["mean"], topk["explained_variance"]["mean"]
-        mcc_s, mcc_t = soft["mcc"]["mean"], topk["mcc"]["mean"]
-        checks[regime] = {
-            "spearman_k_hat_ge_0.9": {"value": rho, "pass": rho >= 0.9},
-            "ev_soft_ge_topk": {"soft": ev_s, "topk": ev_t, "pass": ev_s >= ev_t},
-            "mcc_soft_ge_topk_minus_0.02": {
-                "soft": mcc_s,
-                "topk": mcc_t,
-                "pass": mcc_s >= mcc_t - 0.02,
-            },
-            "mean_l0": {name: a["mean_l0"]["mean"] for name, a in agg.items()},
-        }
-        plus1 = agg.get("topk_plus1")
-        if plus1 is not None:
-            l0_s, l0_t = soft["mean_l0"]["mean"], topk["mean_l0"]["mean"]
-            l0_p, ev_p = plus1["mean_l0"]["mean"], plus1["explained_variance"]["mean"]
-            checks[regime]["info_soft_vs_topk_plus1"] = {
-                "ev_soft": ev_s,
-                "ev_topk_plus1": ev_p,
-                "l0_soft": l0_s,
-                "l0_topk_plus1": l0_p,
-                "ev_topk_interpolated_at_l0_soft": _ev_at_l0(l0_s, l0_t, ev_t, l0_p, ev_p),
-            }
-    if not checks:
-        return None
-    checks["all_pass"] = all(
-        c["pass"] for r in checks.values() if isinstance(r, dict) for c in r.values() if "pass" in c
-    )
-    return checks
-
-
-# --------------------------------------------------------------------------------------------
-# Markdown
-# --------------------------------------------------------------------------------------------
+from typing import Any
 
 
 def _fmt(stat: dict[str, Any] | None, digits: int = 3) -> str:
@@ -228,6 +94,62 @@ def _bucket_table(agg: dict[str, Any], labels: dict[str, str]) -> list[str]:
     return _table(["true L0", "inputs (all seeds)", *(labels.get(n, n) for n in names)], rows)
 
 
+_QUALITY_COLUMNS = (
+    ("MCC", "mcc", 3),
+    ("F1", "f1", 3),
+    ("precision", "precision", 3),
+    ("recall", "recall", 3),
+    ("uniqueness", "uniqueness", 3),
+    ("EV", "explained_variance", 3),
+    ("mean L0", "mean_l0", 2),
+    ("dead", "dead_latents", 1),
+    ("Spearman(k_hat, true)", "spearman_k_hat", 3),
+)
+# (column header, flattened hierarchy key) of the hierarchy table.
+_HIERARCHY_COLUMNS = (
+    ("learned, width", "groups.within_width.learned"),
+    ("learned, beyond", "groups.beyond_width.learned"),
+    ("F1 width", "groups.within_width.f1"),
+    ("F1 roots", "groups.depth_0.f1"),
+    ("F1 depth 1", "groups.depth_1.f1"),
+    ("F1 depth 2", "groups.depth_2.f1"),
+    ("F1 leaves", "groups.depth_3.f1"),
+    ("F1 no tree", "groups.outside_hierarchy.f1"),
+    ("parent recall alone", "absorption.parent_recall_alone"),
+    ("parent recall w/ child", "absorption.parent_recall_with_child"),
+    ("cos(child latent, parent)", "child_latent_cosine_with_parent"),
+    ("split features", "features_split"),
+)
+
+
+def _hierarchy_table(agg: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    rows = []
+    for n, a in agg.items():
+        h = a.get("hierarchy") or {}
+        digits = [1 if key == "features_split" else 3 for _, key in _HIERARCHY_COLUMNS]
+        cells = [
+            _fmt(h.get(key), d) for (_, key), d in zip(_HIERARCHY_COLUMNS, digits, strict=True)
+        ]
+        rows.append([labels.get(n, n), *cells])
+    return _table(["SAE", *(header for header, _ in _HIERARCHY_COLUMNS)], rows)
+
+
+def _realistic_tables(agg: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    lines = ["", "Feature quality (SAELens's synthetic evals), mean ± std over seeds:", ""]
+    lines += _metric_table(agg, labels, _QUALITY_COLUMNS, _fmt)
+    lines += [
+        "",
+        "Where features go wrong. A true feature is *learned* when a decoder row has cosine >= "
+        "0.5 with it; F1 is that latent's as a detector of the feature, by group: the d_sae most "
+        "frequent features (*width*), the hierarchy's depths (roots 0 to leaves), features in no "
+        "tree. *Parent recall* is a learned parent's latent firing when the parent is active "
+        "without / with one of its children (lower with a child: absorption); *split features* "
+        "are true features claimed by more than one latent:",
+        "",
+    ]
+    return lines + _hierarchy_table(agg, labels)
+
+
 def _regime_section(regime: dict[str, Any], agg: dict[str, Any], labels: dict[str, str]):
     dist = regime["true_l0_distribution"]
     q = dist["quantiles"]
@@ -236,6 +158,11 @@ def _regime_section(regime: dict[str, Any], agg: dict[str, Any], labels: dict[st
         extra = (
             f"; simple inputs {dist['simple_mean']:.2f}, complex {dist['complex_mean']:.2f} "
             f"({dist['complex_fraction']:.0%} complex)"
+        )
+    if "width_mean" in dist:
+        extra = (
+            f"; over the {regime['d_sae']} most frequent features (what the width can hold, "
+            f"and the SAEs' k): {dist['width_mean']:.2f}"
         )
     lines = [
         f"## Regime `{regime['name']}`: {regime['description']}",
@@ -256,6 +183,8 @@ def _regime_section(regime: dict[str, Any], agg: dict[str, Any], labels: dict[st
             "",
         ]
         lines += _mode_table(agg, labels)
+    if regime.get("kind") == "realistic":
+        lines += _realistic_tables(agg, labels)
     lines += [
         "",
         "Relative reconstruction error (and mean L0) per true-L0 bucket, mean over seeds:",
@@ -276,6 +205,15 @@ def markdown_report(result: dict[str, Any]) -> str:
         f"steps); evaluation on {s['n_eval']:,} fresh inputs per seed. Wall time {result['wall_s']:.0f} s.",
         "",
     ]
+    r = result.get("realistic_settings")
+    if r:
+        lines += [
+            f"Realistic regimes (SAELens's SyntheticSAERunner): seeds {r['seeds']}; "
+            f"{r['training_samples']:,} training samples, batch {r['batch_size']} "
+            f"({r['total_steps']} steps), lr {r['lr']:g}, dead-latent window "
+            f"{r['dead_feature_window']} steps; evaluation on {r['n_eval']:,} fresh inputs per seed.",
+            "",
+        ]
     for regime in result["regimes"]:
         lines += _regime_section(regime, result["summary"][regime["name"]], result["labels"])
     acc = result.get("acceptance")

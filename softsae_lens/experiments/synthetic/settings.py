@@ -1,6 +1,7 @@
 """What one run of the synthetic experiment depends on: :class:`Settings` and its defaults.
 
-Depends on :mod:`.data` (the regimes) only: nothing about SAEs, training, reports or plots.
+Depends on :mod:`.data` and :mod:`.realistic` (the regimes) only: nothing about SAEs,
+training, reports or plots.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from softsae_lens.experiments.synthetic.data import Regime
+from softsae_lens.experiments.synthetic.realistic import RealisticRegime
 
 # SoftSAE settings of this experiment that differ from the package defaults (see the ablation):
 # alpha_end 0.05 (relative) instead of 0.01.
@@ -36,6 +38,39 @@ class Settings:
     k_max_factor: float = 4.0
     aux_loss_coefficient: float | None = None
     soft_overrides: dict[str, Any] = field(default_factory=lambda: dict(EXPERIMENT_SOFT_OVERRIDES))
+
+    @property
+    def total_steps(self) -> int:
+        return self.training_samples // self.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["total_steps"] = self.total_steps
+        return d
+
+
+@dataclass
+class RealisticSettings:
+    """How SAEs train on the realistic regimes: through SAELens's ``SyntheticSAERunner``.
+
+    SoftSAE runs with the package defaults here (``soft_overrides`` empty, ``k_max_factor``
+    None): this regime is the check of those defaults. ``dead_feature_window`` is SAELens's
+    (steps without firing before a latent counts as dead and the aux loss targets it).
+    """
+
+    regimes: list[RealisticRegime]
+    seeds: list[int]
+    training_samples: int
+    batch_size: int = 1024
+    lr: float = 3e-4
+    lr_warm_up_steps: int = 0
+    lr_decay_steps: int = 0
+    dead_feature_window: int = 1000
+    n_eval: int = 20_000
+    eval_batch_size: int = 5_000
+    k_max_factor: float | None = None
+    aux_loss_coefficient: float | None = None
+    soft_overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total_steps(self) -> int:
@@ -82,4 +117,27 @@ def default_settings(quick: bool = False) -> Settings:
         batch_size=256,
         lr_decay_steps=0,
         n_eval=4096,
+    )
+
+
+def default_realistic(quick: bool = False) -> RealisticSettings:
+    """The realistic regime of the default run, or a tiny one for the test suite."""
+    if quick:
+        return RealisticSettings(
+            regimes=[RealisticRegime("realistic", num_features=256, hidden_dim=32)],
+            seeds=[0],
+            training_samples=256 * 150,
+            batch_size=256,
+            lr=3e-3,
+            dead_feature_window=50,
+            n_eval=4096,
+            eval_batch_size=4096,
+        )
+    return RealisticSettings(
+        regimes=[RealisticRegime("realistic", num_features=2048, hidden_dim=128)],
+        seeds=[0, 1, 2],
+        training_samples=1024 * 1000,
+        batch_size=1024,
+        lr=3e-3,
+        dead_feature_window=250,
     )
