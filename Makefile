@@ -49,6 +49,7 @@ lint: install
 bench: install
 	$(PY) benchmarks/bench_soft_topk.py
 	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_distributed.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -127,8 +127,7 @@ class DistributedSAETrainingRunner(LanguageModelSAETrainingRunner):
         # The checkpoint folder name ends in a random id drawn by each process; use rank 0's.
         cfg.checkpoint_path = context.broadcast_object(cfg.checkpoint_path)
         check_same_config(
-            {"runner": cfg.to_dict(), "override_dataset": _dataset_identity(override_dataset)},
-            context,
+            {**cfg.to_dict(), "override_dataset": _dataset_identity(override_dataset)}, context
         )
         for name in ("device", "llm_device", "act_store_device"):
             setattr(cfg, name, context.local_device(getattr(cfg, name)))
@@ -152,7 +151,8 @@ class DistributedSAETrainingRunner(LanguageModelSAETrainingRunner):
         if ours:
             sae_lens_logger.addFilter(warning_filter)
         try:
-            super().__init__(cfg, dataset, override_model, override_sae)
+            with _quiet_unless(context.is_main):
+                super().__init__(cfg, dataset, override_model, override_sae)
         finally:
             sae_lens_logger.removeFilter(warning_filter)
         store = self.activations_store
