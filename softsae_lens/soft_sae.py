@@ -317,7 +317,6 @@ def _without_autocast(device_type: str) -> contextlib.AbstractContextManager[Any
     return contextlib.nullcontext()
 
 
-
 class _SoftEncoderMixin:
     """The k-estimator, the per-input hard top-k and the folds that must also reach the
     k-estimator, shared by the inference and training classes (it precedes the TopK class in
@@ -485,6 +484,20 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
         self.resume_step_offset = 0
 
     @override
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        self.hook_sae_batch_sums = HookPoint()
+
+    def batch_sums(self, *sums: torch.Tensor) -> torch.Tensor:
+        """Sums over the training batch, stacked, passed through ``hook_sae_batch_sums``.
+
+        The identity in one process. Data-parallel training (``softsae_lens.distributed``)
+        hooks it to sum over every process's batch, with gradients, so that the k penalty and
+        the relative alpha see the global batch.
+        """
+        return self.hook_sae_batch_sums(torch.stack(sums))
+
+    @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feature_acts, hidden_pre, _ = self._encode_hard(x)
         return feature_acts, hidden_pre
@@ -512,8 +525,10 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
         if self.cfg.alpha_scale == "absolute":
             return torch.tensor(alpha, dtype=torch.float32, device=relu_pre.device)
         positive = relu_pre.detach()
-        count = torch.count_nonzero(positive).clamp(min=1)
-        rms = torch.linalg.vector_norm(positive) / count.sqrt()
+        squares, count = self.batch_sums(
+            positive.square().sum(), torch.count_nonzero(positive).to(positive.dtype)
+        )
+        rms = (squares / count.clamp(min=1)).sqrt()
         return (alpha * rms).clamp(min=torch.finfo(torch.float32).tiny)
 
     def _soft_acts(
@@ -531,8 +546,9 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
 
     def k_loss(self, k_hat: torch.Tensor, k_target: float, mse_loss: torch.Tensor) -> torch.Tensor:
         """The one-sided penalty on the batch-mean ``k_hat`` (see ``cfg.k_loss_scale``)."""
+        k_sum, count = self.batch_sums(k_hat.sum(), k_hat.new_tensor(float(k_hat.numel())))
         k_loss = self.cfg.k_loss_coefficient * F.softplus(
-            k_hat.mean() - k_target, beta=self.cfg.k_loss_beta
+            k_sum / count - k_target, beta=self.cfg.k_loss_beta
         )
         if self.cfg.k_loss_scale == "mse":
             k_loss = k_loss * (mse_loss.detach().float() / k_target)

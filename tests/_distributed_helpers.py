@@ -127,7 +127,6 @@ def k_penalty_step(sae, x: torch.Tensor):
     """One soft-phase training forward pass (step 50 of 100) with no dead latents."""
     from sae_lens.saes.sae import TrainStepInput
 
-    sae.completed_training_steps.zero_()
     return sae.training_forward_pass(
         TrainStepInput(
             sae_in=x,

@@ -156,7 +156,6 @@ def test_soft_k_penalty_uses_the_global_mean_k_hat(two_ranks):
     # k_loss = c * softplus(mean k_hat - target) * mse / target: divide out the batch's mse.
     reference = (out.losses["k_loss"] / out.losses["mse_loss"]).item()
     for r in ranks:
-        assert r["global"]["k_hat_mean"] == pytest.approx(float(out.metrics["softsae/k_hat_mean"]))
         glob = (r["global"]["k_loss"] / r["global"]["mse_loss"]).item()
         local = (r["local"]["k_loss"] / r["local"]["mse_loss"]).item()
         assert glob == pytest.approx(reference, rel=1e-5)
