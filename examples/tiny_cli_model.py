@@ -54,7 +54,7 @@ def write_tiny_model(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def write_token_dataset(folder: Path, rows: int = 256, seed: int = 0) -> Path:
+def write_token_dataset(folder: Path, rows: int = 512, seed: int = 0) -> Path:
     """``rows`` rows of ``CONTEXT`` random token ids as ``folder/train.parquet``."""
     from datasets import Dataset
 
@@ -70,7 +70,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default="out/tiny", help="folder for model/ and tokens/")
-    parser.add_argument("--rows", type=int, default=256, help="rows of the token dataset")
+    parser.add_argument("--rows", type=int, default=512, help="rows of the token dataset")
     args = parser.parse_args()
     if args.rows <= 0:
         parser.error(f"--rows must be a positive integer, got --rows {args.rows}")

@@ -45,6 +45,17 @@ def sae_cfg(architecture: str):
     raise ValueError(architecture)
 
 
+OTHER_ARCHITECTURES = {
+    "standard": {},
+    "gated": {},
+    "jumprelu": {},
+    "batchtopk": {"k": 8},
+    "matryoshka_batchtopk": {"k": 8, "matryoshka_widths": [32, 128]},
+    "abstopk": {"k": 8},
+    "matching_pursuit": {},
+}
+
+
 def runner_cfg(architecture: str, **overrides):
     """The run both the 2-process and the 1-process reference train.
 
@@ -98,6 +109,7 @@ def _train(architecture: str, rank: int, **overrides):
         override_model=model,
         override_dataset=token_dataset(ROWS),
     )
+    runner.initial_state = {k: v.detach().clone() for k, v in runner.sae.state_dict().items()}
     sae = runner.run()
     return runner, sae
 
@@ -154,6 +166,24 @@ def _scenarios(rank: int, root: Path) -> dict:
             "state": {k: v.detach().clone() for k, v in sae.state_dict().items()},
             "n_dataset_processed": runner.activations_store.n_dataset_processed,
             "checkpoint_path": runner.cfg.checkpoint_path,
+        }
+
+    # Every other SAELens training architecture, briefly.
+    from sae_lens.registry import get_sae_training_class
+
+    results["architectures"] = {}
+    for architecture, extra in OTHER_ARCHITECTURES.items():
+        config_class = get_sae_training_class(architecture)[1]
+        runner, sae = _train(
+            "topk",
+            rank,
+            sae=config_class(d_in=D_MODEL, d_sae=128, **extra),
+            training_tokens=GLOBAL_BATCH * 12,
+            n_checkpoints=0,
+        )
+        results["architectures"][architecture] = {
+            "state": {k: v.detach().clone() for k, v in sae.state_dict().items()},
+            "initial": runner.initial_state,
         }
 
     # (d) the k penalty of one training step on inputs whose k_hat means differ between ranks

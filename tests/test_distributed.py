@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from _distributed_helpers import (
     GLOBAL_BATCH,
+    OTHER_ARCHITECTURES,
     ROWS,
     STEPS,
     interleaved_dataset,
@@ -65,6 +66,20 @@ def test_parameters_identical_on_every_rank(two_ranks, architecture):
     assert set(states[0]) == set(states[1])
     for name in states[0]:
         assert torch.equal(states[0][name], states[1][name]), name
+
+
+@pytest.mark.parametrize("architecture", list(OTHER_ARCHITECTURES))
+def test_every_sae_lens_architecture_trains_data_parallel(two_ranks, architecture):
+    _, results = two_ranks
+    states = [r["architectures"][architecture]["state"] for r in results]
+    for name in states[0]:
+        assert torch.equal(states[0][name], states[1][name]), name
+    # Both ranks started from rank 0's initialisation (rank 1 drew another) and trained from it.
+    initial = [r["architectures"][architecture]["initial"] for r in results]
+    assert not torch.equal(initial[0]["W_dec"], initial[1]["W_dec"])
+    assert not torch.equal(states[0]["W_dec"], initial[0]["W_dec"])
+    if "topk_threshold" in states[0]:  # BatchTopK's threshold was updated
+        assert states[0]["topk_threshold"] > 0
 
 
 # (b) and (e) -------------------------------------------------------------------------------
