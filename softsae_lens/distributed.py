@@ -281,6 +281,8 @@ class DistributedSAETrainer(SAETrainer):
         had_own = "training_forward_pass" in vars(self.sae)
         inner = self.sae.training_forward_pass
         device = torch.device(self.cfg.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         # SAELens's trainer calls sae.training_forward_pass(...), not forward(), and DDP hooks
         # forward(). Routing that one attribute through DDP for the length of fit() is the seam
         # SAELens's own runner uses for torch.compile. DDP broadcasts rank 0's parameters and

@@ -107,7 +107,9 @@ class DistributedSAETrainingRunner(LanguageModelSAETrainingRunner):
     Same arguments as SAELens's runner. ``override_dataset`` (or the configured
     ``dataset_path``) is the whole dataset; each rank shards it. With cached activations, the
     cached activation dataset is sharded instead. ``self.distributed`` is the
-    :class:`~softsae_lens.distributed.DistributedContext`, or ``None`` in one process.
+    :class:`~softsae_lens.distributed.DistributedContext`, or ``None`` in one process. Under
+    torchrun, ``cfg`` is updated in place with this rank's device (``cuda`` becomes
+    ``cuda:LOCAL_RANK``) and rank 0's checkpoint folder.
     """
 
     distributed: DistributedContext | None

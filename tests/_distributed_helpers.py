@@ -46,7 +46,7 @@ def sae_cfg(architecture: str):
 
 
 OTHER_ARCHITECTURES = {
-    "standard": {},
+    "standard": {"normalize_activations": "covariance_whitening"},  # estimated from all ranks
     "gated": {},
     "jumprelu": {},
     "batchtopk": {"k": 8},
