@@ -2,17 +2,20 @@
 
     python benchmarks/bench_distributed.py [--processes 1 2] [--device cpu|cuda] [--architecture soft]
                                            [--d-in 768] [--d-sae 16384] [--batch 4096] [--steps 30]
+                                           [--repeats 3] [--threads-per-process N]
 
 Each configuration trains with SAELens's trainer for ``--steps`` steps of a global batch of
 ``--batch`` activations (random, pre-generated on the device, so that only the SAE is timed):
 one process runs SAELens's ``SAETrainer``; N processes run ``DistributedSAETrainer`` (DDP
 gradient all-reduce plus the per-step statistics) on ``batch / N`` activations each. A step's time
-is the interval between the trainer's requests for data, after ``--warmup`` steps; medians.
+is the interval between the trainer's requests for data, after ``--warmup`` steps; medians
+over steps, then over ``--repeats`` runs.
 
 The all-reduce overhead is measured, not modelled: the same N processes, at the same time and
 with the same per-process batch, also train with plain ``SAETrainer`` (no communication at
 all), and ``allreduce_overhead_fraction = 1 - local_step / distributed_step``. On a CPU each
-process gets ``cpu_count / N`` threads; with ``--device cuda`` process r uses ``cuda:r`` (NCCL).
+process gets ``cpu_count / N`` threads unless ``--threads-per-process`` says otherwise (Gloo);
+with ``--device cuda`` process r uses ``cuda:r`` (NCCL). Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -118,16 +121,23 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, queue: A
     )
     device = f"cuda:{rank}" if args.device == "cuda" else "cpu"
     if args.device == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        torch.set_num_threads(_threads(args, world))
     batch = args.batch // world
-    result: dict[str, float] = {}
-    if world > 1:
-        result["step_s"] = _train(args, device, batch, distributed=True)
-        # Same processes, same moment, same per-process batch, no communication.
-        result["local_step_s"] = _train(args, device, batch, distributed=False)
-    else:
-        result["step_s"] = _train(args, device, batch, distributed=False)
+    steps, local_steps = [], []
+    for _ in range(args.repeats):
+        steps.append(_train(args, device, batch, distributed=world > 1))
+        if world > 1:
+            # Same processes, same per-process batch, no communication; alternated with the
+            # distributed runs so that load from elsewhere hits both alike.
+            local_steps.append(_train(args, device, batch, distributed=False))
+    result = {"step_s": statistics.median(steps)}
+    if local_steps:
+        result["local_step_s"] = statistics.median(local_steps)
     queue.put((rank, result))
+
+
+def _threads(args: argparse.Namespace, world: int) -> int:
+    return args.threads_per_process or max(1, (os.cpu_count() or 1) // world)
 
 
 def _measure(world: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -144,6 +154,7 @@ def _measure(world: int, args: argparse.Namespace) -> dict[str, Any]:
     step = max(r["step_s"] for r in per_rank.values())
     entry: dict[str, Any] = {
         "processes": world,
+        "threads_per_process": _threads(args, world) if args.device == "cpu" else None,
         "step_ms": round(step * 1e3, 3),
         "tokens_per_s": round(args.batch / step, 1),
     }
@@ -167,10 +178,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4096, help="global batch, in activations")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration; medians")
+    parser.add_argument(
+        "--threads-per-process",
+        type=int,
+        default=0,
+        help="CPU threads per process; 0 (default) splits the machine: cpu_count // processes",
+    )
     args = parser.parse_args()
     for name in ("d_in", "d_sae", "k", "batch"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.repeats <= 0:
+        parser.error(f"--repeats must be positive, got {args.repeats}")
+    if args.threads_per_process < 0:
+        parser.error(f"--threads-per-process must be >= 0, got {args.threads_per_process}")
     if args.steps < args.warmup + 3:
         parser.error(f"--steps must be at least --warmup + 3 = {args.warmup + 3}, got {args.steps}")
     for world in args.processes:
@@ -201,6 +223,7 @@ def main() -> None:
                 "global_batch": args.batch,
                 "steps": args.steps,
                 "warmup": args.warmup,
+                "repeats": args.repeats,
                 "results": results,
             },
             indent=2,
