@@ -52,7 +52,7 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 from typing_extensions import override
 
-from softsae_lens.soft_topk import soft_topk
+from softsae_lens.soft_topk import SoftTopKFunction, candidate_count
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,9 @@ KLossScale = Literal["mse", "absolute"]
 
 # Keeps the Soft Top-K target strictly inside (0, d_sae) where sigmoid saturates in float32.
 _K_MARGIN = 1e-3
+# The soft phase serves a batch from its top candidates when every left-out Soft Top-K weight
+# together is below this fraction of k (float32 rounding of the row's total).
+_SPARSE_TAIL_TOLERANCE = torch.finfo(torch.float32).eps
 # Written by SoftSAE v0.1 checkpoints; training-only state with no meaning on load.
 _LEGACY_STEP_BUFFER = "completed_training_steps"
 
@@ -383,15 +386,25 @@ class _SoftEncoderMixin:
         rounded = torch.floor(k_hat) if self.cfg.k_rounding == "floor" else torch.round(k_hat)
         return rounded.clamp(1, math.floor(self.cfg.k_max)).long()
 
+    @property
+    def hard_width(self) -> int:
+        """The most latents one input can fire: ``floor(k_max)`` (at most ``d_sae``). A constant
+        width lets every top-k be taken without reading k_hat on the host (no device sync)."""
+        return min(math.floor(self.cfg.k_max), self.cfg.d_sae)
+
+    def _hard_values(self, top_values: torch.Tensor, k_hat: torch.Tensor) -> torch.Tensor:
+        """ReLU'd ``top_values`` (each row sorted, ``hard_width`` wide) with the entries past
+        ``round_k(k_hat)`` zeroed."""
+        keep = (
+            torch.arange(top_values.shape[-1], device=top_values.device)
+            < self.round_k(k_hat.detach())[..., None]
+        )
+        return top_values.relu() * keep.to(top_values.dtype)
+
     def _hard_topk(self, hidden_pre: torch.Tensor, k_hat: torch.Tensor) -> torch.Tensor:
         """ReLU'd top-``round_k(k_hat)`` of each row of ``hidden_pre``, zeros elsewhere."""
-        k_int = self.round_k(k_hat.detach())
-        # The widest row can hold floor(k_max) latents: a constant width needs no look at k_int
-        # on the host (no device sync).
-        width = min(math.floor(self.cfg.k_max), hidden_pre.shape[-1])
-        values, indices = hidden_pre.topk(width, dim=-1, sorted=True)
-        keep = torch.arange(width, device=hidden_pre.device) < k_int[..., None]
-        values = values.relu() * keep.to(values.dtype)
+        values, indices = hidden_pre.topk(self.hard_width, dim=-1, sorted=True)
+        values = self._hard_values(values, k_hat)
         return torch.zeros_like(hidden_pre).scatter_(-1, indices, values)
 
     def predict_k(self, x: torch.Tensor) -> torch.Tensor:
@@ -405,17 +418,53 @@ class _SoftEncoderMixin:
         feature_acts = self.hook_sae_acts_post(self._hard_topk(hidden_pre, k_hat))  # type: ignore[attr-defined]
         return feature_acts, hidden_pre, k_hat
 
-    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-        """Reconstruction from feature activations (``W_dec`` and ``b_dec``, hooks fired)."""
-        W_dec = self.W_dec
-        if self.cfg.rescale_acts_by_decoder_norm:
-            # (f / |W_dec|) @ W_dec == f @ (W_dec / |W_dec|): scaling the [d_sae, d_in] rows costs
-            # a fraction of TopK's scaling of the [batch, d_sae] activations, forward and backward.
-            W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True)
-        sae_out_pre = feature_acts @ W_dec + self.b_dec  # type: ignore[attr-defined]
-        sae_out_pre = self.hook_sae_recons(sae_out_pre)  # type: ignore[attr-defined]
+    def _decoder_rows(self) -> torch.Tensor:
+        if not self.cfg.rescale_acts_by_decoder_norm:
+            return self.W_dec
+        # (f / |W_dec|) @ W_dec == f @ (W_dec / |W_dec|): scaling the [d_sae, d_in] rows costs a
+        # fraction of TopK's scaling of the [batch, d_sae] activations, forward and backward.
+        return self.W_dec / self.W_dec.norm(dim=-1, keepdim=True)
+
+    def _finish_decode(self, sae_out_pre: torch.Tensor) -> torch.Tensor:
+        sae_out_pre = self.hook_sae_recons(sae_out_pre + self.b_dec)  # type: ignore[attr-defined]
         sae_out_pre = self.run_time_activation_norm_fn_out(sae_out_pre)  # type: ignore[attr-defined]
         return self.reshape_fn_out(sae_out_pre, self.d_head)  # type: ignore[attr-defined]
+
+    def decode_dense(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        """``decode`` as one dense ``feature_acts @ W_dec`` (any number of active latents)."""
+        if feature_acts.is_sparse:
+            feature_acts = feature_acts.to_dense()
+        return self._finish_decode(feature_acts @ self._decoder_rows())
+
+    def decode_rows(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """``decode`` of activations given as ``values`` at latent ``indices`` (both
+        ``[..., w]``): the sum of ``w`` decoder rows per input, never a ``[..., d_sae]`` matmul."""
+        W_dec = self._decoder_rows()
+        width = indices.shape[-1]
+        summed = F.embedding_bag(
+            indices.reshape(-1, width),
+            W_dec,
+            per_sample_weights=values.reshape(-1, width).to(W_dec.dtype),
+            mode="sum",
+        )
+        return self._finish_decode(summed.reshape(*indices.shape[:-1], W_dec.shape[-1]))
+
+    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        """Reconstruction from feature activations (``W_dec`` and ``b_dec``, hooks fired).
+
+        When every input has at most ``hard_width`` active latents (always, for activations
+        from :meth:`encode`), only those decoder rows are summed (:meth:`decode_rows`), the
+        same result to float rounding at a fraction of a dense matmul's cost. Anything denser
+        (a hook that switched latents on, say) takes the dense product. Checking which costs one
+        read of a count from the device.
+        """
+        width = self.hard_width
+        if feature_acts.is_sparse or 4 * width > feature_acts.shape[-1]:
+            return self.decode_dense(feature_acts)
+        if feature_acts.numel() and int(torch.count_nonzero(feature_acts, dim=-1).max()) > width:
+            return self.decode_dense(feature_acts)
+        indices = feature_acts.abs().topk(width, dim=-1, sorted=False).indices
+        return self.decode_rows(feature_acts.gather(-1, indices), indices)
 
     # The folds run through TopK's / SAELens's own and then apply the same transform to the
     # k-estimator, which also reads x - b_dec.
@@ -519,34 +568,72 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
         super().load_weights_from_checkpoint(checkpoint_path)
         self.resume_step_offset = _resume_step_offset(Path(checkpoint_path))
 
-    def soft_alpha(self, relu_pre: torch.Tensor, alpha: float) -> torch.Tensor:
-        """Alpha in activation units, a 0-dim tensor on the SAE's device: scaled by the batch's
-        RMS positive pre-activation when ``cfg.alpha_scale == "relative"``."""
+    def soft_alpha(self, pre_activations: torch.Tensor, alpha: float) -> torch.Tensor:
+        """Alpha in activation units, a 0-dim float32 tensor on the SAE's device: scaled by the
+        batch's RMS positive pre-activation when ``cfg.alpha_scale == "relative"``."""
         if self.cfg.alpha_scale == "absolute":
-            return torch.tensor(alpha, dtype=torch.float32, device=relu_pre.device)
-        positive = relu_pre.detach()
+            return torch.tensor(alpha, dtype=torch.float32, device=pre_activations.device)
+        positive = pre_activations.detach().float().relu()
         squares, count = self.batch_sums(
             positive.square().sum(), torch.count_nonzero(positive).to(positive.dtype)
         )
         rms = (squares / count.clamp(min=1)).sqrt()
         return (alpha * rms).clamp(min=torch.finfo(torch.float32).tiny)
 
-    def _soft_acts(
-        self, hidden_pre: torch.Tensor, k_hat: torch.Tensor, alpha: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Soft-phase activations ``relu(pre) * soft_topk(relu(pre), k_hat, alpha)`` and the
-        alpha used (activation units)."""
+    def _soft_weights(
+        self, pre: torch.Tensor, k_hat: torch.Tensor, alpha: torch.Tensor, rows_sorted: bool
+    ) -> torch.Tensor:
+        """Soft Top-K weights of the ReLU'd rows ``pre`` ``[..., n]`` (float32) at targets
+        k_hat. The arguments are valid by construction, so the operator's checks are skipped."""
+        n = pre.shape[-1]
+        # sigmoid can round k_hat to exactly k_max = n in float32; the operator needs k < n.
+        k_soft = k_hat.clamp(_K_MARGIN, n - _K_MARGIN)
+        weights_in = pre if self.cfg.soft_topk_grad_to_pre else pre.detach()
+        weights = SoftTopKFunction.apply(
+            weights_in.reshape(-1, n),
+            k_soft.reshape(-1),
+            alpha,
+            float(self.cfg.k_max),
+            rows_sorted,
+        )
+        return weights.reshape(pre.shape)
+
+    def _soft_phase_output(
+        self,
+        hidden_pre: torch.Tensor,
+        top_values: torch.Tensor,
+        top_indices: torch.Tensor,
+        k_hat: torch.Tensor,
+        alpha: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The soft phase's reconstruction from ``relu(pre) * soft_topk(relu(pre), k_hat,
+        alpha)``, the alpha used (activation units) and whether the candidate path served it.
+
+        ``top_values``/``top_indices`` are each row's ``candidate_count(k_max, d_sae)`` largest
+        pre-activations. Once alpha is small, every other weight is below float32 rounding of
+        the row's total, so the weights, the k gradient and the decode need only these
+        candidates: the operator runs on ``[batch, ~k_max]`` instead of ``[batch, d_sae]`` and
+        the decoder sums those rows. One device read per step checks that bound (the largest
+        left-out weight is at most the last candidate's); a batch that fails it (alpha still
+        large early in the run) takes the exact dense path.
+        """
+        alpha_used = self.soft_alpha(hidden_pre, alpha)
+        n, m = hidden_pre.shape[-1], top_values.shape[-1]
+        relu_top = top_values.float().relu()
+        weights = self._soft_weights(relu_top, k_hat, alpha_used, rows_sorted=True)
+        if m == n or bool(
+            ((n - m) * weights[..., -1] <= _SPARSE_TAIL_TOLERANCE * k_hat.detach()).all()
+        ):
+            acts = (relu_top * weights).to(hidden_pre.dtype)
+            return self.decode_rows(acts, top_indices), alpha_used, True
         relu_pre = hidden_pre.float().relu()
-        alpha_used = self.soft_alpha(relu_pre, alpha)
-        # sigmoid can round k_hat to exactly k_max = d_sae in float32; the operator needs k < n.
-        k_soft = k_hat.clamp(_K_MARGIN, self.cfg.d_sae - _K_MARGIN)
-        weights_in = relu_pre if self.cfg.soft_topk_grad_to_pre else relu_pre.detach()
-        weights = soft_topk(weights_in, k_soft, alpha_used)
-        return (relu_pre * weights).to(hidden_pre.dtype), alpha_used
+        weights = self._soft_weights(relu_pre, k_hat, alpha_used, rows_sorted=False)
+        acts = (relu_pre * weights).to(hidden_pre.dtype)
+        return self.decode_dense(acts), alpha_used, False
 
     def k_loss(self, k_hat: torch.Tensor, k_target: float, mse_loss: torch.Tensor) -> torch.Tensor:
         """The one-sided penalty on the batch-mean ``k_hat`` (see ``cfg.k_loss_scale``)."""
-        k_sum, count = self.batch_sums(k_hat.sum(), k_hat.new_tensor(float(k_hat.numel())))
+        k_sum, count = self.batch_sums(k_hat.sum(), k_hat.new_full((), float(k_hat.numel())))
         k_loss = self.cfg.k_loss_coefficient * F.softplus(
             k_sum / count - k_target, beta=self.cfg.k_loss_beta
         )
@@ -563,14 +650,27 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
         if schedule.hard:
             k_hat = k_hat.detach()
         k_hat = self.hook_sae_k(k_hat)
-        feature_acts = self.hook_sae_acts_post(self._hard_topk(hidden_pre, k_hat))
+        # One sorted top-k serves the hard selection (its first hard_width columns) and the soft
+        # phase's candidates.
+        m = candidate_count(self.cfg.k_max, self.cfg.d_sae)
+        top_values, top_indices = hidden_pre.topk(m, dim=-1, sorted=True)
+        width = self.hard_width
+        hard_values = self._hard_values(top_values[..., :width], k_hat)
+        feature_acts = self.hook_sae_acts_post(
+            torch.zeros_like(hidden_pre).scatter(-1, top_indices[..., :width], hard_values)
+        )
 
         if schedule.hard:
-            train_acts, alpha_used = feature_acts, hidden_pre.new_zeros((), dtype=torch.float32)
+            alpha_used, candidates_only = hidden_pre.new_zeros((), dtype=torch.float32), True
+            if _has_hooks(self.hook_sae_acts_post):
+                sae_out = self.decode(feature_acts)  # what the hook returned
+            else:
+                sae_out = self.decode_rows(hard_values, top_indices[..., :width])
         else:
-            train_acts, alpha_used = self._soft_acts(hidden_pre, k_hat, schedule.alpha)
+            sae_out, alpha_used, candidates_only = self._soft_phase_output(
+                hidden_pre, top_values, top_indices, k_hat, schedule.alpha
+            )
 
-        sae_out = self.decode(train_acts)
         mse_loss = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
         k_loss = self.k_loss(k_hat, schedule.k_target, mse_loss)
         losses = {
@@ -587,6 +687,7 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
             "softsae/alpha": alpha_used.detach(),
             "softsae/alpha_schedule": schedule.alpha,
             "softsae/hard_phase": int(schedule.hard),
+            "softsae/candidates_only": int(candidates_only),
         }
         return TrainStepOutput(
             sae_in=step_input.sae_in,
@@ -597,6 +698,10 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
             losses=losses,
             metrics=metrics,
         )
+
+
+def _has_hooks(hook_point: nn.Module) -> bool:
+    return bool(hook_point._forward_hooks) or bool(hook_point._backward_hooks)
 
 
 def _resume_step_offset(checkpoint_path: Path) -> int:

@@ -434,6 +434,72 @@ def test_soft_phase_gradients_reach_encoder_decoder_and_k_estimator(grad_to_pre)
     assert set(out.losses) == {"mse_loss", "k_loss", "auxiliary_reconstruction_loss"}
 
 
+def _dense_soft_reference(sae: SoftTrainingSAE, x: torch.Tensor, step: int):
+    """The soft phase written out densely with the public operator (no candidate shortcut)."""
+    schedule = sae.cfg.schedule(step)
+    sae_in = sae.process_sae_in(x)
+    hidden_pre = sae._hidden_pre(sae_in)
+    k_hat = sae._predict_k_from_sae_in(sae_in)
+    relu_pre = hidden_pre.relu()
+    alpha = sae.soft_alpha(hidden_pre, schedule.alpha)
+    weights = softsae_lens.soft_topk(relu_pre.detach(), k_hat, alpha)
+    sae_out = sae.decode_dense(relu_pre * weights)
+    mse = (sae_out - x).pow(2).sum(-1).mean()
+    return sae_out, mse + sae.k_loss(k_hat, schedule.k_target, mse)
+
+
+@pytest.mark.parametrize("step, candidates_only", [(50, True), (0, False)])
+def test_soft_phase_equals_the_dense_formula(step, candidates_only):
+    """After the alpha anneal the soft phase runs on each row's top candidates only; early on
+    (alpha large) it takes the dense path. Both must match the dense formula, gradients too."""
+    sae = make_training_sae(d_sae=512, k=8, total_training_steps=1000, aux_loss_coefficient=0.0)
+    x = torch.randn(48, D_MODEL) * 3
+    out = sae.training_forward_pass(train_step_input(x, step=step))
+    assert out.metrics["softsae/candidates_only"] == int(candidates_only)
+    out.loss.backward()
+    grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    sae.zero_grad()
+    ref_out, ref_loss = _dense_soft_reference(sae, x, step)
+    ref_loss.backward()
+    torch.testing.assert_close(out.sae_out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, ref_loss, atol=1e-5, rtol=1e-5)
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_decode_of_sparse_activations_equals_the_dense_product(tmp_path):
+    sae = inference_copy(make_training_sae(d_sae=512, k=8), tmp_path).double()
+    x = torch.randn(4, 6, D_MODEL, dtype=torch.float64) * 3
+    acts = sae.encode(x)
+    assert ((acts != 0).sum(-1) <= sae.hard_width).all()
+    torch.testing.assert_close(sae.decode(acts), sae.decode_dense(acts), atol=1e-12, rtol=1e-12)
+    # denser than any encode (a hook that switched latents on): still the exact product
+    dense = acts.clone()
+    dense[..., : sae.hard_width + 5] = 1.0
+    torch.testing.assert_close(sae.decode(dense), sae.decode_dense(dense), atol=1e-12, rtol=1e-12)
+    # negative values a steering hook might write are decoded too
+    acts[..., 3] = -2.0
+    torch.testing.assert_close(sae.decode(acts), sae.decode_dense(acts), atol=1e-12, rtol=1e-12)
+
+
+def test_hard_phase_decodes_what_a_hook_on_the_activations_returns():
+    sae = make_training_sae(total_training_steps=100, hard_topk_fraction=0.1)
+    x = torch.randn(16, D_MODEL) * 3
+    plain = sae.training_forward_pass(train_step_input(x, step=95))
+    torch.testing.assert_close(
+        plain.sae_out, sae.decode_dense(plain.feature_acts), atol=1e-5, rtol=1e-5
+    )
+    sae.hook_sae_acts_post.add_hook(lambda acts, hook: acts * 2)
+    try:
+        hooked = sae.training_forward_pass(train_step_input(x, step=95))
+    finally:
+        sae.reset_hooks()
+    torch.testing.assert_close(
+        hooked.sae_out, sae.decode_dense(hooked.feature_acts), atol=1e-5, rtol=1e-5
+    )
+    assert not torch.allclose(hooked.sae_out, plain.sae_out)
+
+
 def test_hard_phase_trains_encoder_and_decoder_but_freezes_k():
     sae = make_training_sae(total_training_steps=100, hard_topk_fraction=0.1)
     x = torch.randn(64, D_MODEL) * 3
@@ -607,6 +673,37 @@ def test_resume_continues_the_schedule(tiny_model, tmp_path):
     completed = state["n_training_samples"] // 128
     assert state["n_training_steps"] == completed - 1
     assert schedule_steps == list(range(completed, 40))
+
+
+@pytest.mark.slow
+def test_runner_compile_sae_trains_soft(tiny_model, tmp_path):
+    """SAELens's ``compile_sae=True`` (torch.compile with inductor) on "soft": the compiled step
+    gives the eager step's outputs in every phase, and the run trains as well as an eager one."""
+    torch.manual_seed(0)
+    held_out = torch.randn(256, D_MODEL)
+    trained = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        cfg = configure_runner(_runner_cfg(tmp_path / str(compiled), compile_sae=compiled))
+        runner = LanguageModelSAETrainingRunner(
+            cfg, override_model=tiny_model, override_dataset=token_dataset()
+        )
+        trained[compiled] = runner.run()
+    sae = trained[True]
+    compiled_step = sae.training_forward_pass
+    assert compiled_step is not SoftTrainingSAE.training_forward_pass.__get__(sae)
+    x = held_out[:64]
+    for step in (0, 20, 39):  # dense soft path (alpha large), candidate soft path, hard phase
+        got = compiled_step(train_step_input(x, step=step))
+        want = SoftTrainingSAE.training_forward_pass(sae, train_step_input(x, step=step))
+        assert got.metrics["softsae/hard_phase"] == want.metrics["softsae/hard_phase"]
+        torch.testing.assert_close(got.loss, want.loss, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got.sae_out, want.sae_out, atol=1e-4, rtol=1e-4)
+    errors = {
+        compiled: (s.eval()(held_out) - held_out).pow(2).sum(-1).mean().item()
+        for compiled, s in trained.items()
+    }
+    assert errors[True] < 1.1 * errors[False], errors
 
 
 def test_run_evals_l0_equals_mean_rounded_k_hat(tiny_model, tmp_path):
