@@ -46,9 +46,11 @@ demo: install
 lint: install
 	$(PY) -m ruff check softsae_lens tests benchmarks examples
 
+# Timings on a shared machine are noise: run `make bench` with nothing else busy.
 bench: install
 	$(PY) benchmarks/bench_soft_topk.py
-	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_train_step.py --size big --compile
+	$(PY) benchmarks/bench_train_step.py --size small --threads 1 2 --load idle busy --no-memory
 	$(PY) benchmarks/bench_distributed.py
 
 clean:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.multiprocessing as mp
+from _measure import sync
 
 ARCHITECTURES = ("soft", "topk", "batchtopk", "jumprelu", "standard")
 
@@ -50,8 +51,7 @@ class _TimedBatches:
         return self
 
     def __next__(self) -> torch.Tensor:
-        if self.pool.is_cuda:
-            torch.cuda.synchronize(self.pool.device)
+        sync(self.pool.device)
         self.stamps.append(time.perf_counter())
         start = (self.index * self.batch) % self.pool.shape[0]
         self.index += 1

@@ -319,3 +319,22 @@ def test_torchrun_cli_on_the_tiny_model(tmp_path):
     assert sae.cfg.architecture() == "soft" and sae.cfg.d_sae == 128
     (checkpoint,) = [p for p in (tmp_path / "ckpt").glob("*/*") if p.is_dir()]
     assert checkpoint_world_size(checkpoint) == 2
+
+
+@pytest.mark.slow
+def test_distributed_benchmark_prints_throughput_and_overhead():
+    # A smoke test of the script at a tiny size, not a timing.
+    done = subprocess.run(
+        [
+            sys.executable, str(REPO / "benchmarks" / "bench_distributed.py"),
+            "--architecture", "soft", "--d-in", "32", "--d-sae", "128", "--k", "8",
+            "--batch", "64", "--steps", "8", "--warmup", "2", "--repeats", "1",
+        ],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    one, two = report["results"]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["tokens_per_s"] > 0 and two["tokens_per_s"] > 0
+    assert 0 <= two["allreduce_overhead_fraction"] < 1 and two["local_step_ms"] > 0
