@@ -59,11 +59,6 @@ _CANDIDATE_PADDING = 32
 _CANDIDATE_GROWTH = 4
 
 
-def laplace_cdf(z: torch.Tensor) -> torch.Tensor:
-    """Standard Laplace CDF, ``1 - exp(-z)/2`` for ``z >= 0`` and ``exp(z)/2`` below."""
-    return _laplace_cdf_(z.clone())
-
-
 def _exp_floor(dtype: torch.dtype) -> float:
     """Smallest exponent whose ``exp`` is still a normal number of ``dtype``.
 
@@ -73,14 +68,35 @@ def _exp_floor(dtype: torch.dtype) -> float:
     return math.log(torch.finfo(dtype).tiny) + 1.0
 
 
+def _exp_cut(dtype: torch.dtype) -> float:
+    """Exponent below which a weight (or a backward ratio) is taken as exactly zero: ``exp`` of
+    it is below ``sqrt(tiny)`` (float32: 1e-19), far below anything a float32 sum of O(1) terms
+    can see. Weights left at ``tiny`` instead turn the products that follow (activations times
+    weights, their decode) into subnormal numbers, which x86 CPUs compute tens of times slower.
+    """
+    return 0.5 * math.log(torch.finfo(dtype).tiny)
+
+
+def _exp_or_zero_(exponent: torch.Tensor) -> torch.Tensor:
+    """In-place ``exp`` that gives exactly 0 at or below :func:`_exp_cut` (``exp(-inf)`` is
+    fast, unlike arguments that underflow)."""
+    cut = _exp_cut(exponent.dtype)
+    return torch.nn.functional.threshold_(exponent, cut, -math.inf).exp_()
+
+
+def laplace_cdf(z: torch.Tensor) -> torch.Tensor:
+    """Standard Laplace CDF, ``1 - exp(-z)/2`` for ``z >= 0`` and ``exp(z)/2`` below."""
+    return _laplace_cdf_(z.clone())
+
+
 def _laplace_cdf_(z: torch.Tensor) -> torch.Tensor:
-    """In-place Laplace CDF of ``z`` (one scratch tensor).
+    """In-place Laplace CDF of ``z`` (one scratch tensor), 0 below ``exp(_exp_cut)/2``.
 
     ``F(z) = e + H(z) (1 - 2e)`` with ``e = exp(-|z|)/2`` and ``H`` the step function, so the
-    lower side is ``e`` itself, accurate to the last bit even for tiny weights. In-place ops,
+    lower side is ``e`` itself, accurate to the last bit down to the cut. In-place ops,
     because at SAE sizes each fresh full-size tensor costs more than the arithmetic.
     """
-    half_tail = z.abs().neg_().clamp_min_(_exp_floor(z.dtype)).exp_().mul_(0.5)
+    half_tail = _exp_or_zero_(z.abs().neg_()).mul_(0.5)
     step = torch.heaviside(z, torch.ones((), dtype=z.dtype, device=z.device), out=z)
     return torch.addcmul(step, step, half_tail, value=-2.0, out=step).add_(half_tail)
 
@@ -286,7 +302,7 @@ class SoftTopKFunction(torch.autograd.Function):
         )
         closest = q.amin(dim=1, keepdim=True)
         # q = p / max(p) = exp(closest - |z|): well-scaled even where every p_i underflows.
-        q.sub_(closest).neg_().clamp_min_(_exp_floor(q.dtype)).exp_()
+        _exp_or_zero_(q.sub_(closest).neg_())
         q_sum = q.sum(dim=1, keepdim=True)
         weighted = torch.mul(q, grad_w)
         mean_g = weighted.sum(dim=1, keepdim=True) / q_sum  # sum p g / P
@@ -355,8 +371,9 @@ def soft_topk(x: torch.Tensor, k, alpha) -> torch.Tensor:
 
     Returns:
         ``w`` with ``x``'s shape and dtype. In float32 and float64, ``0 < w < 1`` wherever the
-        dtype can tell a weight from 0 and 1 (a weight within ``eps/2`` of 1 rounds to 1, and
-        one below the smallest normal number to 0), and ``w.sum(-1)`` equals ``k`` to a few
+        dtype can tell a weight from 0 and 1: a weight within ``eps/2`` of 1 rounds to 1, and
+        one below ``sqrt(tiny)/2`` (float32: 5e-20; float64: 7e-155) is exactly 0, so that
+        products with it never become slow subnormal numbers. ``w.sum(-1)`` equals ``k`` to a few
         units of ``eps * k`` (float32: relative error below 1e-6 in the tests, for alpha from
         1e-4 to 10x the row's spread and rows up to 65,536 long). That holds down to alphas
         about 1e-12 times the row's largest magnitude; far below that, float64 can no longer
