@@ -102,14 +102,14 @@ def _laplace_cdf_(z: torch.Tensor) -> torch.Tensor:
 
 
 def _threshold_from_top_candidates(
-    top: torch.Tensor, log_tail: torch.Tensor, k: torch.Tensor, alpha: torch.Tensor, n: int
+    top: torch.Tensor, log_tail: torch.Tensor | None, k: torch.Tensor, alpha: torch.Tensor, n: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve for the threshold using the ``M`` largest entries of each row.
 
     Args:
         top: ``[R, M]`` float64, each row sorted descending.
-        log_tail: ``[R]`` float64, ``log sum_{i not in top} exp((x_i - top[:, -1]) / alpha)``
-            (``-inf`` when nothing is left out).
+        log_tail: ``[R]`` float64, ``log sum_{i not in top} exp((x_i - top[:, -1]) / alpha)``,
+            or ``None`` when nothing is left out (or it is below rounding).
         k: ``[R]`` float64 targets.
         alpha: the Laplace scale, a 0-dim float64 tensor.
         n: the full row length.
@@ -123,12 +123,15 @@ def _threshold_from_top_candidates(
     first = top[:, :1]
     last = top[:, -1:]
     # log sum_{j<=m} exp((s_1 - s_j)/alpha), then shifted to the reference s_m.
-    log_a = torch.logcumsumexp((first - top) / alpha, dim=1) - (first - top) / alpha
+    down = (first - top) / alpha
+    log_a = torch.logcumsumexp(down, dim=1).sub_(down)
     # log of sum_{j>m} exp((s_j - s_M)/alpha) (exclusive, top part plus tail), then shifted to s_m.
     up = (top - last) / alpha
     rev_incl = torch.logcumsumexp(up.flip(1), dim=1).flip(1)
     excl_top = torch.cat([rev_incl[:, 1:], rev_incl.new_full((rows, 1), -math.inf)], dim=1)
-    log_b = torch.logaddexp(excl_top, log_tail[:, None]) - up
+    if log_tail is not None:
+        excl_top = torch.logaddexp(excl_top, log_tail[:, None])
+    log_b = excl_top.sub_(up)
     # Sum of weights with t placed exactly at s_m, for m = 1..M; non-decreasing in m.
     counts = torch.arange(1, m_top + 1, dtype=top.dtype, device=top.device)
     sum_at = counts - 0.5 * log_a.exp() + 0.5 * log_b.exp()
@@ -199,11 +202,10 @@ def _solve_threshold(
     if k_bound is None:
         k_bound = float(k.max())
     m_top = candidate_count(k_bound, n)
-    no_tail = torch.full((rows,), -math.inf, dtype=torch.float64, device=x.device)
     if m_top == n:
         ordered = x if rows_sorted else torch.sort(x, dim=1, descending=True).values
         ordered = ordered.double()
-        return _threshold_from_top_candidates(ordered, no_tail, k, alpha, n)[0]
+        return _threshold_from_top_candidates(ordered, None, k, alpha, n)[0]
     t = torch.empty(rows, dtype=torch.float64, device=x.device)
     pending = torch.arange(rows, device=x.device)
     # A tail whose total contribution is below this (relative to k) is below rounding.
@@ -214,7 +216,7 @@ def _solve_threshold(
         ks = k if every_row else k.index_select(0, pending)
         top = xs.topk(m_top, dim=1, sorted=True).values
         top64 = top.double()
-        t_rows, ok = _threshold_from_top_candidates(top64, no_tail[: xs.shape[0]], ks, alpha, n)
+        t_rows, ok = _threshold_from_top_candidates(top64, None, ks, alpha, n)
         if m_top < n:
             # Each left-out entry is <= s_M <= t, so it adds at most exp((s_M - t)/alpha)/2.
             tail_bound = 0.5 * (n - m_top) * torch.exp((top64[:, -1] - t_rows) / alpha)
