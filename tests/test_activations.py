@@ -300,3 +300,77 @@ def test_cli_trains_and_defaults_d_in_to_the_arrays_width(npy_path, tmp_path, ca
         main(["--activations", str(tmp_path / "nope.npy")])
     assert failed.value.code == 2
     assert "error: --activations=" in capsys.readouterr().err
+
+
+# --- SAELens's cached-activations path ---------------------------------------------------
+
+
+def test_cached_activations_runner_then_use_cached_activations_trains_soft(
+    tmp_path, monkeypatch, tiny_model
+):
+    import datasets
+    import sae_lens.cache_activations_runner as cache_runner_module
+    from conftest import CONTEXT, D_MODEL, HOOK, tiny_runner_cfg, token_dataset
+    from sae_lens import (
+        CacheActivationsRunner,
+        CacheActivationsRunnerConfig,
+        LanguageModelSAETrainingRunner,
+    )
+
+    from softsae_lens import configure_runner
+    from softsae_lens.heldout import evaluate_on_rows
+
+    # CacheActivationsRunner, unlike the training runner, takes no override_model: its loader
+    # is the only way to hand it the random model (the hub is off).
+    monkeypatch.setattr(cache_runner_module, "load_model", lambda *a, **k: tiny_model)
+    cache = tmp_path / "cache"
+    n_seq = 384
+    tokens_per_buffer = 2048
+    cache_cfg = CacheActivationsRunnerConfig(
+        dataset_path="local-random-tokens",
+        model_name="tiny-random",
+        model_batch_size=8,
+        hook_name=HOOK,
+        d_in=D_MODEL,
+        training_tokens=n_seq * CONTEXT,
+        context_size=CONTEXT,
+        new_cached_activations_path=str(cache),
+        device="cpu",
+        buffer_size_gb=tokens_per_buffer * D_MODEL * 4 / 1e9,
+        shuffle=False,
+    )
+    CacheActivationsRunner(cache_cfg, override_dataset=token_dataset(n_seq)).run()
+    cached = datasets.load_from_disk(str(cache))
+    assert len(cached) == n_seq
+
+    cfg = configure_runner(
+        tiny_runner_cfg(
+            tmp_path / "sae",
+            use_cached_activations=True,
+            cached_activations_path=str(cache),
+            training_tokens=CONTEXT * 320,
+            lr=1e-2,
+        )
+    )
+    # The dataset is still opened (SAELens evals read tokens); training reads the cache.
+    runner = LanguageModelSAETrainingRunner(
+        cfg, override_model=tiny_model, override_dataset=token_dataset(n_seq)
+    )
+    assert runner.activations_store.cached_activation_dataset is not None
+    trained = runner.run()
+    assert cfg.sae.total_training_steps == 40
+    assert int(trained.completed_training_steps) == 40  # every step ran the SoftSAE schedule
+
+    # The same cache is also an input of train_activations: its reader serves the cached rows.
+    rows = open_activations(cache, key=HOOK)
+    assert (rows.n_rows, rows.d_in) == (n_seq * CONTEXT, D_MODEL)
+    first = torch.as_tensor(np.asarray(cached.with_format("numpy")[0][HOOK]))
+    torch.testing.assert_close(rows.rows(np.arange(CONTEXT)), first)
+
+    # Trained on the cache, the SAE reconstructs the cached activations better than at init.
+    saved = SAE.load_from_disk(tmp_path / "sae")
+    held = np.arange(0, rows.n_rows, 7)
+    untrained = SAE.from_dict(saved.cfg.to_dict())
+    ev_trained = evaluate_on_rows(saved, rows, held)["explained_variance"]
+    ev_untrained = evaluate_on_rows(untrained, rows, held)["explained_variance"]
+    assert ev_trained > 0.5 and ev_untrained < 0, (ev_trained, ev_untrained)
