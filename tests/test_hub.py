@@ -136,6 +136,7 @@ def test_push_to_hub_says_it_needs_the_network_when_offline(tmp_path):
         push_to_hub({"a": trained_like_soft()}, REPO_ID)
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and SAELens (about 15 s)
 def test_from_pretrained_loads_from_the_hub_cache_offline_without_importing_softsae_lens(
     hub_tree, tmp_path
 ):
