@@ -142,6 +142,7 @@ REFERENCE = "language reference"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'`])")
 # pydoc's section titles (NAME, DESCRIPTION, MODULE REFERENCE, ...) end a paragraph.
 _HEADING = re.compile(r"^[A-Z][A-Z ]+$")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.()]*")
 _CODE_WORD = re.compile(r"_|\(\)|\w\.\w|\d")
 
@@ -199,7 +200,8 @@ def split_sentences(docs: Sequence[tuple[str, str, str]]) -> list[Sentence]:
     for source, category, text in docs:
         for paragraph in _paragraphs(text):
             for sentence in _SENTENCE_END.split(paragraph):
-                sentence = re.sub(r"\s+", " ", sentence).strip()
+                # Object addresses (pydoc prints default values) change from run to run.
+                sentence = _ADDRESS.sub("", re.sub(r"\s+", " ", sentence)).strip()
                 if _is_prose(sentence) and sentence not in seen:
                     seen.add(sentence)
                     out.append(Sentence(sentence, source, category))
