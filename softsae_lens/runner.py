@@ -11,7 +11,11 @@ def _soft_configs(runner_cfg: Any) -> list[tuple[str, SoftTrainingSAEConfig]]:
     if isinstance(getattr(runner_cfg, "sae", None), SoftTrainingSAEConfig):
         return [("sae", runner_cfg.sae)]
     saes = getattr(runner_cfg, "saes", None) or {}
-    return [(f"saes[{name!r}]", cfg) for name, cfg in saes.items() if isinstance(cfg, SoftTrainingSAEConfig)]
+    return [
+        (f"saes[{name!r}]", cfg)
+        for name, cfg in saes.items()
+        if isinstance(cfg, SoftTrainingSAEConfig)
+    ]
 
 
 def configure_runner(runner_cfg: Any) -> Any:
