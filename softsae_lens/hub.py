@@ -54,8 +54,7 @@ def _check_sae_id(sae_id: str) -> None:
 
 def _write_one(ref: SaeRef, dest: Path) -> None:
     if isinstance(ref, TrainingSAE):
-        # The inference format: decoder norms folded, training-only state dropped. A
-        # SoftTrainingSAE's save_model() keeps its step counter, which SoftSAE does not load.
+        # The inference format (decoder norms folded), as SAELens's runner saves its final SAE.
         ref.save_inference_model(dest)
         return
     if isinstance(ref, SAE):
@@ -147,8 +146,7 @@ def save_for_hub(
         except Exception as err:
             raise ValueError(
                 f"sae_id={sae_id!r}: the SAE written to {dest} does not load with SAE.load_from_disk "
-                f"({type(err).__name__}: {err}). Save training SAEs with save_inference_model, or pass "
-                "the TrainingSAE object itself"
+                f"({type(err).__name__}: {err}); is its architecture's package installed?"
             ) from err
     readme = folder / MODEL_CARD_FILENAME
     if card and not readme.exists():

@@ -35,7 +35,6 @@ def trained_like_soft(seed: int = 0) -> SoftTrainingSAE:
     with torch.no_grad():
         sae.W_dec.mul_(torch.rand(64, 1) + 0.5)
         sae.W_k_out.normal_(0, 0.1)
-        sae.completed_training_steps.fill_(10)
     return sae.eval()
 
 
@@ -80,11 +79,10 @@ def test_save_for_hub_writes_the_layout_sae_lens_reads(hub_tree):
     ]
     assert (tree / TOPK_ID / "cfg.json").exists()
     assert json.loads((tree / SOFT_ID / "cfg.json").read_text())["architecture"] == "soft"
-    # Inference form: the training step counter is gone, decoder norms are folded, and the
-    # SAE computes what the training SAE computed.
+    # Inference form: decoder norms are folded, and the SAE computes what the training SAE
+    # computed.
     expected = torch.load(hub_tree / "expected.pt")
     sae = SAE.load_from_disk(tree / SOFT_ID)
-    assert "completed_training_steps" not in sae.state_dict()
     torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(64))
     torch.testing.assert_close(sae(expected["x"]), expected["soft"])
     card = (tree / "README.md").read_text()
@@ -103,27 +101,26 @@ def test_save_for_hub_refuses_what_would_not_load(tmp_path):
         (tmp_path / "cfg_only").mkdir()
         (tmp_path / "cfg_only" / "cfg.json").write_text("{}")
         save_for_hub({"a": tmp_path / "cfg_only"}, tmp_path / "b")
-    # A training checkpoint (save_model keeps the step counter) is caught before publishing.
-    soft.save_model(tmp_path / "checkpoint")
-    with pytest.raises(
-        ValueError, match="(?s)does not load with SAE.load_from_disk.*completed_training_steps"
-    ):
-        save_for_hub({"a": tmp_path / "checkpoint"}, tmp_path / "c")
+    # A folder that SAELens cannot load (here: an architecture nobody registered) is caught
+    # before anything is published.
+    soft.save_model(tmp_path / "unknown")
+    cfg = json.loads((tmp_path / "unknown" / "cfg.json").read_text())
+    (tmp_path / "unknown" / "cfg.json").write_text(json.dumps({**cfg, "architecture": "nobody"}))
+    with pytest.raises(ValueError, match="(?s)does not load with SAE.load_from_disk.*KeyError"):
+        save_for_hub({"a": tmp_path / "unknown"}, tmp_path / "c")
     save_for_hub({"a": soft}, tmp_path / "d")
     with pytest.raises(FileExistsError, match="already holds an SAE"):
         save_for_hub({"a": soft}, tmp_path / "d")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SoftSAE (inference) does not drop the training step counter that "
-    "SoftTrainingSAE.save_model() writes, so an SAE object handed to SAELens's "
-    "upload_saes_to_huggingface (which calls save_model) does not load back; "
-    "softsae_lens.hub saves the inference form instead",
-)
 def test_training_soft_sae_saved_as_sae_lens_uploader_does_loads(tmp_path):
-    trained_like_soft().save_model(tmp_path)  # what upload_saes_to_huggingface writes for it
-    SAE.load_from_disk(tmp_path)
+    # SAELens's upload_saes_to_huggingface calls save_model() on an SAE object: for a
+    # SoftTrainingSAE that is the training format, which must load as an inference SoftSAE.
+    soft = trained_like_soft()
+    soft.save_model(tmp_path)
+    x = torch.randn(8, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(SAE.load_from_disk(tmp_path)(x), soft(x))
 
 
 def test_push_to_hub_says_it_needs_the_network_when_offline(tmp_path):

@@ -578,10 +578,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     if args.max_sentences is not None and args.max_sentences < 100:
         p.error(f"--max-sentences={args.max_sentences}: must be at least 100")
     torch.set_num_threads(args.threads)
-    # SoftSAE's soft weights have Laplace tails that underflow into float32 denormals; x86 CPUs
-    # multiply those ~30x slower, which made a soft-phase step 10x slower than a TopK step here.
-    # Flushing them to zero changes values by less than 1.2e-38.
-    torch.set_flush_denormal(True)
     return Settings(
         out=args.out,
         max_sentences=args.max_sentences,
