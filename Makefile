@@ -54,9 +54,11 @@ minilm: install
 lint: install
 	$(PY) -m ruff check softsae_lens tests benchmarks examples
 
+# Timings on a shared machine are noise: run `make bench` with nothing else busy.
 bench: install
 	$(PY) benchmarks/bench_soft_topk.py
-	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_train_step.py --size big --compile
+	$(PY) benchmarks/bench_train_step.py --size small --threads 1 2 --load idle busy --no-memory
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import time
 from contextlib import contextmanager, nullcontext
 
 import torch
+from _measure import peak_rss_kib, resident_kib, sync, timed
 from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.saes.sae import TrainStepInput
 
@@ -44,6 +44,7 @@ from softsae_lens import SoftTrainingSAE, SoftTrainingSAEConfig
 SIZES = {
     "big": dict(d_in=768, d_sae=16384, batch=4096, k=64),
     "small": dict(d_in=160, d_sae=512, batch=1024, k=11),
+    "tiny": dict(d_in=32, d_sae=256, batch=64, k=4),  # a smoke test of the script itself
 }
 TOTAL_STEPS = 1000
 SOFT_STEP = 100  # past the 1% anneal: alpha at its floor, still the soft phase
@@ -56,11 +57,6 @@ TARGETS = {
     },
     "small": {"soft_phase_over_topk": 1.5},
 }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build(kind: str, size: dict, device: torch.device):
@@ -113,14 +109,6 @@ class Stepper:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def _timed(fn, device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
 def _busy_loop(stop) -> None:
     torch.set_num_threads(1)
     a = torch.randn(512, 512)
@@ -159,9 +147,9 @@ def time_training(
         topk.step(0)
     times: dict[str, list[float]] = {"soft_phase": [], "hard_phase": [], "topk": []}
     for i in range(repeats):
-        times["soft_phase"].append(_timed(lambda i=i: soft.step(SOFT_STEP + 1 + i), device))
-        times["topk"].append(_timed(lambda i=i: topk.step(1 + i), device))
-        times["hard_phase"].append(_timed(lambda: soft.step(HARD_STEP), device))
+        times["soft_phase"].append(timed(lambda i=i: soft.step(SOFT_STEP + 1 + i), device))
+        times["topk"].append(timed(lambda i=i: topk.step(1 + i), device))
+        times["hard_phase"].append(timed(lambda: soft.step(HARD_STEP), device))
     med = {name: statistics.median(values) for name, values in times.items()}
     return {
         "median_s": {name: round(value, 4) for name, value in med.items()},
@@ -179,7 +167,7 @@ def time_encode_decode(size: dict, device: torch.device, batch: int, repeats: in
             sae.decode(sae.encode(x))
         for _ in range(repeats):
             for kind, sae in saes.items():
-                times[kind].append(_timed(lambda sae=sae: sae.decode(sae.encode(x)), device))
+                times[kind].append(timed(lambda sae=sae: sae.decode(sae.encode(x)), device))
     med = {kind: statistics.median(values) for kind, values in times.items()}
     return {
         "batch": batch,
@@ -196,11 +184,11 @@ def peak_memory(size_name: str, kind: str, phase: str, device: torch.device, aut
         stepper = Stepper(build(kind, size, device), x, autocast, False)
         index = HARD_STEP if phase == "hard" else SOFT_STEP
         stepper.step(index)
-        _sync(device)
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         stepper.step(index + (0 if phase == "hard" else 1))
-        _sync(device)
+        sync(device)
         return torch.cuda.max_memory_allocated(device) - base
     out = subprocess.run(
         [
@@ -227,20 +215,24 @@ def _measure_memory_child(size_name: str, kind: str, phase: str, autocast: str) 
     stepper = Stepper(build(kind, size, torch.device("cpu")), x, autocast, False)
     index = HARD_STEP if phase == "hard" else SOFT_STEP
     stepper.step(index)  # Adam state and caches exist from here on
-    with open("/proc/self/statm") as f:
-        resident_kib = int(f.read().split()[1]) * resource.getpagesize() // 1024
+    before = resident_kib()
     stepper.step(index + (0 if phase == "hard" else 1))
-    # ru_maxrss (KiB) is the peak over the process's life: the warm-up step's peak is the same
-    # step's, so this is the step's peak above the state it starts from (weights, Adam moments).
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(max(0, peak_kib - resident_kib) * 1024)
+    # The peak covers the warm-up step too, which is the same step: this is a step's peak above
+    # the state it starts from (weights, Adam moments, the batch).
+    print(max(0, peak_rss_kib() - before) * 1024)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", nargs="+", choices=sorted(SIZES), default=["big", "small"])
+    parser.add_argument(
+        "--size",
+        nargs="+",
+        choices=sorted(SIZES),
+        default=["big", "small"],
+        help="default: big small",
+    )
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     parser.add_argument("--load", nargs="+", choices=["idle", "busy"], default=["idle"])
     parser.add_argument("--autocast", nargs="+", choices=["none", "bf16"], default=["none"])
