@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -185,10 +186,13 @@ def test_autoload_hook_is_inert_until_sae_lens_and_respects_opt_out(monkeypatch)
 
 
 def test_the_installation_carries_the_autoload_pth():
-    try:
-        dist = importlib.metadata.distribution("softsae_lens")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("softsae_lens is not installed (running from a checkout); nothing to check")
+    # Look in site-packages only: the checkout's own softsae_lens.egg-info (which setuptools
+    # leaves beside the sources on `pip install -e`) would answer first from the working directory.
+    purelib = sysconfig.get_paths()["purelib"]
+    found = list(importlib.metadata.distributions(name="softsae_lens", path=[purelib]))
+    if not found:
+        pytest.skip(f"softsae_lens is not installed in {purelib}; nothing to check")
+    dist = found[0]
     names = {Path(str(f)).name: f for f in dist.files or []}
     assert "softsae_lens_autoload.pth" in names, (
         "this installation of softsae_lens predates the autoload .pth: reinstall it "
