@@ -52,7 +52,8 @@ minilm: install
 	$(PY) -m softsae_lens.experiments.minilm_embeddings $(MINILM_ARGS)
 
 lint: install
-	$(PY) -m ruff check softsae_lens tests benchmarks examples
+	$(PY) -m ruff check softsae_lens tests benchmarks examples setup.py softsae_lens_autoload.py
+	$(PY) -m ruff format --check softsae_lens tests benchmarks examples setup.py softsae_lens_autoload.py
 
 # Timings on a shared machine are noise: run `make bench` with nothing else busy.
 bench: install
