@@ -48,7 +48,7 @@ from softsae_lens.activations import (
     split_rows,
 )
 from softsae_lens.heldout import HeldOutEvaluator, evaluate_on_rows
-from softsae_lens.soft_sae import SoftTrainingSAEConfig
+from softsae_lens.runner import set_run_length
 
 __all__ = [
     "EVAL_METRICS_FILENAME",
@@ -163,21 +163,6 @@ class ActivationsRun:
     output_path: Path | None
 
 
-def _fill_soft_schedule(sae_cfg: TrainingSAEConfig, steps: int) -> None:
-    # SAETrainer never tells the SAE the run length; SoftSAE's schedules are fractions of it
-    # (softsae_lens.configure_runner does the same for language-model runner configs).
-    if not isinstance(sae_cfg, SoftTrainingSAEConfig):
-        return
-    if sae_cfg.total_training_steps is None:
-        sae_cfg.total_training_steps = steps
-    elif sae_cfg.total_training_steps != steps:
-        raise ValueError(
-            f"sae.total_training_steps={sae_cfg.total_training_steps}: this run trains for "
-            f"{steps} steps (training_samples // train_batch_size); set it to match or leave it None"
-        )
-    sae_cfg.add_training_info_to_metadata()
-
-
 def _open_split(
     cfg: ActivationsRunnerConfig[Any],
 ) -> tuple[ActivationRows, np.ndarray, ActivationRows, np.ndarray]:
@@ -241,7 +226,7 @@ def train_on_activations(
     rows, train_idx, eval_rows, eval_idx = _open_split(cfg)
     samples = _run_length(cfg, len(train_idx))
     steps = samples // cfg.train_batch_size
-    _fill_soft_schedule(cfg.sae, steps)
+    set_run_length(cfg.sae, steps, source="training_samples // train_batch_size")
     torch.manual_seed(cfg.seed)
     sae = TrainingSAE.from_dict(cfg.sae.to_dict())
     meta = sae.cfg.metadata

@@ -251,7 +251,7 @@ def test_run_errors_name_the_argument(npy_path, tmp_path):
         train_on_activations(_cfg(npy_path, tmp_path, train_batch_size=2800, training_samples=None))
     fixed = SoftTrainingSAEConfig(d_in=D_IN, d_sae=64, k=4, total_training_steps=7)
     with pytest.raises(
-        ValueError, match="sae.total_training_steps=7: this run trains for 120 steps"
+        ValueError, match="sae.total_training_steps=7 but this run trains for 120 steps"
     ):
         train_on_activations(_cfg(npy_path, tmp_path, sae=fixed))
     with pytest.raises(ValueError, match="activations=None"):
