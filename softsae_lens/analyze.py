@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None, *, model: Any | None = None) -> dict
         "sae_path": str(args.sae),
         "hook_name_resolved": resolved,
     }
-    sae_info = analysis._sae_info(sae)
+    sae_info = analysis.sae_info(sae)
     sae_info["hook_name"] = hook_name
     meta["sae"] = sae_info
 
