@@ -1,6 +1,7 @@
 """The k_hat colour scale shared by the HTML page and the PNG views.
 
-Holds :data:`K_COLORS` (the anchors), :func:`k_colormap` (a matplotlib colormap through them),
+Holds :data:`K_COLORS` (the anchors), :data:`EXCLUDED_COLORS` (special tokens, off the scale),
+:func:`k_colormap` (a matplotlib colormap through them),
 :func:`color_for` (a token's background and a readable text colour) and :func:`k_range` (the
 scale's default limits). Must not depend on records, models, pages or plots: both views call it.
 """
@@ -12,7 +13,7 @@ from functools import lru_cache
 
 from matplotlib.colors import LinearSegmentedColormap, Normalize, to_hex
 
-__all__ = ["K_COLORS", "color_for", "k_colormap", "k_range"]
+__all__ = ["EXCLUDED_COLORS", "K_COLORS", "color_for", "k_colormap", "k_range"]
 
 # Sequential colour scale for k_hat, light (few latents) to dark (many): ColorBrewer YlGnBu.
 K_COLORS: tuple[str, ...] = (
@@ -26,6 +27,8 @@ K_COLORS: tuple[str, ...] = (
     "#253494",
     "#081d58",
 )
+# Background and text of excluded special tokens: a neutral grey, outside the k_hat scale.
+EXCLUDED_COLORS: tuple[str, str] = ("#e4e4e4", "#6b6b6b")
 # Lookup-table size: fine enough that a colour rounded to 8 bits per channel is the exact linear
 # interpolation between anchors (256 entries would shift some colours by one level).
 _LUT_SIZE = 1 << 16

@@ -19,9 +19,9 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from softsae_lens.analysis.colors import color_for, k_colormap, k_range
+from softsae_lens.analysis.colors import EXCLUDED_COLORS, color_for, k_colormap, k_range
 from softsae_lens.analysis.records import TOKEN_CLASSES, TokenRecord
-from softsae_lens.analysis.stats import k_loss_spearman
+from softsae_lens.analysis.stats import counted, k_loss_spearman
 
 __all__ = ["plot_corpus_stats", "plot_tokens_png"]
 
@@ -57,9 +57,9 @@ def plot_tokens_png(
     max_tokens: int = 1500,
 ) -> Path:
     """The HTML page's view as a PNG: tokens laid out as monospace text, each on a background
-    coloured by ``k_hat`` (same scale as :func:`render_html`), a colorbar below. Shows the
-    first ``max_tokens`` tokens."""
-    lo, hi = k_range(r.k_hat for r in records)
+    coloured by ``k_hat`` (same scale as :func:`~softsae_lens.analysis.render_html`; excluded
+    special tokens grey), a colorbar below. Shows the first ``max_tokens`` tokens."""
+    lo, hi = k_range(r.k_hat for r in counted(records))
     vmin = lo if vmin is None else vmin
     vmax = hi if vmax is None else vmax
     if vmax <= vmin:
@@ -109,7 +109,7 @@ def plot_tokens_png(
     rects, colors = [], []
     for bx, by, w, text, r, ids in boxes:
         rects.append(Rectangle((bx, by - line_h * 0.78), w, line_h * 0.92))
-        bg, fg = color_for(r.k_hat, vmin, vmax)
+        bg, fg = EXCLUDED_COLORS if r.excluded else color_for(r.k_hat, vmin, vmax)
         colors.append(bg)
         ax.text(
             bx + (char_w * 0.3 if ids else 0),
@@ -145,7 +145,12 @@ def plot_corpus_stats(
     title: str = "SoftSAE k_hat over the corpus",
 ) -> Path:
     """Two panels: ``k_hat`` per token class (box plot with the points jittered on top), and
-    ``k_hat`` against the clean model's next-token loss with the Spearman rho in the title."""
+    ``k_hat`` against the clean model's next-token loss with the Spearman rho in the title.
+    Excluded special tokens are left out (the title says how many)."""
+    n_excluded = len(records) - len(counted(records))
+    records = counted(records)
+    if n_excluded:
+        title = f"{title} ({n_excluded} special tokens left out)"
     fig = _figure(12.5, 4.8)
     ax_box, ax_scatter = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.1, 1]})
     classes = [c for c in TOKEN_CLASSES if any(r.token_class == c for r in records)]

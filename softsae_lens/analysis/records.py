@@ -17,10 +17,13 @@ from typing import Any
 import torch
 
 from softsae_lens.analysis.splice import (
+    ExcludeSpecial,
+    bypassed_positions,
     check_soft,
     has_tokenizer,
     per_token_loss,
     sae_hook_name,
+    special_token_ids,
     spliced_sae,
     to_token_batches,
 )
@@ -38,7 +41,7 @@ TOKEN_CLASSES: dict[str, str] = {
 }
 
 _NUMBER = re.compile(r"[+\-]?[\d.,_]*\d[\d.,_]*%?")
-_SAE_HOOKS = ("hook_sae_input", "hook_sae_k", "hook_sae_acts_post", "hook_sae_output")
+_SAE_HOOKS = ("hook_sae_input", "hook_sae_k", "hook_sae_acts_post")
 
 
 @dataclass
@@ -58,7 +61,8 @@ class TokenRecord:
             ``[1, floor(k_max)]``).
         l0: realised number of active latents (non-zero entries of ``hook_sae_acts_post``); below
             ``k`` only when fewer than ``k`` pre-activations are positive.
-        recon_error: ``||x - sae(x)||^2`` in the model's units.
+        recon_error: ``||x - sae.decode(acts)||^2`` in the model's units (the SAE's own
+            reconstruction, also at excluded positions, where the model kept ``x``).
         recon_error_rel: ``recon_error / ||x||^2``.
         top_latents: up to N ``(latent index, activation)`` pairs, largest first, active ones only.
         loss: the clean model's cross-entropy at this position (predicting the next token);
@@ -66,6 +70,9 @@ class TokenRecord:
         surprisal: the clean model's cross-entropy of this token given the prefix; ``None`` at
             position 0.
         loss_spliced: the same as ``loss`` with the SAE spliced in (no error term).
+        excluded: a special token (BOS, EOS, PAD, ...) the SAE was not spliced at; every
+            statistic leaves it out. Its ``k_hat``, ``l0`` and top latents are still what the
+            SAE computes there. Always False when special tokens are included.
     """
 
     text_index: int
@@ -82,6 +89,7 @@ class TokenRecord:
     loss: float | None = None
     surprisal: float | None = None
     loss_spliced: float | None = None
+    excluded: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -152,14 +160,20 @@ def token_k_report(
     *,
     max_tokens: int | None = None,
     include_loss: bool = True,
+    exclude_special_tokens: ExcludeSpecial = True,
 ) -> list[TokenRecord]:
     """Per-token records of what ``sae`` does inside ``model`` on ``texts``.
 
     The SAE is spliced in without an error term (``use_error_term=False``) for one
-    ``run_with_cache`` per input, caching only its ``hook_sae_input``, ``hook_sae_k``,
-    ``hook_sae_acts_post`` and ``hook_sae_output``; ``k_hat`` is the value seen on
-    ``hook_sae_k`` (so a :func:`~softsae_lens.analysis.with_k_override` active around the call
-    shows up here). The model is restored afterwards.
+    ``run_with_cache`` per input, caching only its ``hook_sae_input``, ``hook_sae_k`` and
+    ``hook_sae_acts_post``; ``k_hat`` is the value seen on ``hook_sae_k`` (so a
+    :func:`~softsae_lens.analysis.with_k_override` active around the call shows up here). The
+    model, hooks included, is restored afterwards.
+
+    Special tokens are left alone by default, as ``sae_lens.evals.run_evals`` does: at BOS, EOS,
+    PAD, SEP (and decoder-start) positions the model keeps its own activation, so
+    ``loss_spliced`` does not pay for reconstructing them (BOS's residual is often an outlier),
+    and their records are marked ``excluded`` so that no statistic counts them.
 
     Args:
         model: ``HookedSAETransformer`` or ``SAETransformerBridge``.
@@ -169,16 +183,23 @@ def token_k_report(
         top_n: number of top latents kept per token.
         max_tokens: truncate each text to this many tokens (default: the model's ``n_ctx``).
         include_loss: also run the clean model for ``loss`` / ``surprisal`` (one extra pass).
+        exclude_special_tokens: True (default: the tokenizer's structural special tokens; none
+            for a model without a tokenizer), False (splice and count every token), or a list
+            of token ids.
     """
     check_soft(sae)
     names = {h: sae_hook_name(model, sae, h) for h in _SAE_HOOKS}
     special = _special_ids(model)
+    excluded_ids = special_token_ids(model, exclude_special_tokens)
     records: list[TokenRecord] = []
     text_index = 0
     for tokens in to_token_batches(model, texts, max_tokens):
         clean = per_token_loss(model, tokens) if include_loss else None
-        with spliced_sae(model, sae, use_error_term=False):
-            want_loss = tokens.shape[-1] >= 2
+        want_loss = tokens.shape[-1] >= 2
+        with (
+            spliced_sae(model, sae, exclude_special_tokens=excluded_ids),
+            bypassed_positions(model, sae, tokens, excluded_ids) as excluded,
+        ):
             output, cache = model.run_with_cache(
                 tokens,
                 names_filter=list(names.values()),
@@ -190,9 +211,10 @@ def token_k_report(
             raise RuntimeError(f"the model's cache lacks the SAE hooks {missing}")
         spliced_loss = output.detach().float() if want_loss else None
         x = cache[names["hook_sae_input"]].float()
-        x_hat = cache[names["hook_sae_output"]].float()
         k_hat = cache[names["hook_sae_k"]].float()
         acts = cache[names["hook_sae_acts_post"]].float()
+        # Not hook_sae_output: at excluded positions that holds the model's own activation.
+        x_hat = sae.decode(cache[names["hook_sae_acts_post"]]).float()
         k_int = sae.round_k(k_hat)
         l0 = (acts != 0).sum(-1)
         err = (x - x_hat).pow(2).sum(-1)
@@ -204,6 +226,7 @@ def token_k_report(
         k_hat_l, k_int_l, l0_l = k_hat.tolist(), k_int.tolist(), l0.tolist()
         err_l, rel_l = err.tolist(), err_rel.tolist()
         top_idx_l, top_vals_l = top_idx.tolist(), top_vals.tolist()
+        excluded_l = excluded.tolist()
         clean_l = clean.tolist() if clean is not None else None
         spliced_l = spliced_loss.tolist() if spliced_loss is not None else None
         for row in range(tokens.shape[0]):
@@ -234,6 +257,7 @@ def token_k_report(
                         loss=None if clean_l is None or last else clean_l[row][pos],
                         surprisal=None if clean_l is None or pos == 0 else clean_l[row][pos - 1],
                         loss_spliced=None if spliced_l is None or last else spliced_l[row][pos],
+                        excluded=excluded_l[row][pos],
                     )
                 )
             text_index += 1

@@ -9,7 +9,7 @@ plots or files beyond its own templates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-from softsae_lens.analysis.colors import K_COLORS, color_for, k_range
+from softsae_lens.analysis.colors import EXCLUDED_COLORS, K_COLORS, color_for, k_range
 from softsae_lens.analysis.records import TokenRecord
 
 __all__ = ["render_html"]
@@ -49,6 +49,11 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     )
 
 
+def _mean(values: Iterable[float]) -> str:
+    values = list(values)
+    return f"{sum(values) / len(values) if values else float('nan'):.2f}"
+
+
 def _token_title(r: TokenRecord) -> str:
     top = ", ".join(f"#{i} {v:.2f}" for i, v in r.top_latents[:5])
     return (
@@ -59,7 +64,7 @@ def _token_title(r: TokenRecord) -> str:
 
 def _token_view(r: TokenRecord, vmin: float, vmax: float) -> dict[str, Any]:
     """Everything the template shows of one token, formatted (the template only lays out)."""
-    bg, fg = color_for(r.k_hat, vmin, vmax)
+    bg, fg = EXCLUDED_COLORS if r.excluded else color_for(r.k_hat, vmin, vmax)
     return {
         "bg": bg,
         "fg": fg,
@@ -76,7 +81,9 @@ def _token_view(r: TokenRecord, vmin: float, vmax: float) -> dict[str, Any]:
         "loss": _fmt(r.loss),
         "spl": _fmt(r.loss_spliced),
         "top": " ".join(f"{i}:{v:.3f}" for i, v in r.top_latents),
-        "title": _token_title(r),
+        "title": _token_title(r)
+        + ("\nspecial token: not spliced, not counted" if r.excluded else ""),
+        "excluded": r.excluded,
         # Newlines show as a faint arrow plus a line break; an empty token as a faint mark.
         "lines": r.token.split("\n") if r.token else [],
     }
@@ -97,9 +104,12 @@ def render_html(
     ``title`` tooltip as a no-JavaScript fallback): hovering shows a tooltip with ``k_hat``, L0,
     reconstruction error, loss and the top latents; clicking pins them in the side panel.
     Newlines show as a faint arrow and a line break, spaces are kept (``white-space:
-    pre-wrap``). The colour scale runs from ``vmin`` to ``vmax`` (default: the records' range).
+    pre-wrap``). The colour scale runs from ``vmin`` to ``vmax`` (default: the range of the
+    counted records). Excluded special tokens are grey and left out of the means and the scale;
+    the header says how many there are.
     """
-    lo, hi = k_range(r.k_hat for r in records)
+    kept = [r for r in records if not r.excluded]
+    lo, hi = k_range(r.k_hat for r in kept)
     vmin = lo if vmin is None else vmin
     vmax = hi if vmax is None else vmax
     if vmax <= vmin:
@@ -111,24 +121,23 @@ def render_html(
         {
             "index": index,
             "n_tokens": len(toks),
-            "mean_k_hat": f"{sum(r.k_hat for r in toks) / len(toks):.2f}",
-            "mean_l0": f"{sum(r.l0 for r in toks) / len(toks):.2f}",
+            "mean_k_hat": _mean(r.k_hat for r in toks if not r.excluded),
+            "mean_l0": _mean(r.l0 for r in toks if not r.excluded),
             # Texts of a model with no tokenizer show ids: space them apart (BOS included).
             "span_class": "tok id" if any(r.token_class == "token_id" for r in toks) else "tok",
             "tokens": [_token_view(r, vmin, vmax) for r in toks],
         }
         for index, toks in by_text.items()
     ]
-    n_tokens = len(records)
-    mean_all = sum(r.k_hat for r in records) / n_tokens if n_tokens else float("nan")
     return (
         _environment()
         .get_template("tokens.html.j2")
         .render(
             title=title,
             subtitle=subtitle,
-            n_tokens=n_tokens,
-            mean_k_hat=f"{mean_all:.2f}",
+            n_tokens=len(records),
+            n_excluded=len(records) - len(kept),
+            mean_k_hat=_mean(r.k_hat for r in kept),
             gradient=", ".join(K_COLORS),
             ticks=[f"{v:.2f}" for v in (vmin, (vmin + vmax) / 2, vmax)],
             docs=docs,

@@ -1,26 +1,42 @@
 """Splicing a SoftSAE into a TransformerLens model, and turning texts into token batches.
 
 Holds: :func:`sae_hook_name` (where the SAE's hooks live once attached), :func:`spliced_sae` (attach
-for a block, restore after), :func:`to_token_batches` and the per-token loss of a model.
+for a block, restore the model fully after, leave special tokens alone), :func:`bypassed_positions`
+(the same exclusion for one forward on any model), :func:`to_token_batches` and the per-token loss
+of a model.
 
-Works the same on SAELens's ``HookedSAETransformer`` and ``SAETransformerBridge``. Must not depend
-on the rest of :mod:`softsae_lens.analysis` (records, statistics, pages, plots), on files or on
-matplotlib: everything else in the package builds on this module.
+Works the same on SAELens's ``HookedSAETransformer`` and ``SAETransformerBridge`` (and
+:class:`softsae_lens.sae_bridge.SAEBridge`). Must not depend on the rest of
+:mod:`softsae_lens.analysis` (records, statistics, pages, plots), on files or on matplotlib:
+everything else in the package builds on this module.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 
+from softsae_lens.sae_bridge import (
+    ExcludeSpecial,
+    restored_hook_points,
+    special_token_ids,
+    special_token_mask,
+)
+
 __all__ = [
+    "ExcludeSpecial",
+    "bypassed_positions",
     "check_soft",
     "per_token_loss",
     "sae_hook_name",
+    "special_token_ids",
+    "special_token_mask",
     "spliced_sae",
+    "supports_special_token_exclusion",
     "to_token_batches",
 ]
 
@@ -56,15 +72,48 @@ def check_soft(sae: Any) -> None:
         )
 
 
+def supports_special_token_exclusion(model: Any) -> bool:
+    """Whether ``model.saes(...)`` takes ``exclude_special_tokens`` (``HookedSAETransformer``,
+    :class:`~softsae_lens.sae_bridge.SAEBridge`; not a plain ``SAETransformerBridge``)."""
+    saes = getattr(model, "saes", None)
+    try:
+        return callable(saes) and "exclude_special_tokens" in inspect.signature(saes).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @contextmanager
-def spliced_sae(model: Any, sae: Any, use_error_term: bool = False) -> Iterator[Any]:
+def spliced_sae(
+    model: Any,
+    sae: Any,
+    use_error_term: bool = False,
+    *,
+    exclude_special_tokens: ExcludeSpecial = True,
+) -> Iterator[Any]:
     """Splice ``sae`` into ``model`` for the duration of the block; restore the model after.
 
     Unlike SAELens's own ``add_sae``, which logs a warning and does nothing when the SAE's hook
-    name does not exist on the model, this raises a ValueError naming the hook.
+    name does not exist on the model, this raises a ValueError naming the hook. On a
+    ``SAETransformerBridge`` the original HookPoint objects are put back on exit (SAELens leaves a
+    renamed one that silently ignores ``run_with_hooks``; see :mod:`softsae_lens.sae_bridge`).
+
+    Args:
+        exclude_special_tokens: positions holding these tokens keep the model's own activation,
+            as in ``sae_lens.evals.run_evals``: True (default) for the tokenizer's BOS, EOS,
+            PAD, SEP and decoder-start ids, False for none, or a list of ids. The models whose
+            ``saes()`` take the option apply it to every forward in the block; on a plain
+            ``SAETransformerBridge`` only forwards wrapped in :func:`bypassed_positions` (as
+            every function of this package does) leave them alone.
     """
     _check_model(model)
-    with model.saes(saes=[sae], use_error_term=use_error_term):
+    ids = special_token_ids(model, exclude_special_tokens)
+    kwargs = (
+        {"exclude_special_tokens": ids or False} if supports_special_token_exclusion(model) else {}
+    )
+    with (
+        restored_hook_points(model),
+        model.saes(saes=[sae], use_error_term=use_error_term, **kwargs),
+    ):
         name = sae_hook_name(model, sae, "hook_sae_k")
         if name not in model.hook_dict:
             raise ValueError(
@@ -72,6 +121,26 @@ def spliced_sae(model: Any, sae: Any, use_error_term: bool = False) -> Iterator[
                 f"hook of {type(model).__name__} (expected {name!r} in model.hook_dict)"
             )
         yield model
+
+
+@contextmanager
+def bypassed_positions(
+    model: Any, sae: Any, tokens: torch.Tensor, ids: Sequence[int]
+) -> Iterator[torch.Tensor]:
+    """Inside a splice, bypass the SAE where ``tokens`` is one of ``ids`` for the next forward.
+
+    Sets the token mask of the SAE's wrapper (SAELens's own mechanism, which puts the model's
+    activation back and a zero error term at those positions) for forwards on exactly
+    ``tokens``; works on every model SAELens splices into. Yields the ``tokens.shape`` mask.
+    """
+    mask = special_token_mask(tokens, ids)
+    # Both SAELens models keep their wrappers here; neither exposes them publicly.
+    wrapper = getattr(model, "_acts_to_saes", {}).get(sae.cfg.metadata.hook_name)
+    with ExitStack() as stack:
+        if wrapper is not None and ids:
+            wrapper.set_token_mask(mask)
+            stack.callback(wrapper.set_token_mask, None)
+        yield mask
 
 
 def has_tokenizer(model: Any) -> bool:

@@ -3,6 +3,7 @@
 Holds :func:`quantile_summary` (the package's one summary of a distribution: count, mean, std,
 min, p5, p25, median, p75, p95, max), :func:`k_stats_by_class`, :func:`k_loss_spearman`
 (``scipy.stats.spearmanr``) and :func:`corpus_stats` (everything ``corpus_stats.json`` holds).
+Records marked ``excluded`` (special tokens the SAE was not spliced at) count in no statistic.
 Must not depend on models, splicing, pages, plots or files: it reads records and numbers only.
 """
 
@@ -21,6 +22,7 @@ from softsae_lens.analysis.records import TOKEN_CLASSES, TokenRecord, sae_info
 __all__ = [
     "QUANTILE_KEYS",
     "corpus_stats",
+    "counted",
     "k_loss_spearman",
     "k_stats_by_class",
     "quantile_summary",
@@ -77,9 +79,16 @@ def quantile_summary(values: Iterable[float] | Any) -> dict[str, float | int | N
     }
 
 
+def counted(records: Sequence[TokenRecord]) -> list[TokenRecord]:
+    """The records statistics count: all but the ``excluded`` special tokens."""
+    return [r for r in records if not r.excluded]
+
+
 def k_stats_by_class(records: Sequence[TokenRecord]) -> dict[str, dict[str, Any]]:
     """``k_hat`` summary (:func:`quantile_summary`) per token class, plus the class's mean L0
-    and label, under ``"all"`` for every token as well. Classes with no tokens are left out."""
+    and label, under ``"all"`` for every token as well. Classes with no counted tokens are left
+    out."""
+    records = counted(records)
     out: dict[str, dict[str, Any]] = {}
     for cls in [*TOKEN_CLASSES, "all"]:
         members = [r for r in records if cls == "all" or r.token_class == cls]
@@ -105,7 +114,8 @@ def k_loss_spearman(
         target: ``"loss"`` (the clean model's next-token loss at the token's position),
             ``"surprisal"`` (the loss of the token itself), ``"loss_spliced"``, ``"recon_error"``
             or ``"l0"``.
-        include_first: include position 0 (BOS), whose residual is an outlier in most models.
+        include_first: include position 0, whose residual is an outlier in most models (even
+            when it is no special token, e.g. token ids given without BOS).
 
     Returns:
         ``{"target", "rho", "p_value", "n"}`` from ``scipy.stats.spearmanr`` (ties share their
@@ -114,7 +124,7 @@ def k_loss_spearman(
     """
     pairs = [
         (r.k_hat, getattr(r, target))
-        for r in records
+        for r in counted(records)
         if getattr(r, target) is not None and (include_first or r.position > 0)
     ]
     out: dict[str, Any] = {"target": target, "rho": None, "p_value": None, "n": len(pairs)}
@@ -140,15 +150,18 @@ def _mean_of(records: Sequence[TokenRecord], attr: str) -> float | None:
 def corpus_stats(records: Sequence[TokenRecord], sae: Any | None = None) -> dict[str, Any]:
     """Everything ``corpus_stats.json`` holds: per-class ``k_hat`` statistics, Spearman of
     ``k_hat`` with the next-token loss, the token's surprisal and the reconstruction error,
-    and mean losses."""
+    and mean losses, all over the counted records (``n_excluded`` special tokens left out;
+    ``n_tokens`` counts every record)."""
+    kept = counted(records)
     out: dict[str, Any] = {
         "n_tokens": len(records),
         "n_texts": len({r.text_index for r in records}),
-        "k_hat_mean": _mean_of(records, "k_hat"),
-        "l0_mean": _mean_of(records, "l0"),
-        "recon_error_rel_mean": _mean_of(records, "recon_error_rel"),
-        "loss_clean_mean": _mean_of(records, "loss"),
-        "loss_spliced_mean": _mean_of(records, "loss_spliced"),
+        "n_excluded": len(records) - len(kept),
+        "k_hat_mean": _mean_of(kept, "k_hat"),
+        "l0_mean": _mean_of(kept, "l0"),
+        "recon_error_rel_mean": _mean_of(kept, "recon_error_rel"),
+        "loss_clean_mean": _mean_of(kept, "loss"),
+        "loss_spliced_mean": _mean_of(kept, "loss_spliced"),
         "k_hat_by_class": k_stats_by_class(records),
         "spearman_k_hat_vs_loss": k_loss_spearman(records, "loss"),
         "spearman_k_hat_vs_surprisal": k_loss_spearman(records, "surprisal"),

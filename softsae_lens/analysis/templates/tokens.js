@@ -31,6 +31,7 @@
     if (d.loss) { row(table, 'next-token loss', d.loss); }
     if (full && d.spl) { row(table, 'loss, SAE spliced', d.spl); }
     if (full) { row(table, 'class', d.cls); }
+    if (d.excl) { row(table, 'special token', 'SAE not spliced here; not counted'); }
     box.appendChild(table);
     var pairs = d.top ? d.top.split(' ') : [];
     var shown = full ? pairs : pairs.slice(0, 5);
