@@ -3,7 +3,9 @@
 A SoftSAE predicts for every token how many latents it needs (``k_hat``), a signal no fixed-k
 SAE has. This package reads that signal through the SAE's ``hook_sae_k`` HookPoint while the SAE
 is spliced into a model, and works the same on SAELens's ``HookedSAETransformer`` and
-``SAETransformerBridge``.
+``SAETransformerBridge``. Every splice restores the model fully on exit (hooks included), and by
+default leaves special tokens (BOS, EOS, PAD, SEP) alone and out of every statistic, as
+``sae_lens.evals.run_evals`` does (``exclude_special_tokens=False`` to include them).
 
 Modules, each importing only those above it:
 
