@@ -35,7 +35,7 @@ from numbers import Real
 
 import torch
 
-__all__ = ["soft_topk", "laplace_cdf"]
+__all__ = ["alpha_range", "laplace_cdf", "soft_topk"]
 
 # Extra candidates sorted beyond ceil(k) on the first try; rows that need more get 4x as many.
 _CANDIDATE_PADDING = 32
@@ -202,6 +202,10 @@ class SoftTopKFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, k: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 0:
+            # Still an autograd node, so an empty batch keeps its graph (zero gradients).
+            ctx.save_for_backward(x, x.new_empty(0, dtype=torch.float64), alpha)
+            return torch.empty_like(x)
         alpha_value = float(alpha)
         w = torch.empty_like(x)  # also the scratch for the tail sums
         t = _solve_threshold(x, k.double(), alpha_value, scratch=w)
@@ -212,8 +216,14 @@ class SoftTopKFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_w: torch.Tensor):
         x, t, alpha = ctx.saved_tensors
-        alpha_value = float(alpha)
         need_x, need_k, need_alpha = ctx.needs_input_grad
+        if x.shape[0] == 0:
+            return (
+                torch.zeros_like(x) if need_x else None,
+                x.new_zeros(0) if need_k else None,
+                torch.zeros_like(alpha) if need_alpha else None,
+            )
+        alpha_value = float(alpha)
         grad_w = grad_w.contiguous()
         z = _scaled_distance(x, t, alpha_value, out=torch.empty_like(x)) if need_alpha else None
         q = (
@@ -242,7 +252,21 @@ class SoftTopKFunction(torch.autograd.Function):
         return grad_x, grad_k, grad_alpha
 
 
-def _as_alpha_tensor(alpha, device: torch.device) -> torch.Tensor:
+def alpha_range(dtype: torch.dtype, n: int, spread: float = 0.0) -> tuple[float, float]:
+    """The alphas ``soft_topk`` accepts for rows of ``n`` values computed in ``dtype``.
+
+    ``1/alpha`` must stay finite (it scales every distance to the threshold), the threshold,
+    which lies within about ``alpha * log(2n)`` of the data, must stay representable, and the
+    float64 solve divides differences of entries (up to ``spread``, the largest minus the
+    smallest entry) by alpha. Outside this range the computation overflows to NaN instead of
+    approximating anything.
+    """
+    info = torch.finfo(dtype)
+    low = max(2.0 / info.max, 4.0 * spread / torch.finfo(torch.float64).max)
+    return low, info.max / (2.0 * (math.log(2 * n) + 2.0))
+
+
+def _as_alpha_tensor(alpha, device: torch.device) -> tuple[torch.Tensor, float]:
     if isinstance(alpha, torch.Tensor):
         if alpha.numel() != 1 or alpha.dim() != 0:
             raise ValueError(
@@ -258,7 +282,7 @@ def _as_alpha_tensor(alpha, device: torch.device) -> torch.Tensor:
         )
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"alpha must be positive and finite, got alpha={value}")
-    return alpha
+    return alpha, value
 
 
 def soft_topk(x: torch.Tensor, k, alpha) -> torch.Tensor:
@@ -277,11 +301,22 @@ def soft_topk(x: torch.Tensor, k, alpha) -> torch.Tensor:
             ``alpha -> 0`` the weights approach the 0/1 mask of the ``k`` largest entries).
 
     Returns:
-        ``w`` with ``x``'s shape and dtype, ``0 < w < 1`` and ``w.sum(-1) == k``.
+        ``w`` with ``x``'s shape and dtype. In float32 and float64, ``0 < w < 1`` wherever the
+        dtype can tell a weight from 0 and 1 (a weight within ``eps/2`` of 1 rounds to 1, and
+        one below the smallest normal number to 0), and ``w.sum(-1)`` equals ``k`` to a few
+        units of ``eps * k`` (float32: relative error below 1e-6 in the tests, for alpha from
+        1e-4 to 10x the row's spread and rows up to 65,536 long). That holds down to alphas
+        about 1e-12 times the row's largest magnitude; far below that, float64 can no longer
+        place the threshold within alpha of an entry, the weights are a hard top-k mask and
+        a row sum may miss ``k`` by its fractional part (under 1). In bfloat16 and float16 the
+        weights are computed in float32 and rounded once to the input dtype: each weight then
+        carries a relative error up to ``2**-9`` (bf16) or ``2**-11`` (fp16), weights near 1
+        become exactly 1, and row sums equal ``k`` only to that precision (about ``2**-9 * k``
+        for bf16).
 
     Raises:
         ValueError: on non-finite ``x``, ``k`` outside ``(0, n)`` or not broadcastable,
-            or ``alpha`` that is not a positive finite scalar.
+            or ``alpha`` that is not a positive finite scalar inside :func:`alpha_range`.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ValueError(
@@ -291,11 +326,22 @@ def soft_topk(x: torch.Tensor, k, alpha) -> torch.Tensor:
     if x.dim() == 0 or x.shape[-1] == 0:
         raise ValueError(f"x must have a non-empty last dimension, got shape {tuple(x.shape)}")
     n = x.shape[-1]
-    if x.numel() > 0 and not bool(torch.isfinite(torch.stack(torch.aminmax(x))).all()):
-        raise ValueError("x contains NaN or inf; soft_topk needs finite inputs")
-    alpha_t = _as_alpha_tensor(alpha, x.device)
+    spread = 0.0
+    if x.numel() > 0:
+        lowest, highest = torch.aminmax(x.detach())
+        if not bool(torch.isfinite(torch.stack([lowest, highest])).all()):
+            raise ValueError("x contains NaN or inf; soft_topk needs finite inputs")
+        spread = float(highest.double() - lowest.double())
+    alpha_t, alpha_value = _as_alpha_tensor(alpha, x.device)
 
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    low, high = alpha_range(compute_dtype, n, spread)
+    if not low <= alpha_value <= high:
+        raise ValueError(
+            f"alpha must lie in [{low:.3g}, {high:.3g}] for these rows ({n} values, spread "
+            f"{spread:.3g}, computed in {str(compute_dtype).removeprefix('torch.')}; 1/alpha "
+            f"and the threshold must stay finite), got alpha={alpha_value:g}"
+        )
     if isinstance(k, torch.Tensor):
         k_t = k.to(device=x.device, dtype=compute_dtype)
     elif isinstance(k, Real) and not isinstance(k, bool):
@@ -317,7 +363,5 @@ def soft_topk(x: torch.Tensor, k, alpha) -> torch.Tensor:
         raise ValueError(f"k must lie in the open interval (0, n) = (0, {n}), got k={bad}")
 
     rows = x.reshape(-1, n).to(compute_dtype)
-    if rows.shape[0] == 0:
-        return torch.empty_like(x)
     w = SoftTopKFunction.apply(rows, k_t.reshape(-1), alpha_t)
     return w.reshape(x.shape).to(x.dtype)

@@ -15,7 +15,6 @@ from importlib import resources
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
-from markupsafe import Markup
 
 from softsae_lens.analysis.colors import EXCLUDED_COLORS, K_COLORS, color_for, k_range
 from softsae_lens.analysis.records import TokenRecord
@@ -35,10 +34,10 @@ def _environment() -> Environment:
 
 
 @cache
-def _asset(name: str) -> Markup:
-    # Read verbatim, not rendered: CSS and JavaScript braces are not template syntax.
-    text = (resources.files("softsae_lens.analysis") / _TEMPLATES / name).read_text("utf-8")
-    return Markup(text)
+def _asset(name: str) -> str:
+    # Read verbatim, not rendered (CSS and JavaScript braces are not template syntax); the
+    # template inserts it with |safe.
+    return (resources.files("softsae_lens.analysis") / _TEMPLATES / name).read_text("utf-8")
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
