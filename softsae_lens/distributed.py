@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed._functional_collectives as funcol
+import torch.distributed._functional_collectives as funcol  # see all_reduce_sum
 from datasets import Dataset, DatasetDict, IterableDataset
 from datasets.distributed import split_dataset_by_node
 from sae_lens.training.sae_trainer import SAETrainer
@@ -221,6 +221,8 @@ class GlobalBatches:
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum of ``tensor`` over all ranks, differentiable (the backward sums the gradients too)."""
+    # torch's private functional collectives: 2.13 deprecates the public differentiable
+    # all_reduce (torch.distributed.nn.functional), which also fails under torch.compile.
     total = funcol.all_reduce(tensor, "sum", dist.group.WORLD)
     total = funcol.wait_tensor(total)
     if tensor.requires_grad and not total.requires_grad:
