@@ -31,6 +31,7 @@ from softsae_lens.corpus.stdlib import (
 from softsae_lens.corpus.tokens import (
     TokenCorpus,
     pretokenized_warnings_ignored,
+    runner_stream_tokens,
     stream_tokens_needed,
     tokenize_corpus,
     tokenizer_fingerprint,
@@ -47,6 +48,7 @@ __all__ = [
     "load_corpus",
     "pydoc_documents",
     "python_doc_documents",
+    "runner_stream_tokens",
     "pretokenized_warnings_ignored",
     "split_documents",
     "stdlib_doc_documents",

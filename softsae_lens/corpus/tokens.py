@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TokenCorpus",
     "pretokenized_warnings_ignored",
+    "runner_stream_tokens",
     "stream_tokens_needed",
     "tokenize_corpus",
     "tokenizer_fingerprint",
@@ -134,6 +135,18 @@ def stream_tokens_needed(
         training_tokens
         + n_batches_for_norm_estimate * train_batch_size_tokens
         + (n_batches_in_buffer + store_batch_size_prompts) * context_size
+    )
+
+
+def runner_stream_tokens(runner_cfg: Any) -> int:
+    """:func:`stream_tokens_needed` for a SAELens runner config (single- or multi-SAE)."""
+    return stream_tokens_needed(
+        runner_cfg.training_tokens,
+        runner_cfg.train_batch_size_tokens,
+        runner_cfg.context_size,
+        runner_cfg.n_batches_in_buffer,
+        runner_cfg.store_batch_size_prompts,
+        runner_cfg.n_batches_for_norm_estimate,
     )
 
 
