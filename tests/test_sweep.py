@@ -217,3 +217,39 @@ def test_sweep_writes_its_files_and_replots(tiny_sweep):
     sweep_main(["--replot", str(out / "results.json")])
     assert (out / "results.md").read_text().count("| SoftSAE |") == len(TARGETS)
     assert (out / "pareto.png").stat().st_size > 0
+
+
+def test_sweep_runs_on_a_local_hugging_face_folder(tmp_path):
+    from _corpus_helpers import tiny_hf_folder
+
+    from softsae_lens.evaluation import load_model_and_hook
+
+    folder = tiny_hf_folder(tmp_path / "model")
+    model, hook, name = load_model_and_hook(layer=1, model_path=folder)
+    assert hook == "blocks.1.hook_out" and name == str(folder)  # the bridge's real hook name
+    text = tokenize_corpus(
+        load_corpus(("pydoc",)), model.tokenizer, CTX, use_cache=False, progress=False
+    )
+    cfg = SweepConfig(
+        targets=(4,),
+        architectures=("soft", "topk"),
+        tokens=128 * 20,
+        d_sae=64,
+        batch_tokens=128,
+        context_size=CTX,
+        layer=1,
+        model_path=folder,
+        eval_batches=1,
+        eval_variance_batches=1,
+        eval_batch_prompts=2,
+        k_report_docs=2,
+        pilot_rows=4,
+        out=tmp_path / "sweep",
+    )
+    results = run_sweep(cfg, text=text)
+    assert results["hook_name"] == "blocks.1.hook_out"
+    for run in results["runs"]:
+        assert all(v is not None and math.isfinite(v) for v in run["metrics"].values()), run
+    assert results["runs"][0]["k_hat"]["tokens"] > 0
+    with pytest.raises(SystemExit):
+        parse_args(["--model-path", str(tmp_path)])  # no config.json there

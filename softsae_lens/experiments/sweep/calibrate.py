@@ -3,10 +3,10 @@
 * JumpReLU trains with SAELens's ``"quadratic"`` sparsity loss (Gemma Scope 2), which pulls
   L0 toward ``target_l0``. With SAELens's default straight-through estimator (DeepMind's:
   the L0 loss reaches the threshold only), Adam moves the threshold by about ``lr`` per step
-  while the reconstruction loss grows the pre-activations, and L0 runs away: on the tiny test
-  model, 80 steps with target 4 ended at L0 48-54 of 64 latents, with or without a calibrated
-  start and with ``l0_coefficient`` 1 or 10. With ``jumprelu_ste_to_input=True`` (Anthropic's
-  estimator, also a SAELens option) the loss reaches the encoder too and L0 ended at 4.0-4.5.
+  while the reconstruction loss grows the pre-activations, and L0 ended short runs far above
+  the target, with or without a calibrated start and with ``l0_coefficient`` 1 or 10. With
+  ``jumprelu_ste_to_input=True`` (Anthropic's estimator, also a SAELens option) the loss
+  reaches the encoder too and L0 lands near the target (tests/test_sweep.py checks it).
   The sweep uses that, and :func:`calibrate_jumprelu_threshold` starts the threshold at the
   target instead of at SAELens's 0.01 (where about half the latents fire): the
   ``1 - target / d_sae`` quantile of the untrained SAE's pre-activations on a pilot batch of

@@ -43,18 +43,19 @@ class SweepConfig:
 
     targets: tuple[int, ...] = DEFAULT_TARGETS
     architectures: tuple[str, ...] = ARCHITECTURES
-    tokens: int = 120_000
+    tokens: int = 100_000
     d_sae: int | None = None  # default 4 x d_model
     lr: float = 1e-3
     batch_tokens: int = 512
     context_size: int = 128
     layer: int = 5
     model: str | None = None  # TransformerLens name; None: SmolLM2-135M-Instruct offline
+    model_path: Path | None = None  # a local Hugging Face model folder
     out: Path = DEFAULT_OUT
     seed: int = 0
     device: str = "cpu"
     threads: int = 1
-    eval_batches: int = 2
+    eval_batches: int = 1
     eval_variance_batches: int = 6
     eval_batch_prompts: int = 8
     k_report_docs: int = 12
@@ -78,15 +79,16 @@ class SweepConfig:
         return self.tokens // self.batch_tokens
 
 
+# A smoke test of the whole pipeline on the real model: every SAE, a few steps, tiny evals.
 QUICK = {
-    "tokens": 8192,
+    "tokens": 4096,
     "d_sae": 1152,
     "batch_tokens": 512,
     "eval_batches": 1,
     "eval_variance_batches": 1,
-    "eval_batch_prompts": 4,
+    "eval_batch_prompts": 2,
     "k_report_docs": 2,
-    "pilot_rows": 4,
+    "pilot_rows": 8,
 }
 
 
@@ -138,6 +140,12 @@ def parse_args(argv: list[str] | None = None, doc: str | None = None) -> SweepCo
     add("--context-size", type=int, default=d.context_size, help="tokens per row")
     add("--layer", type=int, default=d.layer, help="residual stream layer (hook_resid_post)")
     add("--model", default=None, help="TransformerLens model name (default: SmolLM2, offline)")
+    add(
+        "--model-path",
+        type=Path,
+        default=None,
+        help="local Hugging Face model folder, booted as a TransformerLens bridge, offline",
+    )
     add("--out", type=Path, default=None, help=f"output folder (default {d.out})")
     add("--seed", type=int, default=d.seed, help="seed (also picks the held-out documents)")
     add("--device", default=d.device, help="torch device")
@@ -173,7 +181,11 @@ def parse_args(argv: list[str] | None = None, doc: str | None = None) -> SweepCo
         help="matching pursuit's max_iterations = factor x target (default 2, as k_max = 2k)",
     )
     add("--autocast", action="store_true", help="train the SAEs under bf16 autocast")
-    add("--quick", action="store_true", help="a tiny budget for smoke tests (about a minute)")
+    add(
+        "--quick",
+        action="store_true",
+        help="a smoke test: every SAE, 8 steps, tiny evaluations (minutes on SmolLM2)",
+    )
     add("--plan-only", action="store_true", help="print the corpus, run and costs; train nothing")
     add(
         "--replot",
@@ -196,6 +208,7 @@ def parse_args(argv: list[str] | None = None, doc: str | None = None) -> SweepCo
         context_size=a.context_size,
         layer=a.layer,
         model=a.model,
+        model_path=a.model_path,
         seed=a.seed,
         device=a.device,
         threads=a.threads,
@@ -255,6 +268,12 @@ def validate(cfg: SweepConfig) -> None:
         raise ValueError(
             f"--d-sae={cfg.d_sae} must be at least twice the largest target L0 "
             f"({max(cfg.targets)}): SoftSAE's k_max is 2k"
+        )
+    if cfg.model is not None and cfg.model_path is not None:
+        raise ValueError("give --model or --model-path, not both")
+    if cfg.model_path is not None and not (Path(cfg.model_path) / "config.json").is_file():
+        raise ValueError(
+            f"--model-path {cfg.model_path}: not a Hugging Face model folder (no config.json)"
         )
     if len(set(cfg.targets)) != len(cfg.targets):
         raise ValueError(f"--targets has repeated values: {cfg.targets}")

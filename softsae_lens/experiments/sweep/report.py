@@ -116,6 +116,7 @@ def plot_pareto(results: dict[str, Any], path: Path, metrics: list[str] | None =
     L0 each SAE actually reached on held-out text."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
 
     metrics = metrics or list(PARETO_METRICS)
     fig = Figure(figsize=(4.6 * len(metrics), 4.0))
@@ -145,11 +146,11 @@ def plot_pareto(results: dict[str, Any], path: Path, metrics: list[str] | None =
                 zorder=3 if soft else 2,
                 label=LABELS.get(arch, arch),
             )
-        ax.set_xscale("log")
-        ax.set_xticks(targets)
-        ax.set_xticklabels([str(t) for t in targets])
-        ax.minorticks_off()
-        ax.set_xlabel("L0 on held-out text (log scale)")
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        for target in targets:
+            ax.axvline(target, color="0.8", linestyle=":", linewidth=1, zorder=0)
+        ax.set_xlabel("L0 on held-out text (log scale; dotted: targets)")
         ax.set_ylabel(PARETO_METRICS.get(metric, metric))
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)

@@ -14,11 +14,13 @@ Depends on SAELens, :mod:`softsae_lens` (corpus, evaluation, runner) and the sib
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import random
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -133,8 +135,9 @@ def build_saes(
     return saes, knobs
 
 
-def _step_cpu_seconds(sae: Any, batch: torch.Tensor, autocast: bool) -> float:
-    """CPU seconds of one training step (forward, backward, Adam) of a copy of ``sae``."""
+def _step_cpu_seconds(sae: Any, batch: torch.Tensor, autocast: bool, step: int) -> float:
+    """CPU seconds of training step ``step`` (forward, backward, Adam) of a copy of ``sae``:
+    mid-run for the plan, where SoftSAE's soft phase has reached its final alpha."""
     from sae_lens.saes.sae import TrainStepInput
 
     sae = copy.deepcopy(sae)
@@ -145,7 +148,7 @@ def _step_cpu_seconds(sae: Any, batch: torch.Tensor, autocast: bool) -> float:
     }
     dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     seconds = []
-    for step in range(2):  # the first one pays one-off costs
+    for _ in range(2):  # the first one pays one-off costs
         start = time.process_time()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = sae.training_forward_pass(
@@ -173,8 +176,9 @@ def _plan(
     text.check_budget(needed + cfg.pilot_rows * cfg.context_size, "the sweep's stream and pilot")
     batch = scaled_pilot[: cfg.batch_tokens]
     scale = cfg.batch_tokens / batch.shape[0]  # the pilot can be smaller than a batch
+    mid = runner_cfg.total_training_steps // 2
     step_cpu = {
-        name: scale * _step_cpu_seconds(sae, batch, cfg.autocast) for name, sae in saes.items()
+        name: scale * _step_cpu_seconds(sae, batch, cfg.autocast, mid) for name, sae in saes.items()
     }
     rows = min(2, cfg.eval_batch_prompts)
     sample = torch.randint(0, int(model.cfg.d_vocab), (rows, cfg.context_size)).to(cfg.device)
@@ -258,8 +262,11 @@ def run_sweep(
     torch.manual_seed(cfg.seed)
     clock = PhaseClock("sweep")
     if model is None:
-        print(f"[sweep] loading {cfg.model or 'SmolLM2-135M-Instruct (offline)'}", flush=True)
-        model, hook_name, model_name = load_model_and_hook(cfg.model, cfg.layer, cfg.device)
+        what = cfg.model or cfg.model_path or "SmolLM2-135M-Instruct (offline)"
+        print(f"[sweep] loading {what}", flush=True)
+        model, hook_name, model_name = load_model_and_hook(
+            cfg.model, cfg.layer, cfg.device, cfg.model_path
+        )
     if hook_name is None:
         raise ValueError("hook_name is required when a model is passed in")
     model_name = model_name or "model"
@@ -282,7 +289,7 @@ def run_sweep(
     plan = _plan(cfg, model, text, runner_cfg, saes, scaled_pilot, hook_name)
     clock.lap("plan")
     header = {
-        "config": {k: (str(v) if k == "out" else v) for k, v in asdict(cfg).items()},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "model": model_name,
         "hook_name": hook_name,
         "d_in": d_in,
@@ -292,6 +299,8 @@ def run_sweep(
     }
     if cfg.plan_only:
         cfg.out.mkdir(parents=True, exist_ok=True)
+        (cfg.out / "plan.json").write_text(json.dumps(header, indent=2, default=float) + "\n")
+        print(f"[sweep] wrote {cfg.out / 'plan.json'}", flush=True)
         return header
 
     print(f"[sweep] training {len(saes)} SAEs on one activation stream", flush=True)
