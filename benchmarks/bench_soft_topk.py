@@ -12,32 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
+from _measure import peak_rss_kib, timed
 
 from softsae_lens import soft_topk
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _median_seconds(fn, repeats: int, device: torch.device) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(fn, device) for _ in range(repeats))
 
 
 def _post_relu_input(rows: int, n: int, device: torch.device) -> torch.Tensor:
@@ -81,25 +68,9 @@ def _measure_memory_child(args: argparse.Namespace) -> None:
         soft_topk(x, args.k, args.measure_memory).backward(grad)
         print(torch.cuda.max_memory_allocated(device) - base)
         return
-    base_kib = _peak_rss_kib()
+    base_kib = peak_rss_kib()
     soft_topk(x, args.k, args.measure_memory).backward(grad)
-    print((_peak_rss_kib() - base_kib) * 1024)
-
-
-def _peak_rss_kib() -> int:
-    """Peak resident set of this process in KiB.
-
-    Linux's VmHWM belongs to the address space and so starts afresh at exec; ``ru_maxrss``
-    would carry over the parent's peak into the child.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((peak_rss_kib() - base_kib) * 1024)
 
 
 def main() -> None:

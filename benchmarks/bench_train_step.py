@@ -1,128 +1,307 @@
-"""SoftSAE vs SAELens TopK: training step and inference encode time, printed as JSON.
+"""SoftSAE vs SAELens TopK: training step, peak memory and inference encode+decode, as JSON.
 
-    python benchmarks/bench_train_step.py [--d-in 768] [--d-sae 16384] [--batch 4096] [--repeats 3]
+    python benchmarks/bench_train_step.py                     # both sizes, fp32, default threads
+    python benchmarks/bench_train_step.py --size small --threads 1 2 --load idle busy
+    python benchmarks/bench_train_step.py --size big --autocast bf16 --compile
+    python benchmarks/bench_train_step.py --device cuda --autocast none bf16
 
-A training step is ``training_forward_pass`` + backward + Adam step, as SAELens's trainer does
-it. SoftSAE is timed in its soft phase (the Soft Top-K path, alpha at its floor) and in its
-hard phase; TopK uses SoftSAE's target k. Measurements alternate between the SAEs inside one
-process so that load from other processes hits both alike; reported numbers are medians.
+Sizes: ``big`` is d_in 768, d_sae 16384, batch 4096, k 64 (an LLM-sized SAE); ``small`` is
+d_in 160, d_sae 512, batch 1024, k 11 (the synthetic experiments' size, where per-op overheads
+dominate). A training step is ``training_forward_pass`` + backward + Adam step, as SAELens's
+trainer runs it. SoftSAE is timed in its soft phase (after the alpha/k anneal, the path 99% of
+soft steps take) and in its hard phase; TopK (SAELens's ``TopKTrainingSAE``, defaults) uses the
+same k. Measurements alternate between the SAEs inside one process, so load from other
+processes hits both alike; reported times are medians and ratios are of medians.
+
+``--load busy`` runs a competing process (a single-threaded matmul loop) during the
+measurement, to show what a shared machine does to each step. ``--compile`` also times both
+steps under ``torch.compile`` (inductor), as SAELens's ``compile_sae=True`` runs them.
+Peak memory is the growth of the process's peak resident set over one step in a fresh child
+process (CPU), or ``torch.cuda.max_memory_allocated`` (CUDA). Encode+decode is inference at
+``--infer-batch`` inputs: ``sae.decode(sae.encode(x))``.
+
+Only public API is used, so the same script times an older checkout (``PYTHONPATH=<checkout>``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
+import subprocess
+import sys
 import time
+from contextlib import contextmanager, nullcontext
 
 import torch
+from _measure import peak_rss_kib, resident_kib, sync, timed
 from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.saes.sae import TrainStepInput
 
 from softsae_lens import SoftTrainingSAE, SoftTrainingSAEConfig
 
+SIZES = {
+    "big": dict(d_in=768, d_sae=16384, batch=4096, k=64),
+    "small": dict(d_in=160, d_sae=512, batch=1024, k=11),
+    "tiny": dict(d_in=32, d_sae=256, batch=64, k=4),  # a smoke test of the script itself
+}
+TOTAL_STEPS = 1000
+SOFT_STEP = 100  # past the 1% anneal: alpha at its floor, still the soft phase
+HARD_STEP = TOTAL_STEPS - 1
+TARGETS = {
+    "big": {
+        "soft_phase_over_topk": 1.25,
+        "hard_phase_over_topk": 1.0,
+        "encode_decode_over_topk": 0.75,
+    },
+    "small": {"soft_phase_over_topk": 1.5},
+}
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
-
-class _Stepper:
-    """One SAE with its optimizer; ``__call__`` runs one training step at a given index."""
-
-    def __init__(self, sae, x: torch.Tensor, dead: torch.Tensor, lr: float = 3e-4):
-        self.sae, self.x, self.dead = sae, x, dead
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
-
-    def __call__(self, step: int) -> None:
-        out = self.sae.training_forward_pass(
-            TrainStepInput(
-                sae_in=self.x,
-                coefficients={},
-                dead_neuron_mask=self.dead,
-                n_training_steps=step,
-                is_logging_step=False,
-            )
+def build(kind: str, size: dict, device: torch.device):
+    torch.manual_seed(0)
+    if kind == "soft":
+        cfg = SoftTrainingSAEConfig(
+            d_in=size["d_in"],
+            d_sae=size["d_sae"],
+            k=size["k"],
+            total_training_steps=TOTAL_STEPS,
+            device=str(device),
         )
+        return SoftTrainingSAE(cfg).to(device)
+    cfg = TopKTrainingSAEConfig(
+        d_in=size["d_in"], d_sae=size["d_sae"], k=size["k"], device=str(device)
+    )
+    return TopKTrainingSAE(cfg).to(device)
+
+
+class Stepper:
+    """One SAE with its Adam optimizer; ``step(i)`` runs one training step at index ``i``."""
+
+    def __init__(self, sae, x: torch.Tensor, autocast: str, compile_step: bool):
+        self.sae, self.x = sae, x
+        self.dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x.device)
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=3e-4)
+        self.forward = (
+            torch.compile(sae.training_forward_pass) if compile_step else sae.training_forward_pass
+        )
+        self.autocast = (
+            torch.autocast(x.device.type, dtype=torch.bfloat16)
+            if autocast == "bf16"
+            else nullcontext()
+        )
+
+    def step(self, index: int) -> None:
+        with self.autocast:
+            out = self.forward(
+                TrainStepInput(
+                    sae_in=self.x,
+                    coefficients={},
+                    dead_neuron_mask=self.dead,
+                    n_training_steps=index,
+                    is_logging_step=False,
+                )
+            )
         out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.sae.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def _time(fn, device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
+def _busy_loop(stop) -> None:
+    torch.set_num_threads(1)
+    a = torch.randn(512, 512)
+    while not stop.is_set():
+        a = torch.tanh(a @ a)
+
+
+@contextmanager
+def competing_process(load: str):
+    """``busy``: a single-threaded matmul loop in another process while the block runs."""
+    if load != "busy":
+        yield
+        return
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    proc = ctx.Process(target=_busy_loop, args=(stop,), daemon=True)
+    proc.start()
+    time.sleep(1.0)
+    try:
+        yield
+    finally:
+        stop.set()
+        proc.join(timeout=10)
+
+
+def time_training(
+    size: dict, device: torch.device, autocast: str, compile_step: bool, repeats: int
+) -> dict:
+    x = torch.randn(size["batch"], size["d_in"], device=device)
+    soft = Stepper(build("soft", size, device), x, autocast, compile_step)
+    topk = Stepper(build("topk", size, device), x, autocast, compile_step)
+    # warm-up: allocator, Adam state, and for --compile every graph (soft, hard, topk)
+    for _ in range(2 if compile_step else 1):
+        soft.step(SOFT_STEP)
+        soft.step(HARD_STEP)
+        topk.step(0)
+    times: dict[str, list[float]] = {"soft_phase": [], "hard_phase": [], "topk": []}
+    for i in range(repeats):
+        times["soft_phase"].append(timed(lambda i=i: soft.step(SOFT_STEP + 1 + i), device))
+        times["topk"].append(timed(lambda i=i: topk.step(1 + i), device))
+        times["hard_phase"].append(timed(lambda: soft.step(HARD_STEP), device))
+    med = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "median_s": {name: round(value, 4) for name, value in med.items()},
+        "soft_phase_over_topk": round(med["soft_phase"] / med["topk"], 3),
+        "hard_phase_over_topk": round(med["hard_phase"] / med["topk"], 3),
+    }
+
+
+def time_encode_decode(size: dict, device: torch.device, batch: int, repeats: int) -> dict:
+    x = torch.randn(batch, size["d_in"], device=device)
+    saes = {kind: build(kind, size, device).eval() for kind in ("soft", "topk")}
+    times: dict[str, list[float]] = {kind: [] for kind in saes}
+    with torch.no_grad():
+        for sae in saes.values():
+            sae.decode(sae.encode(x))
+        for _ in range(repeats):
+            for kind, sae in saes.items():
+                times[kind].append(timed(lambda sae=sae: sae.decode(sae.encode(x)), device))
+    med = {kind: statistics.median(values) for kind, values in times.items()}
+    return {
+        "batch": batch,
+        "median_s": {kind: round(value, 4) for kind, value in med.items()},
+        "encode_decode_over_topk": round(med["soft"] / med["topk"], 3),
+    }
+
+
+def peak_memory(size_name: str, kind: str, phase: str, device: torch.device, autocast: str) -> int:
+    """Peak extra bytes of one training step (after a warm-up step)."""
+    if device.type == "cuda":
+        size = SIZES[size_name]
+        x = torch.randn(size["batch"], size["d_in"], device=device)
+        stepper = Stepper(build(kind, size, device), x, autocast, False)
+        index = HARD_STEP if phase == "hard" else SOFT_STEP
+        stepper.step(index)
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        stepper.step(index + (0 if phase == "hard" else 1))
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--measure-memory",
+            size_name,
+            kind,
+            phase,
+            "--autocast",
+            autocast,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def _measure_memory_child(size_name: str, kind: str, phase: str, autocast: str) -> None:
+    size = SIZES[size_name]
+    torch.set_num_threads(1)
+    x = torch.randn(size["batch"], size["d_in"])
+    stepper = Stepper(build(kind, size, torch.device("cpu")), x, autocast, False)
+    index = HARD_STEP if phase == "hard" else SOFT_STEP
+    stepper.step(index)  # Adam state and caches exist from here on
+    before = resident_kib()
+    stepper.step(index + (0 if phase == "hard" else 1))
+    # The peak covers the warm-up step too, which is the same step: this is a step's peak above
+    # the state it starts from (weights, Adam moments, the batch).
+    print(max(0, peak_rss_kib() - before) * 1024)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--d-in", type=int, default=768)
-    parser.add_argument("--d-sae", type=int, default=16384)
-    parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument(
+        "--size",
+        nargs="+",
+        choices=sorted(SIZES),
+        default=["big", "small"],
+        help="default: big small",
+    )
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
+    parser.add_argument("--load", nargs="+", choices=["idle", "busy"], default=["idle"])
+    parser.add_argument("--autocast", nargs="+", choices=["none", "bf16"], default=["none"])
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd steps")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--infer-batch", type=int, default=1024)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--measure-memory", nargs=3, metavar=("SIZE", "KIND", "PHASE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
+    if args.measure_memory:
+        _measure_memory_child(*args.measure_memory, args.autocast[0])
+        return
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    x = torch.randn(args.batch, args.d_in, device=device)
-    dead = torch.zeros(args.d_sae, dtype=torch.bool, device=device)
-
-    total = 1000
-    soft_cfg = SoftTrainingSAEConfig(
-        d_in=args.d_in, d_sae=args.d_sae, k=args.k, total_training_steps=total, device=str(device)
-    )
-    soft = _Stepper(SoftTrainingSAE(soft_cfg).to(device), x, dead)
-    topk = _Stepper(
-        TopKTrainingSAE(
-            TopKTrainingSAEConfig(d_in=args.d_in, d_sae=args.d_sae, k=args.k, device=str(device))
-        ).to(device),
-        x,
-        dead,
-    )
-    soft_step = 100  # past the 1% alpha/k anneal: alpha at its floor, still the soft phase
-    hard_step = total - 1
-
-    # warm-up: one step each (allocator, Adam state)
-    soft(soft_step)
-    topk(0)
-    times = {"soft_phase": [], "hard_phase": [], "topk": [], "soft_encode": [], "topk_encode": []}
-    for i in range(args.repeats):
-        times["soft_phase"].append(_time(lambda i=i: soft(soft_step + 1 + i), device))
-        times["topk"].append(_time(lambda i=i: topk(1 + i), device))
-        times["hard_phase"].append(_time(lambda: soft(hard_step), device))
-    with torch.no_grad():
-        soft.sae.eval()
-        topk.sae.eval()
-        soft.sae.encode(x)
-        topk.sae.encode(x)
-        for _ in range(args.repeats):
-            times["soft_encode"].append(_time(lambda: soft.sae.encode(x), device))
-            times["topk_encode"].append(_time(lambda: topk.sae.encode(x), device))
-    med = {name: statistics.median(values) for name, values in times.items()}
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
+    results = []
+    for size_name in args.size:
+        size = SIZES[size_name]
+        for autocast in args.autocast:
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                for load in args.load:
+                    modes = [False, True] if args.compile else [False]
+                    for compile_step in modes:
+                        with competing_process(load):
+                            row = {
+                                "size": size_name,
+                                **size,
+                                "autocast": autocast,
+                                "threads": threads,
+                                "load": load,
+                                "compiled": compile_step,
+                                **time_training(size, device, autocast, compile_step, args.repeats),
+                            }
+                            if not compile_step and autocast == "none":
+                                row["encode_decode"] = time_encode_decode(
+                                    size, device, args.infer_batch, args.repeats
+                                )
+                        results.append(row)
+                        print(json.dumps(row), file=sys.stderr, flush=True)
+            if not args.no_memory:
+                memory = {
+                    f"{kind}_{phase}": round(
+                        peak_memory(size_name, kind, phase, device, autocast) / 2**20, 1
+                    )
+                    for kind, phase in (("soft", "soft"), ("soft", "hard"), ("topk", "soft"))
+                }
+                results.append(
+                    {
+                        "size": size_name,
+                        "autocast": autocast,
+                        "peak_step_memory_mib": {
+                            "soft_phase": memory["soft_soft"],
+                            "hard_phase": memory["soft_hard"],
+                            "topk": memory["topk_soft"],
+                        },
+                    }
+                )
     print(
         json.dumps(
             {
                 "benchmark": "train_step",
                 "device": str(device),
                 "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "d_in": args.d_in,
-                "d_sae": args.d_sae,
-                "batch": args.batch,
-                "k": args.k,
-                "dtype": "float32",
-                "repeats": args.repeats,
-                "median_s": {name: round(value, 4) for name, value in med.items()},
-                "train_step_soft_phase_over_topk": round(med["soft_phase"] / med["topk"], 3),
-                "train_step_hard_phase_over_topk": round(med["hard_phase"] / med["topk"], 3),
-                "encode_over_topk": round(med["soft_encode"] / med["topk_encode"], 3),
-                "targets": {"train_step_over_topk": 1.6, "encode_over_topk": 1.5},
+                "results": results,
+                "targets": TARGETS,
             },
             indent=2,
         )

@@ -3,6 +3,7 @@
 Importing this package registers "soft" with SAELens for inference and training.
 """
 
+from softsae_lens.distributed_runner import DistributedSAETrainingRunner
 from softsae_lens.registration import register_soft_architecture
 from softsae_lens.runner import configure_runner
 from softsae_lens.soft_sae import (
@@ -17,6 +18,7 @@ from softsae_lens.soft_topk import soft_topk
 register_soft_architecture()
 
 __all__ = [
+    "DistributedSAETrainingRunner",
     "SoftSAE",
     "SoftSAEConfig",
     "SoftSchedule",

@@ -4,16 +4,29 @@ Usage::
 
     python -m softsae_lens.analyze --sae DIR --text "Some text" [--text "More"] \\
         [--text-file F] [--token-ids "1 2 3"] [--out out/analysis] [--top-latents 8] \\
-        [--device cpu] [--model NAME] [--max-tokens 1024] [--k-override K | --k-scale S | --k-cap C]
+        [--device cpu] [--model-path DIR_OR_GGUF | --model NAME | --model-factory MOD:FUNC] \\
+        [--max-tokens 1024] [--include-special-tokens] [--k-override K | --k-scale S | --k-cap C]
 
 Loads the SAE with ``sae_lens.SAE.load_from_disk`` (after ``import softsae_lens`` registered
-"soft") and the model its metadata names: SmolLM2-135M-Instruct offline through
-:mod:`softsae_lens.smollm2` when the name is SmolLM2's or missing, otherwise
-``HookedSAETransformer.from_pretrained_no_processing`` (or ``SAETransformerBridge`` when the
-metadata's ``model_class_name`` says so); when that fails and ``--model`` was not given, SmolLM2
-is used if its width matches the SAE's ``d_in``. Writes ``tokens.html``, ``tokens.png``,
-``records.json``, ``corpus_stats.json`` and ``corpus_stats.png`` into ``--out`` and prints a
-summary.
+"soft"), then the model, first of:
+
+1. ``--model-path``: a local ``.gguf`` file or Hugging Face model folder, booted offline by
+   :func:`softsae_lens.models.load_bridge`;
+2. ``--model``: a local path as above, else a TransformerLens model name
+   (``HookedSAETransformer.from_pretrained_no_processing``);
+3. ``--model-factory module:function``: any Python function returning the model (called with
+   ``device=``), for models neither of the above loads;
+4. the model the SAE's metadata names (``model_name``, as SAELens's runner saved it): a local
+   file or folder that still exists loads like ``--model-path`` (the runner records
+   ``model_class_name="HookedTransformer"`` even for a bridge, so only the path is trusted);
+   SmolLM2's name (or none) loads SmolLM2-135M-Instruct offline (:mod:`softsae_lens.smollm2`);
+   any other name goes to TransformerLens, and when that fails SmolLM2 is used if its width
+   matches the SAE's ``d_in``.
+
+Special tokens (BOS, EOS, PAD, SEP) are left out of the splice and of every statistic, as in
+``sae_lens.evals.run_evals``, unless ``--include-special-tokens``. Writes ``tokens.html``,
+``tokens.png``, ``records.json``, ``corpus_stats.json`` and ``corpus_stats.png`` into ``--out`` and
+prints a summary.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = "out/analysis"
+_LOCAL_MODEL = "a .gguf file or a Hugging Face model folder (with config.json)"
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -65,13 +79,35 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--top-latents", default=8, type=int, help="top latents kept per token (default 8)"
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--model-path",
+        type=Path,
+        default=None,
+        help=f"a local model, offline: {_LOCAL_MODEL} (default: the SAE's metadata model_name "
+        "when that is one)",
+    )
+    source.add_argument(
         "--model",
         default=None,
-        help="model name to load instead of the one in the SAE's metadata",
+        help="a TransformerLens model name to load instead of the one in the SAE's metadata "
+        "(a local path works as --model-path)",
+    )
+    source.add_argument(
+        "--model-factory",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="build the model with this Python function, called with device=... (for models "
+        "neither --model-path nor --model loads); the module must be importable",
     )
     parser.add_argument(
         "--max-tokens", default=1024, type=int, help="tokens kept per text (default 1024)"
+    )
+    parser.add_argument(
+        "--include-special-tokens",
+        action="store_true",
+        help="splice the SAE at BOS/EOS/PAD/SEP too and count them in every statistic (default: "
+        "left alone and left out, as in SAELens's run_evals)",
     )
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -81,9 +117,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--k-scale", type=float, help="also report the loss with k_hat scaled by this"
     )
     group.add_argument("--k-cap", type=float, help="also report the loss with k_hat capped at this")
-    parser.add_argument("--no-png", action="store_true", help="skip the two PNGs (no matplotlib)")
-    # Testing path: build the model with a function "module:function" (called with device=...).
-    parser.add_argument("--model-factory", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--no-png", action="store_true", help="skip the two PNGs")
     args = parser.parse_args(argv)
     if not (args.text or args.text_file or args.token_ids):
         parser.error("give at least one of --text, --text-file or --token-ids")
@@ -92,6 +126,19 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             f"--sae {args.sae}: no cfg.json there (expected a folder written by "
             "save_inference_model or the SAELens training runner)"
         )
+    if args.model_path is not None:
+        from softsae_lens.models import local_model_path
+
+        if local_model_path(args.model_path) is None:
+            problem = "does not exist" if not args.model_path.exists() else "is not a model"
+            parser.error(f"--model-path {args.model_path} {problem}: expected {_LOCAL_MODEL}")
+    if args.model_factory is not None:
+        module_name, _, func_name = args.model_factory.partition(":")
+        if not module_name or not func_name:
+            parser.error(
+                f"--model-factory {args.model_factory}: expected MODULE:FUNCTION, "
+                "e.g. mypackage.models:build"
+            )
     if args.top_latents < 0:
         parser.error(f"--top-latents must be >= 0, got {args.top_latents}")
     if args.max_tokens < 1:
@@ -105,40 +152,67 @@ def _is_smollm2(name: str | None) -> bool:
 
 def _from_factory(spec: str, device: str) -> Any:
     module_name, _, func_name = spec.partition(":")
-    if not module_name or not func_name:
-        raise ValueError(f"--model-factory must look like module:function, got {spec!r}")
-    return getattr(importlib.import_module(module_name), func_name)(device=device)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(
+            f"--model-factory {spec}: cannot import {module_name!r} ({err}); the module must "
+            "be on sys.path (PYTHONPATH)"
+        ) from err
+    factory = getattr(module, func_name, None)
+    if not callable(factory):
+        raise ValueError(f"--model-factory {spec}: {module_name!r} has no function {func_name!r}")
+    return factory(device=device)
+
+
+def _transformer_lens_model(sae: Any, name: str, device: str) -> Any:
+    meta = sae.cfg.metadata
+    kwargs = dict(meta.model_from_pretrained_kwargs or {})
+    if "Bridge" in (meta.model_class_name or ""):
+        from softsae_lens.sae_bridge import SAEBridge
+
+        model = SAEBridge.boot_transformers(name, device=device)
+    else:
+        from sae_lens import HookedSAETransformer
+
+        model = HookedSAETransformer.from_pretrained_no_processing(name, device=device, **kwargs)
+    return model.eval()
 
 
 def load_model_for_sae(
-    sae: Any, model_name: str | None = None, device: str = "cpu"
+    sae: Any,
+    model_name: str | None = None,
+    device: str = "cpu",
+    *,
+    model_path: str | os.PathLike[str] | None = None,
 ) -> tuple[Any, str]:
-    """The model to analyse ``sae`` in, and its name (see the module docstring for the rules)."""
-    from softsae_lens import smollm2
+    """The model to analyse ``sae`` in, and its name (see the module docstring for the rules).
 
-    meta = sae.cfg.metadata
-    name = model_name or meta.model_name
+    Raises:
+        ValueError: when ``model_path`` is no local model.
+        RuntimeError: when no rule loads a model, naming what was tried and what to pass.
+    """
+    from softsae_lens import models, smollm2
+
+    if model_path is not None:
+        return models.load_bridge(model_path, device=device), str(model_path)
+    if model_name is not None and models.local_model_path(model_name) is not None:
+        return models.load_bridge(model_name, device=device), model_name
+    meta_name = sae.cfg.metadata.model_name
+    if model_name is None and models.local_model_path(meta_name) is not None:
+        return models.load_bridge(meta_name, device=device), meta_name
+    name = model_name or meta_name
     if _is_smollm2(name):
         return smollm2.load_smollm2_bridge(device=device), smollm2.DEFAULT_MODEL_NAME
-    kwargs = dict(meta.model_from_pretrained_kwargs or {})
     try:
-        if "Bridge" in (meta.model_class_name or ""):
-            from sae_lens import SAETransformerBridge
-
-            model = SAETransformerBridge.boot_transformers(name, device=device)
-        else:
-            from sae_lens import HookedSAETransformer
-
-            model = HookedSAETransformer.from_pretrained_no_processing(
-                name, device=device, **kwargs
-            )
-        model.eval()
-        return model, name
+        return _transformer_lens_model(sae, name, device), name
     except Exception as err:
         if model_name is not None or sae.cfg.d_in != smollm2.D_MODEL:
+            where = "--model" if model_name is not None else "the SAE's metadata (model_name)"
             raise RuntimeError(
-                f"could not load the model {name!r} for this SAE ({type(err).__name__}: {err}); "
-                "pass --model with a loadable name"
+                f"could not load the model {name!r} named by {where} ({type(err).__name__}: "
+                f"{err}); pass --model-path with {_LOCAL_MODEL}, or --model with a "
+                "TransformerLens model name"
             ) from err
         logger.warning(
             "could not load %r (%s); using %s offline, which has the SAE's width d_in=%d",
@@ -174,7 +248,8 @@ def main(argv: Sequence[str] | None = None, *, model: Any | None = None) -> dict
 
     import softsae_lens  # noqa: F401  (registers "soft")
     from softsae_lens import analysis
-    from softsae_lens.smollm2 import resolve_hook_name
+    from softsae_lens.models import resolve_hook_name
+    from softsae_lens.sae_bridge import special_token_ids
 
     sae = SAE.load_from_disk(str(args.sae), device=args.device)
     sae.eval()
@@ -185,7 +260,9 @@ def main(argv: Sequence[str] | None = None, *, model: Any | None = None) -> dict
             getattr(getattr(model, "cfg", None), "model_name", None) or type(model).__name__
         )
     else:
-        model, model_name = load_model_for_sae(sae, args.model, args.device)
+        model, model_name = load_model_for_sae(
+            sae, args.model, args.device, model_path=args.model_path
+        )
 
     hook_name = sae.cfg.metadata.hook_name
     resolved = resolve_hook_name(model, hook_name)
@@ -196,15 +273,22 @@ def main(argv: Sequence[str] | None = None, *, model: Any | None = None) -> dict
     texts += [path.read_text(encoding="utf-8") for path in args.text_file]
     texts += [torch.tensor(_parse_ids(t), dtype=torch.long) for t in args.token_ids]
 
+    excluded_ids = [] if args.include_special_tokens else special_token_ids(model, True)
     records = analysis.token_k_report(
-        model, sae, texts, top_n=args.top_latents, max_tokens=args.max_tokens
+        model,
+        sae,
+        texts,
+        top_n=args.top_latents,
+        max_tokens=args.max_tokens,
+        exclude_special_tokens=excluded_ids,
     )
     meta: dict[str, Any] = {
         "model": model_name,
         "sae_path": str(args.sae),
         "hook_name_resolved": resolved,
+        "special_token_ids_excluded": excluded_ids,
     }
-    sae_info = analysis._sae_info(sae)
+    sae_info = analysis.sae_info(sae)
     sae_info["hook_name"] = hook_name
     meta["sae"] = sae_info
 
@@ -216,6 +300,7 @@ def main(argv: Sequence[str] | None = None, *, model: Any | None = None) -> dict
             sae,
             texts,
             max_tokens=args.max_tokens,
+            exclude_special_tokens=excluded_ids,
             **{k: v for k, v in override.items() if v is not None},
         )
         override_summary = result.summary()
@@ -236,6 +321,12 @@ def main(argv: Sequence[str] | None = None, *, model: Any | None = None) -> dict
         f"mean L0 {stats['l0_mean']:.2f}"
     )
     print(f"Spearman(k_hat, next-token loss) = {rho} over {spearman['n']} tokens (positions > 0)")
+    if stats["n_excluded"]:
+        noun = "token" if stats["n_excluded"] == 1 else "tokens"
+        print(
+            f"{stats['n_excluded']} special {noun} (ids {excluded_ids}) left out of the splice "
+            "and of every statistic; --include-special-tokens counts them"
+        )
     by_class = stats["k_hat_by_class"]
     print(
         "mean k_hat by class: "

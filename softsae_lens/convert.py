@@ -583,6 +583,12 @@ def convert_paper_checkpoint(
     ``softsae_lens`` is imported. Refuses to replace an existing SAE there unless
     ``overwrite``. Returns the converted SAE."""
     out_dir = Path(out_dir)
+    blocking = next((p for p in (out_dir, *out_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise PaperCheckpointError(
+            f"out_dir {out_dir} cannot be a folder: {blocking} is an existing file; pass a "
+            "folder path (it is created if missing)"
+        )
     existing = [n for n in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME) if (out_dir / n).exists()]
     if existing and not overwrite:
         raise PaperCheckpointError(

@@ -59,7 +59,7 @@ class DemoConfig:
     d_sae: int | None = None  # default 8 x d_model
     k: int = 32
     model: str | None = None  # None: SmolLM2-135M-Instruct offline
-    model_path: Path | None = None  # a local Hugging Face model folder
+    model_path: Path | None = None  # a .gguf file or a local Hugging Face model folder
     dataset: str | None = None  # None: local corpus (Python docs and source, + Debian text)
     out: Path = DEFAULT_OUT
     context_size: int = 128
@@ -107,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
         "--model-path",
         type=Path,
         default=None,
-        help="local Hugging Face model folder, booted as a TransformerLens bridge, offline",
+        help="a .gguf file or a local Hugging Face model folder, booted as a bridge, offline",
     )
     p.add_argument(
         "--dataset", default=None, help="Hugging Face dataset with a 'text' column (default: local)"
@@ -176,10 +176,14 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
         raise SystemExit("--eval-variance-batches must be positive, got 0")
     if cfg.model is not None and cfg.model_path is not None:
         raise SystemExit("give --model or --model-path, not both")
-    if cfg.model_path is not None and not (cfg.model_path / "config.json").is_file():
-        raise SystemExit(
-            f"--model-path {cfg.model_path}: not a Hugging Face model folder (no config.json)"
-        )
+    if cfg.model_path is not None:
+        from softsae_lens.models import local_model_path
+
+        if local_model_path(cfg.model_path) is None:
+            raise SystemExit(
+                f"--model-path {cfg.model_path}: expected a .gguf file or a Hugging Face model "
+                "folder (a folder with config.json)"
+            )
     if cfg.tokens < cfg.batch_tokens:
         raise SystemExit(
             f"--tokens={cfg.tokens} is less than one batch (--batch-tokens={cfg.batch_tokens})"
@@ -325,9 +329,9 @@ def write_report(out: Path, summary: dict[str, Any]) -> str:
         "",
         "## SoftSAE's per-token k",
         "",
-        f"k_hat over {k['tokens']} held-out tokens ({k['special_tokens_excluded']} special tokens "
+        f"k_hat over {k['count']} held-out tokens ({k['special_tokens_excluded']} special tokens "
         f"excluded): mean {k['mean']:.2f}, std {k['std']:.2f}, "
-        + ", ".join(f"{name} {value:.1f}" for name, value in k["percentiles"].items()),
+        + ", ".join(f"{name} {k[name]:.1f}" for name in ("p5", "p25", "median", "p75", "p95")),
         "",
         f"Spearman(k_hat, next-token loss) = {fmt_rho(k['spearman_with_next_token_loss'])}; "
         f"Spearman(k_hat, the token's own surprisal) = {fmt_rho(k['spearman_with_token_surprisal'])}",
@@ -420,11 +424,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         rows[name] = headline_metrics(raw[name])
         clock.lap(f"evaluating {name}")
 
-    # After run_evals on purpose: splicing an SAE into a bridge can leave hooks behind that
-    # break a later run_evals on the same model.
     print("[demo] per-token k_hat on held-out text", flush=True)
     k_stats, records = soft_k_statistics(model, saes["softsae"], text.heldout_documents, budget)
-    kept = [r.k_hat for r in records if r.token_class not in ("first", "special")]
+    kept = [r.k_hat for r in records if not r.excluded]
     plot_k_hist(kept, cfg.out / "k_hat_hist.png", cfg.k)
     first_doc = [r for r in records if r.text_index == records[0].text_index]
     plot_tokens_png(
@@ -475,10 +477,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m softsae_lens.demo``."""
-    # Once SoftSAE's alpha has annealed, soft top-k weights far below the threshold are
-    # subnormal floats, and CPU matmuls on subnormals ran ~30x slower; flushing them to zero
-    # changes no number above 1e-38.
-    torch.set_flush_denormal(True)
     run_demo(parse_args(argv))
 
 

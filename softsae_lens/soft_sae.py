@@ -2,7 +2,12 @@
 
 One module holds the architecture, as SAELens's own ``topk_sae.py`` does: the inference config
 and class (``SoftSAEConfig``, ``SoftSAE``), the training config and class
-(``SoftTrainingSAEConfig``, ``SoftTrainingSAE``), and the small helpers both share.
+(``SoftTrainingSAEConfig``, ``SoftTrainingSAE``), and the small helpers both share. The classes
+subclass SAELens's TopK classes and override only what differs: the per-input k, the encoder
+that predicts it, and the soft training phase. TopK's dead-latent aux loss (with its guard
+against normalised-space residuals), its decoder-norm fold rules and its save-time fold are
+inherited unchanged. Depends on torch, SAELens and the operator (``soft_topk``) only: nothing
+here knows about CLIs, files, plots or processes.
 
 Inference: ``k_hat = k_max * sigmoid(MLP(x - b_dec))`` per input, rounded and clamped to
 ``[1, k_max]``, then a hard top-k of the pre-activations. The prediction passes through the
@@ -11,7 +16,7 @@ HookPoint ``hook_sae_k`` before rounding, so a hook can read or replace it.
 Training (``SoftTrainingSAE.training_forward_pass``): while the run is in its soft phase the
 activations are ``relu(pre) * soft_topk(relu(pre), k_hat, alpha)``, so the reconstruction loss
 reaches the k-estimator; a one-sided penalty keeps the batch-mean ``k_hat`` at or below a target
-that anneals from ``d_in`` down to ``k``; ``alpha`` anneals from ``alpha_start`` to
+that anneals from ``k_target_start`` down to ``k``; ``alpha`` anneals from ``alpha_start`` to
 ``alpha_end``. The last ``hard_topk_fraction`` of the steps use the hard per-row top-k that
 inference uses, with the encoder and decoder still learning (the k-estimator is frozen there:
 hard top-k carries no gradient to k, and the k penalty alone would only push k down).
@@ -20,32 +25,36 @@ Decoder rows: SAELens's ``rescale_acts_by_decoder_norm`` pattern (on by default 
 which makes the decoder act as if its rows were unit norm and removes the gradient component
 along each row, the same effective parametrisation as the paper's renormalise-each-step, but
 without needing a hook after the optimizer step (SAELens's trainer has none). The norms are
-folded into the weights when the inference model is saved.
+folded into the weights when the inference model is saved (TopK's rule).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from dataclasses import dataclass
+from numbers import Real
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from sae_lens.saes.sae import (
-    SAE,
-    SAEConfig,
-    TrainCoefficientConfig,
-    TrainingSAE,
-    TrainingSAEConfig,
-    TrainStepInput,
-    TrainStepOutput,
+from sae_lens.constants import TRAINER_STATE_FILENAME
+from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
+from sae_lens.saes.topk_sae import (
+    TopKSAE,
+    TopKSAEConfig,
+    TopKTrainingSAE,
+    TopKTrainingSAEConfig,
 )
-from sae_lens.saes.topk_sae import _fold_norm_topk, act_times_W_dec, calculate_topk_aux_acts
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 from typing_extensions import override
 
-from softsae_lens.soft_topk import soft_topk
+from softsae_lens.soft_topk import SoftTopKFunction, candidate_count
+
+logger = logging.getLogger(__name__)
 
 ARCHITECTURE = "soft"
 KRounding = Literal["round", "floor"]
@@ -54,39 +63,75 @@ KLossScale = Literal["mse", "absolute"]
 
 # Keeps the Soft Top-K target strictly inside (0, d_sae) where sigmoid saturates in float32.
 _K_MARGIN = 1e-3
+# The soft phase serves a batch from its top candidates when every left-out Soft Top-K weight
+# together is below this fraction of k (float32 rounding of the row's total).
+_SPARSE_TAIL_TOLERANCE = torch.finfo(torch.float32).eps
+# Summing w decoder rows per input (embedding_bag) reads W_dec at random; it beats the dense
+# [batch, d_sae] @ W_dec once d_sae is this many times w (measured on CPU: at d_sae 512, d_in
+# 160, 54 rows per input were 1.35x slower than the dense product, 22 rows 1.7x faster; at
+# d_sae 16384, d_in 768, 160 rows 3.4x faster).
+_ROW_SUM_MIN_RATIO = 16
+# Written by SoftSAE v0.1 checkpoints; training-only state with no meaning on load.
+_LEGACY_STEP_BUFFER = "completed_training_steps"
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"{name} must be {allowed}, got {name}={value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(cfg: Any, name: str) -> float:
+    """The field's value, which must be a finite real number (not a bool)."""
+    value = getattr(cfg, name)
+    if not _is_number(value) or not math.isfinite(value):
+        _fail(name, value, "a finite number")
+    return value
+
+
+def _check_choice(cfg: Any, name: str, choices: tuple[Any, ...]) -> None:
+    value = getattr(cfg, name)
+    # `True in (1, 0)` is True in Python: compare types too, so a bool never passes for an int.
+    if not any(type(value) is type(c) and value == c for c in choices):
+        _fail(name, value, " or ".join(repr(c) for c in choices))
 
 
 def _validate_inference_fields(cfg: SoftSAEConfig | SoftTrainingSAEConfig) -> None:
     """Checks shared by the inference and training configs; fills ``k_max`` and the width."""
-    if not isinstance(cfg.k, int) or isinstance(cfg.k, bool) or cfg.k <= 0:
-        raise ValueError(
-            f"k must be a positive integer (the target mean number of active latents), got k={cfg.k!r}"
-        )
+    if not _is_int(cfg.k) or cfg.k <= 0:
+        _fail("k", cfg.k, "a positive integer (the target mean number of active latents)")
     if cfg.k > cfg.d_sae:
-        raise ValueError(f"k must be at most d_sae={cfg.d_sae}, got k={cfg.k}")
+        _fail("k", cfg.k, f"at most d_sae={cfg.d_sae}")
     if cfg.k_max is None:
         cfg.k_max = float(min(2 * cfg.k, cfg.d_sae))
-    cfg.k_max = float(cfg.k_max)
-    if not math.isfinite(cfg.k_max) or cfg.k_max < cfg.k:
-        raise ValueError(
-            f"k_max must be >= k={cfg.k} (the estimator's ceiling), got k_max={cfg.k_max}"
-        )
-    if cfg.k_max > cfg.d_sae:
-        raise ValueError(f"k_max must be <= d_sae={cfg.d_sae}, got k_max={cfg.k_max}")
-    if cfg.k_rounding not in ("round", "floor"):
-        raise ValueError(
-            f"k_rounding must be 'round' or 'floor', got k_rounding={cfg.k_rounding!r}"
-        )
+    k_max = _number(cfg, "k_max")
+    if k_max < cfg.k:
+        _fail("k_max", k_max, f">= k={cfg.k} (the estimator's ceiling)")
+    if k_max > cfg.d_sae:
+        _fail("k_max", k_max, f"<= d_sae={cfg.d_sae}")
+    cfg.k_max = float(k_max)
+    _check_choice(cfg, "k_rounding", ("round", "floor"))
     if cfg.k_estimator_width is None:
         cfg.k_estimator_width = max(1, cfg.d_sae // 4)
-    if not isinstance(cfg.k_estimator_width, int) or cfg.k_estimator_width <= 0:
-        raise ValueError(
-            f"k_estimator_width must be a positive integer, got {cfg.k_estimator_width!r}"
-        )
+    if not _is_int(cfg.k_estimator_width) or cfg.k_estimator_width <= 0:
+        _fail("k_estimator_width", cfg.k_estimator_width, "a positive integer or None")
+    _check_choice(cfg, "rescale_acts_by_decoder_norm", (True, False))
+
+
+# ---------------------------------------------------------------- configs
 
 
 @dataclass
-class SoftSAEConfig(SAEConfig):
+class SoftSAEConfig(TopKSAEConfig):
     """Inference config of a SoftSAE (architecture ``"soft"``).
 
     Args:
@@ -96,9 +141,9 @@ class SoftSAEConfig(SAEConfig):
         k_rounding: how ``k_hat`` becomes an integer: ``"round"`` (unbiased) or ``"floor"``
             (what the paper's code does; biases L0 down by about 0.5).
         k_estimator_width: hidden width of the k-estimator MLP; default ``d_sae // 4``. The
-            paper uses ``d_sae``, which adds a second full encoder-sized matmul and made
-            ``encode`` 1.96x TopK's time (``benchmarks/bench_train_step.py``); a quarter
-            width costs 1.3x. Set it to ``d_sae`` to reproduce the paper.
+            paper uses ``d_sae``, which adds a second full encoder-sized matmul (``encode``
+            then costs about twice TopK's; ``benchmarks/bench_train_step.py``). Set it to
+            ``d_sae`` to reproduce the paper.
         rescale_acts_by_decoder_norm: as in SAELens's TopK: pre-activations are multiplied by
             the decoder row norms before selection and divided again before decoding.
     """
@@ -107,7 +152,6 @@ class SoftSAEConfig(SAEConfig):
     k_max: float | None = None
     k_rounding: KRounding = "round"
     k_estimator_width: int | None = None
-    rescale_acts_by_decoder_norm: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -120,7 +164,7 @@ class SoftSAEConfig(SAEConfig):
 
 
 @dataclass(kw_only=True)
-class SoftTrainingSAEConfig(TrainingSAEConfig):
+class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
     """Training config of a SoftSAE. ``SoftTrainingSAEConfig(d_in=..., d_sae=..., k=...)`` is enough.
 
     Inference fields (same names and meaning as :class:`SoftSAEConfig`): ``k``, ``k_max``,
@@ -142,8 +186,9 @@ class SoftTrainingSAEConfig(TrainingSAEConfig):
             k when the MSE gained per extra latent is below it: on SmolLM2's residual stream it
             is not, and k_hat ran to k_max.
         k_loss_beta: sharpness of that softplus (paper: 5).
-        k_target_start: where the k target starts before annealing down to ``k``
-            (default ``d_in``, as in the paper: no pressure on k at first).
+        k_target_start: where the k target starts before annealing down to ``k``. Default
+            ``max(d_in, k_max)``: the paper starts at ``d_in`` (no pressure on k at first), and
+            a start at or above ``k_max`` is the same (k_hat never exceeds ``k_max``).
         k_anneal_fraction: fraction of the steps over which the k target anneals (paper: about 1 percent).
         alpha_start, alpha_end: the Soft Top-K's Laplace scale anneals linearly between these.
         alpha_anneal_fraction: fraction of the steps over which alpha anneals (paper: about 1 percent).
@@ -152,16 +197,17 @@ class SoftTrainingSAEConfig(TrainingSAEConfig):
             ``"absolute"`` uses alpha in activation units, as the paper does.
         soft_topk_grad_to_pre: whether the Soft Top-K weights pass gradient to the
             pre-activations. The exact gradient scales like ``1/alpha`` near the threshold and
-            swamps the encoder once alpha is small (NOTES section 4); with ``False`` the
-            weights still pass their exact gradient to ``k_hat`` and the encoder learns
-            through ``relu(pre) * w`` as in a TopK SAE.
+            swamps the encoder once alpha is small; with ``False`` the weights still pass their
+            exact gradient to ``k_hat`` and the encoder learns through ``relu(pre) * w`` as in
+            a TopK SAE.
         hard_topk_fraction: fraction of the steps, at the end, trained with the hard per-row
             top-k used at inference (paper: 10k of 244k steps, about 4 percent).
-        aux_loss_coefficient: TopK-style dead-latent auxiliary loss weight (paper: 1/32).
+        aux_loss_coefficient: weight of TopK's dead-latent auxiliary loss (paper: 1/32).
+        use_sparse_activations: TopK's sparse-COO training option; not supported (must stay
+            False): the soft phase needs every pre-activation.
 
-    The paper's exact settings: ``k_loss_scale="absolute", alpha_scale="absolute", alpha_end=1e-4,
-    soft_topk_grad_to_pre=True, k_rounding="floor", k_estimator_width=d_sae,
-    rescale_acts_by_decoder_norm=True``
+    The paper's exact settings: ``k_loss_scale="absolute", alpha_scale="absolute",
+    alpha_end=1e-4, soft_topk_grad_to_pre=True, k_rounding="floor", k_estimator_width=d_sae``
     (its hard phase also freezes the encoder, which is not reproduced).
     """
 
@@ -169,7 +215,7 @@ class SoftTrainingSAEConfig(TrainingSAEConfig):
     k_max: float | None = None
     k_rounding: KRounding = "round"
     k_estimator_width: int | None = None
-    rescale_acts_by_decoder_norm: bool = True
+    aux_loss_coefficient: float = 1 / 32
     total_training_steps: int | None = None
     k_loss_coefficient: float = 1.0
     k_loss_scale: KLossScale = "mse"
@@ -182,46 +228,51 @@ class SoftTrainingSAEConfig(TrainingSAEConfig):
     alpha_scale: AlphaScale = "relative"
     soft_topk_grad_to_pre: bool = False
     hard_topk_fraction: float = 0.04
-    aux_loss_coefficient: float = 1 / 32
 
     def __post_init__(self) -> None:
         _validate_inference_fields(self)
         if self.k_target_start is None:
-            self.k_target_start = float(self.d_in)
+            self.k_target_start = float(max(self.d_in, self.k_max))
         self._validate_training_fields()
         super().__post_init__()
 
     def _validate_training_fields(self) -> None:
-        def check(ok: bool, name: str, allowed: str) -> None:
-            if not ok:
-                raise ValueError(f"{name} must be {allowed}, got {name}={getattr(self, name)!r}")
-
-        check(
-            self.total_training_steps is None
-            or (isinstance(self.total_training_steps, int) and self.total_training_steps > 0),
-            "total_training_steps",
-            "a positive integer or None",
-        )
-        check(
-            self.alpha_start > 0 and math.isfinite(self.alpha_start),
-            "alpha_start",
-            "positive and finite",
-        )
-        check(self.alpha_end > 0, "alpha_end", "positive")
-        if self.alpha_end > self.alpha_start:
-            raise ValueError(
-                f"alpha_end must be <= alpha_start={self.alpha_start} (alpha anneals down), got alpha_end={self.alpha_end}"
-            )
-        check(
-            self.alpha_scale in ("absolute", "relative"), "alpha_scale", "'absolute' or 'relative'"
-        )
-        check(self.k_loss_coefficient >= 0, "k_loss_coefficient", ">= 0")
-        check(self.k_loss_beta > 0, "k_loss_beta", "> 0")
-        check(self.aux_loss_coefficient >= 0, "aux_loss_coefficient", ">= 0")
-        check(self.k_target_start >= self.k, "k_target_start", f">= k={self.k}")
+        steps = self.total_training_steps
+        if steps is not None and (not _is_int(steps) or steps <= 0):
+            _fail("total_training_steps", steps, "a positive integer or None")
+        if _number(self, "k_loss_coefficient") < 0:
+            _fail("k_loss_coefficient", self.k_loss_coefficient, ">= 0")
+        _check_choice(self, "k_loss_scale", ("mse", "absolute"))
+        if _number(self, "k_loss_beta") <= 0:
+            _fail("k_loss_beta", self.k_loss_beta, "> 0")
+        if _number(self, "k_target_start") < self.k:
+            _fail("k_target_start", self.k_target_start, f">= k={self.k}")
         for name in ("k_anneal_fraction", "alpha_anneal_fraction"):
-            check(0.0 <= getattr(self, name) <= 1.0, name, "in [0, 1]")
-        check(0.0 <= self.hard_topk_fraction < 1.0, "hard_topk_fraction", "in [0, 1)")
+            if not 0.0 <= _number(self, name) <= 1.0:
+                _fail(name, getattr(self, name), "in [0, 1]")
+        if _number(self, "alpha_start") <= 0:
+            _fail("alpha_start", self.alpha_start, "positive and finite")
+        if _number(self, "alpha_end") <= 0:
+            _fail("alpha_end", self.alpha_end, "positive")
+        if self.alpha_end > self.alpha_start:
+            _fail(
+                "alpha_end",
+                self.alpha_end,
+                f"<= alpha_start={self.alpha_start} (alpha anneals down)",
+            )
+        _check_choice(self, "alpha_scale", ("absolute", "relative"))
+        _check_choice(self, "soft_topk_grad_to_pre", (True, False))
+        if not 0.0 <= _number(self, "hard_topk_fraction") < 1.0:
+            _fail("hard_topk_fraction", self.hard_topk_fraction, "in [0, 1)")
+        if _number(self, "aux_loss_coefficient") < 0:
+            _fail("aux_loss_coefficient", self.aux_loss_coefficient, ">= 0")
+        if self.use_sparse_activations is not False:
+            _fail(
+                "use_sparse_activations",
+                self.use_sparse_activations,
+                "False (TopK's sparse-COO training option; SoftSAE's soft phase needs every "
+                "pre-activation)",
+            )
 
     @override
     @classmethod
@@ -229,7 +280,7 @@ class SoftTrainingSAEConfig(TrainingSAEConfig):
         return ARCHITECTURE
 
     def schedule(self, step: int) -> SoftSchedule:
-        """The k target, alpha and phase at optimizer step ``step`` (0-based)."""
+        """The k target, alpha and phase at optimizer step ``step`` (0-based); pure in ``step``."""
         total = self.total_training_steps
         if total is None:
             raise ValueError(
@@ -263,8 +314,21 @@ class SoftSchedule:
     hard: bool
 
 
+# ---------------------------------------------------------------- shared encoder parts
+
+
+def _without_autocast(device_type: str) -> contextlib.AbstractContextManager[Any]:
+    """A context that turns autocast off where it is on (k_hat must be float32: in bf16 it
+    moves in steps of 4-8 near k ~ 600)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class _SoftEncoderMixin:
-    """Encoder parts shared by the inference and training classes.
+    """The k-estimator, the per-input hard top-k and the folds that must also reach the
+    k-estimator, shared by the inference and training classes (it precedes the TopK class in
+    their MRO).
 
     Every tensor the k-estimator needs is an ``nn.Parameter`` so that SAELens's meta-device
     loading (``load_state_dict(assign=True)``) restores it.
@@ -280,10 +344,11 @@ class _SoftEncoderMixin:
     b_k_out: nn.Parameter
     hook_sae_k: HookPoint
 
-    def _init_soft_parameters(self) -> None:
+    @override
+    def initialize_weights(self) -> None:
+        super().initialize_weights()  # type: ignore[misc]  (W_enc, W_dec, b_dec; TopK's b_enc)
         dtype, device = self.dtype, self.device  # type: ignore[attr-defined]
         width = self.cfg.k_estimator_width
-        self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=dtype, device=device))
         # Paper: the estimator's first layer starts as a copy of the encoder; a narrower one
         # copies a random subset of its columns. A zero output layer makes k_hat = k_max / 2
         # (= k by default) on every input at init.
@@ -307,10 +372,12 @@ class _SoftEncoderMixin:
 
     def _predict_k_from_sae_in(self, sae_in: torch.Tensor) -> torch.Tensor:
         """``k_hat`` in float32 (also under autocast) from the processed SAE input."""
-        with torch.autocast(device_type=sae_in.device.type, enabled=False):
+        with _without_autocast(sae_in.device.type):
             x = sae_in.float()
             hidden = F.relu(x @ self.W_k_in.float() + self.b_k_in.float())
-            logit = hidden @ self.W_k_out.float() + self.b_k_out.float()
+            # b_k_out has shape [1] (the paper's Linear(width, 1)); its scalar keeps k_hat's shape
+            # x.shape[:-1], also () for a single input vector.
+            logit = hidden @ self.W_k_out.float() + self.b_k_out.float()[0]
             return self.cfg.k_max * torch.sigmoid(logit)
 
     def _hidden_pre(self, sae_in: torch.Tensor) -> torch.Tensor:
@@ -324,15 +391,25 @@ class _SoftEncoderMixin:
         rounded = torch.floor(k_hat) if self.cfg.k_rounding == "floor" else torch.round(k_hat)
         return rounded.clamp(1, math.floor(self.cfg.k_max)).long()
 
+    @property
+    def hard_width(self) -> int:
+        """The most latents one input can fire: ``floor(k_max)`` (at most ``d_sae``). A constant
+        width lets every top-k be taken without reading k_hat on the host (no device sync)."""
+        return min(math.floor(self.cfg.k_max), self.cfg.d_sae)
+
+    def _hard_values(self, top_values: torch.Tensor, k_hat: torch.Tensor) -> torch.Tensor:
+        """ReLU'd ``top_values`` (each row sorted, ``hard_width`` wide) with the entries past
+        ``round_k(k_hat)`` zeroed."""
+        keep = (
+            torch.arange(top_values.shape[-1], device=top_values.device)
+            < self.round_k(k_hat.detach())[..., None]
+        )
+        return top_values.relu() * keep.to(top_values.dtype)
+
     def _hard_topk(self, hidden_pre: torch.Tensor, k_hat: torch.Tensor) -> torch.Tensor:
         """ReLU'd top-``round_k(k_hat)`` of each row of ``hidden_pre``, zeros elsewhere."""
-        k_int = self.round_k(k_hat.detach())
-        if k_int.numel() == 0:
-            return torch.zeros_like(hidden_pre)
-        width = min(int(k_int.max()), hidden_pre.shape[-1])
-        values, indices = hidden_pre.topk(width, dim=-1, sorted=True)
-        keep = torch.arange(width, device=hidden_pre.device) < k_int.unsqueeze(-1)
-        values = values.relu() * keep.to(values.dtype)
+        values, indices = hidden_pre.topk(self.hard_width, dim=-1, sorted=True)
+        values = self._hard_values(values, k_hat)
         return torch.zeros_like(hidden_pre).scatter_(-1, indices, values)
 
     def predict_k(self, x: torch.Tensor) -> torch.Tensor:
@@ -346,19 +423,68 @@ class _SoftEncoderMixin:
         feature_acts = self.hook_sae_acts_post(self._hard_topk(hidden_pre, k_hat))  # type: ignore[attr-defined]
         return feature_acts, hidden_pre, k_hat
 
-    def _decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-        W_dec = self.W_dec
-        if self.cfg.rescale_acts_by_decoder_norm:
-            # (f / |W_dec|) @ W_dec == f @ (W_dec / |W_dec|): scaling the [d_sae, d_in] rows costs
-            # a fraction of scaling the [batch, d_sae] activations, forward and backward.
-            W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True)
-        sae_out_pre = feature_acts @ W_dec + self.b_dec  # type: ignore[attr-defined]
-        sae_out_pre = self.hook_sae_recons(sae_out_pre)  # type: ignore[attr-defined]
+    def _decoder_rows(self) -> torch.Tensor:
+        if not self.cfg.rescale_acts_by_decoder_norm:
+            return self.W_dec
+        # (f / |W_dec|) @ W_dec == f @ (W_dec / |W_dec|): scaling the [d_sae, d_in] rows costs a
+        # fraction of TopK's scaling of the [batch, d_sae] activations, forward and backward.
+        return self.W_dec / self.W_dec.norm(dim=-1, keepdim=True)
+
+    def _finish_decode(self, sae_out_pre: torch.Tensor) -> torch.Tensor:
+        sae_out_pre = self.hook_sae_recons(sae_out_pre + self.b_dec)  # type: ignore[attr-defined]
         sae_out_pre = self.run_time_activation_norm_fn_out(sae_out_pre)  # type: ignore[attr-defined]
         return self.reshape_fn_out(sae_out_pre, self.d_head)  # type: ignore[attr-defined]
 
-    # The folds run through SAELens's own (the mixin precedes SAE in the MRO) and then apply
-    # the same transform to the k-estimator, which also reads x - b_dec.
+    def decode_dense(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        """``decode`` as one dense ``feature_acts @ W_dec`` (any number of active latents)."""
+        if feature_acts.is_sparse:
+            feature_acts = feature_acts.to_dense()
+        return self._finish_decode(feature_acts @ self._decoder_rows())
+
+    def decode_rows(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """``decode`` of activations given as ``values`` at latent ``indices`` (both
+        ``[..., w]``): the sum of ``w`` decoder rows per input, never a ``[..., d_sae]`` matmul."""
+        W_dec = self._decoder_rows()
+        width = indices.shape[-1]
+        summed = F.embedding_bag(
+            indices.reshape(-1, width),
+            W_dec,
+            per_sample_weights=values.reshape(-1, width).to(W_dec.dtype),
+            mode="sum",
+        )
+        return self._finish_decode(summed.reshape(*indices.shape[:-1], W_dec.shape[-1]))
+
+    def _decode_selected(
+        self, values: torch.Tensor, indices: torch.Tensor, like: torch.Tensor
+    ) -> torch.Tensor:
+        """``decode`` of activations ``values`` at latent ``indices`` (zeros elsewhere; ``like``
+        is a tensor of the dense activations' shape and dtype): summed rows where that is
+        cheaper than the dense product."""
+        if _ROW_SUM_MIN_RATIO * indices.shape[-1] <= self.cfg.d_sae:
+            return self.decode_rows(values, indices)
+        return self.decode_dense(
+            torch.zeros_like(like).scatter_(-1, indices, values.to(like.dtype))
+        )
+
+    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        """Reconstruction from feature activations (``W_dec`` and ``b_dec``, hooks fired).
+
+        When every input has at most ``hard_width`` active latents (always, for activations
+        from :meth:`encode`) and ``d_sae`` is large enough for it to pay, only those decoder
+        rows are summed (:meth:`decode_rows`), the same result to float rounding at a fraction
+        of a dense matmul's cost. Anything denser (a hook that switched latents on, say) takes
+        the dense product. Checking which costs one read of a count from the device.
+        """
+        width = self.hard_width
+        if feature_acts.is_sparse or _ROW_SUM_MIN_RATIO * width > feature_acts.shape[-1]:
+            return self.decode_dense(feature_acts)
+        if feature_acts.numel() and int(torch.count_nonzero(feature_acts, dim=-1).max()) > width:
+            return self.decode_dense(feature_acts)
+        indices = feature_acts.abs().topk(width, dim=-1, sorted=False).indices
+        return self.decode_rows(feature_acts.gather(-1, indices), indices)
+
+    # The folds run through TopK's / SAELens's own and then apply the same transform to the
+    # k-estimator, which also reads x - b_dec.
 
     @torch.no_grad()
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
@@ -370,11 +496,7 @@ class _SoftEncoderMixin:
     def fold_activation_whitening(
         self, mean: torch.Tensor, whitening_matrix: torch.Tensor, unwhitening_matrix: torch.Tensor
     ) -> None:
-        """SAELens's whitening fold, extended to the k-estimator (``W_k_in <- M @ W_k_in``)."""
-        if self.cfg.rescale_acts_by_decoder_norm:
-            # Unwhitening changes the decoder row norms and so the top-k selection (as in TopK).
-            self.fold_W_dec_norm()
-            self.cfg.rescale_acts_by_decoder_norm = False
+        """TopK's whitening fold, extended to the k-estimator (``W_k_in <- M @ W_k_in``)."""
         super().fold_activation_whitening(mean, whitening_matrix, unwhitening_matrix)  # type: ignore[misc]
         dtype = torch.promote_types(self.W_k_in.dtype, whitening_matrix.dtype)
         matrix = whitening_matrix.to(self.W_k_in.device, dtype)
@@ -382,18 +504,16 @@ class _SoftEncoderMixin:
         if not self.cfg.apply_b_dec_to_input:
             self.b_k_in.data.sub_(mean.to(self.W_k_in.device, dtype) @ self.W_k_in.data.to(dtype))
 
-    @torch.no_grad()
-    def fold_W_dec_norm(self) -> None:
-        """Fold decoder norms into the encoder; only safe with ``rescale_acts_by_decoder_norm``."""
-        if not self.cfg.rescale_acts_by_decoder_norm:
-            raise NotImplementedError(
-                "Folding W_dec_norm is not safe for SoftSAEs when rescale_acts_by_decoder_norm is False, "
-                "as it changes which latents are in each input's top k (same rule as SAELens's TopK)"
-            )
-        super().fold_W_dec_norm()  # type: ignore[misc]
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_loading(state_dict)  # type: ignore[misc]
+        # Checkpoints of softsae_lens 0.1 carried a step counter; the schedule no longer needs it.
+        state_dict.pop(_LEGACY_STEP_BUFFER, None)
 
 
-class SoftSAE(_SoftEncoderMixin, SAE[SoftSAEConfig]):
+# ---------------------------------------------------------------- inference
+
+
+class SoftSAE(_SoftEncoderMixin, TopKSAE):
     """Inference SoftSAE: per-input ``k_hat`` from the k-estimator, then hard top-k.
 
     Hooks: the standard ``hook_sae_input``, ``hook_sae_acts_pre``, ``hook_sae_acts_post``,
@@ -402,180 +522,220 @@ class SoftSAE(_SoftEncoderMixin, SAE[SoftSAEConfig]):
     replaces it changes how many latents fire.
     """
 
-    b_enc: nn.Parameter
+    cfg: SoftSAEConfig  # type: ignore[assignment]
 
     def __init__(self, cfg: SoftSAEConfig, use_error_term: bool = False):
-        super().__init__(cfg, use_error_term)
-
-    @override
-    def initialize_weights(self) -> None:
-        super().initialize_weights()
-        self._init_soft_parameters()
+        super().__init__(cfg, use_error_term)  # type: ignore[arg-type]
 
     @override
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations: the top ``round(k_hat)`` ReLU'd pre-activations of each input."""
         return self._encode_hard(x)[0]
 
-    @override
-    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-        """Reconstruction from feature activations (``W_dec`` and ``b_dec``, hooks fired)."""
-        return self._decode(feature_acts)
+
+# ---------------------------------------------------------------- training
 
 
-class SoftTrainingSAE(_SoftEncoderMixin, TrainingSAE[SoftTrainingSAEConfig]):
+class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
     """Training SoftSAE. ``encode``/``forward`` behave exactly like :class:`SoftSAE` (hard
     per-input top-k), so SAELens's evaluator sees the inference behaviour;
     ``training_forward_pass`` runs the soft or hard phase set by ``cfg.schedule(step)``."""
 
-    b_enc: nn.Parameter
+    cfg: SoftTrainingSAEConfig  # type: ignore[assignment]
 
     def __init__(self, cfg: SoftTrainingSAEConfig, use_error_term: bool = False):
-        super().__init__(cfg, use_error_term)
+        super().__init__(cfg, use_error_term)  # type: ignore[arg-type]
+        # SAELens hands a resumed run the index of the last completed step again; see
+        # load_weights_from_checkpoint. A plain attribute: it is not part of the model's state.
+        self.resume_step_offset = 0
 
     @override
     def initialize_weights(self) -> None:
         super().initialize_weights()
-        self._init_soft_parameters()
-        # Saved with training checkpoints so a resumed run continues its schedule exactly; see
-        # _schedule_step.
-        self.register_buffer(
-            "completed_training_steps",
-            torch.zeros((), dtype=torch.long, device=self.device),
-            persistent=True,
-        )
+        self.hook_sae_batch_sums = HookPoint()
 
-    def _schedule_step(self, trainer_step: int) -> int:
-        """The step index the schedule uses.
+    def batch_sums(self, *sums: torch.Tensor) -> torch.Tensor:
+        """Sums over the training batch, stacked, passed through ``hook_sae_batch_sums``.
 
-        SAELens's trainer saves ``n_training_steps`` in a checkpoint before incrementing it, so
-        a resumed run hands the SAE the last completed step's index again (``completed - 1``).
-        This SAE counts completed steps itself: when the trainer's index is exactly one behind
-        that count, the run was resumed and the count is the true index.
+        The identity in one process. Data-parallel training (``softsae_lens.distributed``)
+        hooks it to sum over every process's batch, with gradients, so that the k penalty and
+        the relative alpha see the global batch.
         """
-        completed = int(self.completed_training_steps)
-        step = completed if completed == trainer_step + 1 else trainer_step
-        self.completed_training_steps.fill_(step + 1)
-        return step
+        return self.hook_sae_batch_sums(torch.stack(sums))
 
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feature_acts, hidden_pre, _ = self._encode_hard(x)
         return feature_acts, hidden_pre
 
-    @override
-    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-        return self._decode(feature_acts)
+    def schedule_step(self, trainer_step: int) -> int:
+        """The step index the schedule uses for SAELens's ``n_training_steps``: the same number,
+        shifted by the offset found when a checkpoint was loaded (a pure function of the step)."""
+        return trainer_step + self.resume_step_offset
 
     @override
-    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
-        return {}
+    def load_weights_from_checkpoint(self, checkpoint_path: Path | str) -> None:
+        """SAELens's resume path; also aligns the schedule with the steps really completed.
 
-    def soft_alpha(self, relu_pre: torch.Tensor, alpha: float) -> torch.Tensor | float:
-        """Alpha in activation units: scaled by the batch's RMS positive pre-activation when
-        ``cfg.alpha_scale == "relative"``."""
+        SAELens's trainer writes a checkpoint before it increments ``n_training_steps``, so a
+        resumed run continues with the last completed step's index (after an interrupt it may
+        not). The learning-rate scheduler saved beside it counts the optimizer steps actually
+        taken, and the difference is the offset the schedule needs.
+        """
+        super().load_weights_from_checkpoint(checkpoint_path)
+        self.resume_step_offset = _resume_step_offset(Path(checkpoint_path))
+
+    def soft_alpha(self, pre_activations: torch.Tensor, alpha: float) -> torch.Tensor:
+        """Alpha in activation units, a 0-dim float32 tensor on the SAE's device: scaled by the
+        batch's RMS positive pre-activation when ``cfg.alpha_scale == "relative"``."""
         if self.cfg.alpha_scale == "absolute":
-            return alpha
-        positive = relu_pre.detach()
-        count = torch.count_nonzero(positive).clamp(min=1)
-        rms = torch.linalg.vector_norm(positive) / count.sqrt()
+            return torch.tensor(alpha, dtype=torch.float32, device=pre_activations.device)
+        pre = pre_activations.detach()
+        # count_nonzero is several times slower than summing a comparison on CPU
+        squares, count = self.batch_sums(
+            torch.linalg.vector_norm(pre.float().relu()).square(),
+            (pre > 0).sum().to(torch.float32),
+        )
+        rms = (squares / count.clamp(min=1)).sqrt()
         return (alpha * rms).clamp(min=torch.finfo(torch.float32).tiny)
+
+    def _soft_weights(
+        self, pre: torch.Tensor, k_hat: torch.Tensor, alpha: torch.Tensor, rows_sorted: bool
+    ) -> torch.Tensor:
+        """Soft Top-K weights of the ReLU'd rows ``pre`` ``[..., n]`` (float32) at targets
+        k_hat. The arguments are valid by construction, so the operator's checks are skipped."""
+        n = pre.shape[-1]
+        # sigmoid can round k_hat to exactly k_max = n in float32; the operator needs k < n.
+        k_soft = k_hat.clamp(_K_MARGIN, n - _K_MARGIN)
+        weights_in = pre if self.cfg.soft_topk_grad_to_pre else pre.detach()
+        weights = SoftTopKFunction.apply(
+            weights_in.reshape(-1, n),
+            k_soft.reshape(-1),
+            alpha,
+            float(self.cfg.k_max),
+            rows_sorted,
+        )
+        return weights.reshape(pre.shape)
+
+    def _soft_phase_output(
+        self,
+        hidden_pre: torch.Tensor,
+        top_values: torch.Tensor,
+        top_indices: torch.Tensor,
+        k_hat: torch.Tensor,
+        alpha: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The soft phase's reconstruction from ``relu(pre) * soft_topk(relu(pre), k_hat,
+        alpha)``, the alpha used (activation units) and whether the candidate path served it.
+
+        ``top_values``/``top_indices`` are each row's ``candidate_count(k_max, d_sae)`` largest
+        pre-activations. Once alpha is small, every other weight is below float32 rounding of
+        the row's total, so the weights, the k gradient and the decode need only these
+        candidates: the operator runs on ``[batch, ~k_max]`` instead of ``[batch, d_sae]`` and
+        the decoder sums those rows. One device read per step checks that bound (the largest
+        left-out weight is at most the last candidate's); a batch that fails it (alpha still
+        large early in the run) takes the exact dense path.
+        """
+        alpha_used = self.soft_alpha(hidden_pre, alpha)
+        n, m = hidden_pre.shape[-1], top_values.shape[-1]
+        relu_top = top_values.float().relu()
+        weights = self._soft_weights(relu_top, k_hat, alpha_used, rows_sorted=True)
+        if m == n or bool(
+            ((n - m) * weights[..., -1] <= _SPARSE_TAIL_TOLERANCE * k_hat.detach()).all()
+        ):
+            acts = (relu_top * weights).to(hidden_pre.dtype)
+            return self._decode_selected(acts, top_indices, hidden_pre), alpha_used, True
+        relu_pre = hidden_pre.float().relu()
+        weights = self._soft_weights(relu_pre, k_hat, alpha_used, rows_sorted=False)
+        acts = (relu_pre * weights).to(hidden_pre.dtype)
+        return self.decode_dense(acts), alpha_used, False
+
+    def k_loss(self, k_hat: torch.Tensor, k_target: float, mse_loss: torch.Tensor) -> torch.Tensor:
+        """The one-sided penalty on the batch-mean ``k_hat`` (see ``cfg.k_loss_scale``)."""
+        k_sum, count = self.batch_sums(k_hat.sum(), k_hat.new_full((), float(k_hat.numel())))
+        k_loss = self.cfg.k_loss_coefficient * F.softplus(
+            k_sum / count - k_target, beta=self.cfg.k_loss_beta
+        )
+        if self.cfg.k_loss_scale == "mse":
+            k_loss = k_loss * (mse_loss.detach().float() / k_target)
+        return k_loss
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        schedule = self.cfg.schedule(self._schedule_step(step_input.n_training_steps))
+        schedule = self.cfg.schedule(self.schedule_step(step_input.n_training_steps))
         sae_in = self.process_sae_in(step_input.sae_in)
         hidden_pre = self._hidden_pre(sae_in)
         k_hat = self._predict_k_from_sae_in(sae_in)
         if schedule.hard:
             k_hat = k_hat.detach()
         k_hat = self.hook_sae_k(k_hat)
-        feature_acts = self.hook_sae_acts_post(self._hard_topk(hidden_pre, k_hat))
+        # One sorted top-k serves the hard selection (its first hard_width columns) and the soft
+        # phase's candidates.
+        m = candidate_count(self.cfg.k_max, self.cfg.d_sae)
+        top_values, top_indices = hidden_pre.topk(m, dim=-1, sorted=True)
+        width = self.hard_width
+        hard_values = self._hard_values(top_values[..., :width], k_hat)
+        feature_acts = self.hook_sae_acts_post(
+            torch.zeros_like(hidden_pre).scatter_(-1, top_indices[..., :width], hard_values)
+        )
 
         if schedule.hard:
-            train_acts = feature_acts
-            alpha_used = torch.tensor(0.0)
+            alpha_used, candidates_only = hidden_pre.new_zeros((), dtype=torch.float32), True
+            if _has_hooks(self.hook_sae_acts_post):
+                sae_out = self.decode(feature_acts)  # what the hook returned
+            else:
+                sae_out = self._decode_selected(hard_values, top_indices[..., :width], hidden_pre)
         else:
-            relu_pre = hidden_pre.float().relu()
-            alpha_used = self.soft_alpha(relu_pre, schedule.alpha)
-            k_soft = k_hat.clamp(_K_MARGIN, self.cfg.d_sae - _K_MARGIN)
-            weights_in = relu_pre if self.cfg.soft_topk_grad_to_pre else relu_pre.detach()
-            weights = soft_topk(weights_in, k_soft, alpha_used)
-            train_acts = (relu_pre * weights).to(hidden_pre.dtype)
+            sae_out, alpha_used, candidates_only = self._soft_phase_output(
+                hidden_pre, top_values, top_indices, k_hat, schedule.alpha
+            )
 
-        sae_out = self.decode(train_acts)
         mse_loss = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
-        k_loss = self.cfg.k_loss_coefficient * F.softplus(
-            k_hat.mean() - schedule.k_target, beta=self.cfg.k_loss_beta
-        )
-        if self.cfg.k_loss_scale == "mse":
-            k_loss = k_loss * (mse_loss.detach().float() / schedule.k_target)
-        aux_loss = self._aux_loss(step_input, hidden_pre, sae_out)
-        losses = {"mse_loss": mse_loss, "k_loss": k_loss, "auxiliary_reconstruction_loss": aux_loss}
+        k_loss = self.k_loss(k_hat, schedule.k_target, mse_loss)
+        losses = {
+            "mse_loss": mse_loss,
+            "k_loss": k_loss,
+            **self.calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out),
+        }
         k_detached = k_hat.detach()
         metrics: dict[str, Any] = {
             "softsae/k_hat_mean": k_detached.mean(),
             "softsae/k_hat_min": k_detached.min(),
             "softsae/k_hat_max": k_detached.max(),
             "softsae/k_target": schedule.k_target,
-            "softsae/alpha": alpha_used.detach()
-            if isinstance(alpha_used, torch.Tensor)
-            else alpha_used,
+            "softsae/alpha": alpha_used.detach(),
             "softsae/alpha_schedule": schedule.alpha,
             "softsae/hard_phase": int(schedule.hard),
+            "softsae/candidates_only": int(candidates_only),
         }
         return TrainStepOutput(
             sae_in=step_input.sae_in,
             sae_out=sae_out,
             feature_acts=feature_acts,
             hidden_pre=hidden_pre,
-            loss=mse_loss + k_loss + aux_loss,
+            loss=sum(losses.values()),
             losses=losses,
             metrics=metrics,
         )
 
-    @override
-    def calculate_aux_loss(
-        self,
-        step_input: TrainStepInput,
-        feature_acts: torch.Tensor,
-        hidden_pre: torch.Tensor,
-        sae_out: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        return {"auxiliary_reconstruction_loss": self._aux_loss(step_input, hidden_pre, sae_out)}
 
-    def _aux_loss(
-        self, step_input: TrainStepInput, hidden_pre: torch.Tensor, sae_out: torch.Tensor
-    ) -> torch.Tensor:
-        """TopK's dead-latent loss: the top ``d_in / 2`` dead latents reconstruct the residual."""
-        dead = step_input.dead_neuron_mask
-        if dead is None or self.cfg.aux_loss_coefficient == 0 or (num_dead := int(dead.sum())) == 0:
-            return sae_out.new_tensor(0.0)
-        residual = (step_input.sae_in - sae_out).detach()
-        k_aux = step_input.sae_in.shape[-1] // 2
-        scale = min(num_dead / k_aux, 1.0)
-        aux_acts = calculate_topk_aux_acts(min(k_aux, num_dead), hidden_pre, dead)
-        recons = act_times_W_dec(aux_acts, self.W_dec, self.cfg.rescale_acts_by_decoder_norm)
-        recons = self.reshape_fn_out(recons, self.d_head)
-        return self.cfg.aux_loss_coefficient * scale * (recons - residual).pow(2).sum(dim=-1).mean()
+def _has_hooks(hook_point: nn.Module) -> bool:
+    return bool(hook_point._forward_hooks) or bool(hook_point._backward_hooks)
 
-    @override
-    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
-        super().process_state_dict_for_loading(state_dict)
-        # SAELens's disk loader casts every tensor to the SAE's float dtype; a step count is an int.
-        if "completed_training_steps" in state_dict:
-            state_dict["completed_training_steps"] = (
-                state_dict["completed_training_steps"].round().long()
-            )
 
-    @override
-    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
-        super().process_state_dict_for_saving_inference(state_dict)
-        state_dict.pop("completed_training_steps", None)
-        if self.cfg.rescale_acts_by_decoder_norm:
-            _fold_norm_topk(
-                W_dec_norm=self.get_W_dec_norm(),
-                W_enc=state_dict["W_enc"],
-                b_enc=state_dict["b_enc"],
-                W_dec=state_dict["W_dec"],
-            )
+def _resume_step_offset(checkpoint_path: Path) -> int:
+    """Optimizer steps completed minus the ``n_training_steps`` a SAELens checkpoint resumes at."""
+    state_path = checkpoint_path / TRAINER_STATE_FILENAME
+    if not state_path.is_file():
+        return 0
+    state = torch.load(state_path, map_location="cpu")
+    completed = (state.get("lr_scheduler") or {}).get("last_epoch")
+    resumed_at = state.get("n_training_steps")
+    if not _is_int(completed) or not _is_int(resumed_at):
+        logger.warning(
+            "%s has no step counts this softsae_lens version understands; the SoftSAE schedule "
+            "resumes at SAELens's n_training_steps, which may repeat one step",
+            state_path,
+        )
+        return 0
+    return max(0, completed - resumed_at)

@@ -26,6 +26,23 @@ solve). With ``z_i = (x_i - t) / alpha``, ``p_i = exp(-|z_i|) / 2`` and ``P = su
 
 Ratios of ``p`` are formed relative to the row's largest ``p`` so that a threshold sitting in a
 gap many ``alpha`` wide (where every ``p_i`` underflows) still gives a finite ``dL/dk``.
+
+Host synchronisation (each one stalls a GPU's queue), and why each that remains is needed:
+
+* :func:`soft_topk`, the public entry point, reads from the device to validate its arguments
+  once (x finite and its spread for the alpha range, k inside ``(0, n)``, alpha's value), then
+  the solve reads ``k.max()`` (how many candidates to sort) and, per round of the
+  candidate-growth loop, whether any row needs the tail pass or more candidates.
+* :class:`SoftTopKFunction` called with a ``k_bound`` on rows that are their own candidate set
+  (what ``SoftTrainingSAE`` does after taking each row's top ``candidate_count(k_max, d_sae)``
+  pre-activations): no reads at all, forward or backward; alpha stays a device tensor.
+* ``SoftTrainingSAE``'s soft phase reads one boolean per step: whether every weight left out
+  of the candidates is below float32 rounding. Without it the candidate shortcut could not be
+  exact; a batch that fails (alpha still large early in the run) takes the dense path above.
+  SAELens's TopK aux loss, which SoftSAE inherits, reads the dead-latent count when the trainer
+  passes a dead mask (its top-k width depends on it). The hard phase reads nothing else.
+* ``SoftSAE.decode`` reads the largest number of active latents in any row, to decode only
+  those rows' decoder entries when that is exact and fall back to the dense product otherwise.
 """
 
 from __future__ import annotations
@@ -35,16 +52,11 @@ from numbers import Real
 
 import torch
 
-__all__ = ["soft_topk", "laplace_cdf"]
+__all__ = ["alpha_range", "candidate_count", "laplace_cdf", "soft_topk"]
 
 # Extra candidates sorted beyond ceil(k) on the first try; rows that need more get 4x as many.
 _CANDIDATE_PADDING = 32
 _CANDIDATE_GROWTH = 4
-
-
-def laplace_cdf(z: torch.Tensor) -> torch.Tensor:
-    """Standard Laplace CDF, ``1 - exp(-z)/2`` for ``z >= 0`` and ``exp(z)/2`` below."""
-    return _laplace_cdf_(z.clone())
 
 
 def _exp_floor(dtype: torch.dtype) -> float:
@@ -56,29 +68,50 @@ def _exp_floor(dtype: torch.dtype) -> float:
     return math.log(torch.finfo(dtype).tiny) + 1.0
 
 
+def _exp_cut(dtype: torch.dtype) -> float:
+    """Exponent below which a weight (or a backward ratio) is taken as exactly zero: ``exp`` of
+    it is below ``sqrt(tiny)`` (float32: 1e-19), far below anything a float32 sum of O(1) terms
+    can see. Weights left at ``tiny`` instead turn the products that follow (activations times
+    weights, their decode) into subnormal numbers, which x86 CPUs compute tens of times slower.
+    """
+    return 0.5 * math.log(torch.finfo(dtype).tiny)
+
+
+def _exp_or_zero_(exponent: torch.Tensor) -> torch.Tensor:
+    """In-place ``exp`` that gives exactly 0 at or below :func:`_exp_cut` (``exp(-inf)`` is
+    fast, unlike arguments that underflow)."""
+    cut = _exp_cut(exponent.dtype)
+    return torch.nn.functional.threshold_(exponent, cut, -math.inf).exp_()
+
+
+def laplace_cdf(z: torch.Tensor) -> torch.Tensor:
+    """Standard Laplace CDF, ``1 - exp(-z)/2`` for ``z >= 0`` and ``exp(z)/2`` below."""
+    return _laplace_cdf_(z.clone())
+
+
 def _laplace_cdf_(z: torch.Tensor) -> torch.Tensor:
-    """In-place Laplace CDF of ``z`` (one scratch tensor).
+    """In-place Laplace CDF of ``z`` (one scratch tensor), 0 below ``exp(_exp_cut)/2``.
 
     ``F(z) = e + H(z) (1 - 2e)`` with ``e = exp(-|z|)/2`` and ``H`` the step function, so the
-    lower side is ``e`` itself, accurate to the last bit even for tiny weights. In-place ops,
+    lower side is ``e`` itself, accurate to the last bit down to the cut. In-place ops,
     because at SAE sizes each fresh full-size tensor costs more than the arithmetic.
     """
-    half_tail = z.abs().neg_().clamp_min_(_exp_floor(z.dtype)).exp_().mul_(0.5)
+    half_tail = _exp_or_zero_(z.abs().neg_()).mul_(0.5)
     step = torch.heaviside(z, torch.ones((), dtype=z.dtype, device=z.device), out=z)
     return torch.addcmul(step, step, half_tail, value=-2.0, out=step).add_(half_tail)
 
 
 def _threshold_from_top_candidates(
-    top: torch.Tensor, log_tail: torch.Tensor, k: torch.Tensor, alpha: float, n: int
+    top: torch.Tensor, log_tail: torch.Tensor | None, k: torch.Tensor, alpha: torch.Tensor, n: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve for the threshold using the ``M`` largest entries of each row.
 
     Args:
         top: ``[R, M]`` float64, each row sorted descending.
-        log_tail: ``[R]`` float64, ``log sum_{i not in top} exp((x_i - top[:, -1]) / alpha)``
-            (``-inf`` when nothing is left out).
+        log_tail: ``[R]`` float64, ``log sum_{i not in top} exp((x_i - top[:, -1]) / alpha)``,
+            or ``None`` when nothing is left out (or it is below rounding).
         k: ``[R]`` float64 targets.
-        alpha: the Laplace scale.
+        alpha: the Laplace scale, a 0-dim float64 tensor.
         n: the full row length.
 
     Returns:
@@ -90,12 +123,15 @@ def _threshold_from_top_candidates(
     first = top[:, :1]
     last = top[:, -1:]
     # log sum_{j<=m} exp((s_1 - s_j)/alpha), then shifted to the reference s_m.
-    log_a = torch.logcumsumexp((first - top) / alpha, dim=1) - (first - top) / alpha
+    down = (first - top) / alpha
+    log_a = torch.logcumsumexp(down, dim=1).sub_(down)
     # log of sum_{j>m} exp((s_j - s_M)/alpha) (exclusive, top part plus tail), then shifted to s_m.
     up = (top - last) / alpha
     rev_incl = torch.logcumsumexp(up.flip(1), dim=1).flip(1)
     excl_top = torch.cat([rev_incl[:, 1:], rev_incl.new_full((rows, 1), -math.inf)], dim=1)
-    log_b = torch.logaddexp(excl_top, log_tail[:, None]) - up
+    if log_tail is not None:
+        excl_top = torch.logaddexp(excl_top, log_tail[:, None])
+    log_b = excl_top.sub_(up)
     # Sum of weights with t placed exactly at s_m, for m = 1..M; non-decreasing in m.
     counts = torch.arange(1, m_top + 1, dtype=top.dtype, device=top.device)
     sum_at = counts - 0.5 * log_a.exp() + 0.5 * log_b.exp()
@@ -127,30 +163,51 @@ def _threshold_from_top_candidates(
 
 
 def _log_tail_sums(
-    rows: torch.Tensor, last: torch.Tensor, alpha: float, m_top: int, scratch: torch.Tensor
+    rows: torch.Tensor, last: torch.Tensor, alpha: torch.Tensor, m_top: int, scratch: torch.Tensor
 ) -> torch.Tensor:
     """``log sum_{i not in top-M} exp((x_i - s_M) / alpha)`` per row, in one pass over ``rows``.
 
     Every top-M entry is ``>= s_M`` and contributes exactly ``exp(0) = 1`` to the clamped sum, so
     subtracting ``M`` leaves the tail, entries tied with ``s_M`` outside the top M included.
     """
-    torch.sub(rows, last, out=scratch).mul_(1.0 / alpha)
+    torch.sub(rows, last, out=scratch).mul_(alpha.reciprocal().to(rows.dtype))
     scratch.clamp_(_exp_floor(rows.dtype), 0.0).exp_()
     tail = scratch.sum(dim=1).double() - m_top
     return tail.clamp_min_(0.0).log()
 
 
-def _solve_threshold(
-    x: torch.Tensor, k: torch.Tensor, alpha: float, scratch: torch.Tensor
-) -> torch.Tensor:
-    """Exact threshold per row of ``x`` ``[R, n]`` (``k`` float64 ``[R]``); float64 ``[R]``.
+def candidate_count(k_bound: float, n: int) -> int:
+    """How many of a row's largest entries the threshold solve sorts first, for targets up to
+    ``k_bound``: ``ceil(k_bound) + 32``, at most the row length ``n``."""
+    return min(n, math.ceil(k_bound) + _CANDIDATE_PADDING)
 
-    ``scratch`` is a tensor like ``x`` that may be overwritten.
+
+def _solve_threshold(
+    x: torch.Tensor,
+    k: torch.Tensor,
+    alpha: torch.Tensor,
+    scratch: torch.Tensor,
+    k_bound: float | None = None,
+    rows_sorted: bool = False,
+) -> torch.Tensor:
+    """Exact threshold per row of ``x`` ``[R, n]`` (``k`` float64 ``[R]``, ``alpha`` a 0-dim
+    float64 tensor); float64 ``[R]``.
+
+    ``scratch`` is a tensor like ``x`` that may be overwritten. ``k_bound``, an upper bound on
+    ``k`` known to the caller, saves reading ``k.max()`` from the device; when the candidates
+    it implies are the whole row, the solve is one pass with no host synchronisation, and
+    ``rows_sorted`` (each row already in descending order, as ``topk`` returns it) saves its sort.
     """
     rows, n = x.shape
+    if k_bound is None:
+        k_bound = float(k.max())
+    m_top = candidate_count(k_bound, n)
+    if m_top == n:
+        ordered = x if rows_sorted else torch.sort(x, dim=1, descending=True).values
+        ordered = ordered.double()
+        return _threshold_from_top_candidates(ordered, None, k, alpha, n)[0]
     t = torch.empty(rows, dtype=torch.float64, device=x.device)
     pending = torch.arange(rows, device=x.device)
-    m_top = min(n, int(math.ceil(float(k.max()))) + _CANDIDATE_PADDING)
     # A tail whose total contribution is below this (relative to k) is below rounding.
     tolerance = torch.finfo(x.dtype).eps
     while pending.numel() > 0:
@@ -159,8 +216,7 @@ def _solve_threshold(
         ks = k if every_row else k.index_select(0, pending)
         top = xs.topk(m_top, dim=1, sorted=True).values
         top64 = top.double()
-        no_tail = torch.full((xs.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
-        t_rows, ok = _threshold_from_top_candidates(top64, no_tail, ks, alpha, n)
+        t_rows, ok = _threshold_from_top_candidates(top64, None, ks, alpha, n)
         if m_top < n:
             # Each left-out entry is <= s_M <= t, so it adds at most exp((s_M - t)/alpha)/2.
             tail_bound = 0.5 * (n - m_top) * torch.exp((top64[:, -1] - t_rows) / alpha)
@@ -183,47 +239,72 @@ def _solve_threshold(
 
 
 def _scaled_distance(
-    x: torch.Tensor, t: torch.Tensor, alpha: float, out: torch.Tensor
+    x: torch.Tensor, t: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor
 ) -> torch.Tensor:
     """``z = (x - t) / alpha`` into ``out``, with the float64 ``t`` split into two parts of
     ``x``'s dtype so its rounding does not move entries near the threshold."""
     t_hi = t.to(x.dtype)
     t_lo = (t - t_hi.double()).to(x.dtype)
-    return torch.sub(x, t_hi[:, None], out=out).sub_(t_lo[:, None]).mul_(1.0 / alpha)
+    inverse = alpha.reciprocal().to(x.dtype)
+    return torch.sub(x, t_hi[:, None], out=out).sub_(t_lo[:, None]).mul_(inverse)
 
 
 class SoftTopKFunction(torch.autograd.Function):
     """LapSum Soft Top-K on ``[R, n]`` rows with exact implicit gradients.
 
-    forward(x [R, n] float32/float64, k [R] same dtype, alpha 0-dim tensor) -> w [R, n], with
-    ``w_i = F((x_i - t) / alpha)`` and ``sum_i w_i = k`` per row. Use :func:`soft_topk`, which
-    validates and reshapes its arguments; this class assumes they are already valid.
+    ``forward(x, k, alpha, k_bound=None, rows_sorted=False)``: ``x`` ``[R, n]``
+    float32/float64, ``k`` ``[R]`` of the same dtype, ``alpha`` a 0-dim floating tensor,
+    ``k_bound`` an optional Python upper bound on ``k``, ``rows_sorted`` whether every row of
+    ``x`` is already in descending order; returns ``w`` ``[R, n]`` with ``w_i = F((x_i - t) / alpha)`` and
+    ``sum_i w_i = k`` per row. Use :func:`soft_topk`, which validates and reshapes its
+    arguments; this class assumes they are valid (callers inside the package that produce
+    valid arguments themselves call it directly and skip the validation's device reads).
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, k: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        alpha_value = float(alpha)
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        alpha: torch.Tensor,
+        k_bound: float | None = None,
+        rows_sorted: bool = False,
+    ) -> torch.Tensor:
+        if x.shape[0] == 0:
+            # Still an autograd node, so an empty batch keeps its graph (zero gradients).
+            ctx.save_for_backward(x, x.new_empty(0, dtype=torch.float64), alpha)
+            return torch.empty_like(x)
+        alpha64 = alpha.detach().double()
         w = torch.empty_like(x)  # also the scratch for the tail sums
-        t = _solve_threshold(x, k.double(), alpha_value, scratch=w)
-        _laplace_cdf_(_scaled_distance(x, t, alpha_value, out=w))
+        t = _solve_threshold(x, k.double(), alpha64, w, k_bound, rows_sorted)
+        _laplace_cdf_(_scaled_distance(x, t, alpha64, out=w))
         ctx.save_for_backward(x, t, alpha)
         return w
 
     @staticmethod
     def backward(ctx, grad_w: torch.Tensor):
         x, t, alpha = ctx.saved_tensors
-        alpha_value = float(alpha)
-        need_x, need_k, need_alpha = ctx.needs_input_grad
+        need_x, need_k, need_alpha = ctx.needs_input_grad[:3]
+        if x.shape[0] == 0:
+            return (
+                torch.zeros_like(x) if need_x else None,
+                x.new_zeros(0) if need_k else None,
+                torch.zeros_like(alpha) if need_alpha else None,
+                None,
+                None,
+            )
+        alpha64 = alpha.detach().double()
+        alpha_x = alpha64.to(x.dtype)
         grad_w = grad_w.contiguous()
-        z = _scaled_distance(x, t, alpha_value, out=torch.empty_like(x)) if need_alpha else None
+        z = _scaled_distance(x, t, alpha64, out=torch.empty_like(x)) if need_alpha else None
         q = (
             z.abs()
             if need_alpha
-            else _scaled_distance(x, t, alpha_value, out=torch.empty_like(x)).abs_()
+            else _scaled_distance(x, t, alpha64, out=torch.empty_like(x)).abs_()
         )
         closest = q.amin(dim=1, keepdim=True)
         # q = p / max(p) = exp(closest - |z|): well-scaled even where every p_i underflows.
-        q.sub_(closest).neg_().clamp_min_(_exp_floor(q.dtype)).exp_()
+        _exp_or_zero_(q.sub_(closest).neg_())
         q_sum = q.sum(dim=1, keepdim=True)
         weighted = torch.mul(q, grad_w)
         mean_g = weighted.sum(dim=1, keepdim=True) / q_sum  # sum p g / P
@@ -233,16 +314,30 @@ class SoftTopKFunction(torch.autograd.Function):
             mean_z = (q * z).sum(dim=1, keepdim=True) / q_sum
             mean_gz = (weighted.mul_(z)).sum(dim=1, keepdim=True) / q_sum
             p_total = p_scale * q_sum
-            grad_alpha = ((p_total / alpha_value) * (mean_g * mean_z - mean_gz)).sum()
+            grad_alpha = ((p_total / alpha_x) * (mean_g * mean_z - mean_gz)).sum()
             grad_alpha = grad_alpha.to(alpha.dtype).reshape(alpha.shape)
         if need_x:
-            grad_x = torch.sub(grad_w, mean_g, out=weighted).mul_(q).mul_(p_scale / alpha_value)
+            grad_x = torch.sub(grad_w, mean_g, out=weighted).mul_(q).mul_(p_scale / alpha_x)
         if need_k:
             grad_k = mean_g.squeeze(1)
-        return grad_x, grad_k, grad_alpha
+        return grad_x, grad_k, grad_alpha, None, None
 
 
-def _as_alpha_tensor(alpha, device: torch.device) -> torch.Tensor:
+def alpha_range(dtype: torch.dtype, n: int, spread: float = 0.0) -> tuple[float, float]:
+    """The alphas ``soft_topk`` accepts for rows of ``n`` values computed in ``dtype``.
+
+    ``1/alpha`` must stay finite (it scales every distance to the threshold), the threshold,
+    which lies within about ``alpha * log(2n)`` of the data, must stay representable, and the
+    float64 solve divides differences of entries (up to ``spread``, the largest minus the
+    smallest entry) by alpha. Outside this range the computation overflows to NaN instead of
+    approximating anything.
+    """
+    info = torch.finfo(dtype)
+    low = max(2.0 / info.max, 4.0 * spread / torch.finfo(torch.float64).max)
+    return low, info.max / (2.0 * (math.log(2 * n) + 2.0))
+
+
+def _as_alpha_tensor(alpha, device: torch.device) -> tuple[torch.Tensor, float]:
     if isinstance(alpha, torch.Tensor):
         if alpha.numel() != 1 or alpha.dim() != 0:
             raise ValueError(
@@ -258,7 +353,7 @@ def _as_alpha_tensor(alpha, device: torch.device) -> torch.Tensor:
         )
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"alpha must be positive and finite, got alpha={value}")
-    return alpha
+    return alpha, value
 
 
 def soft_topk(x: torch.Tensor, k, alpha) -> torch.Tensor:
@@ -277,11 +372,23 @@ def soft_topk(x: torch.Tensor, k, alpha) -> torch.Tensor:
             ``alpha -> 0`` the weights approach the 0/1 mask of the ``k`` largest entries).
 
     Returns:
-        ``w`` with ``x``'s shape and dtype, ``0 < w < 1`` and ``w.sum(-1) == k``.
+        ``w`` with ``x``'s shape and dtype. In float32 and float64, ``0 < w < 1`` wherever the
+        dtype can tell a weight from 0 and 1: a weight within ``eps/2`` of 1 rounds to 1, and
+        one below ``sqrt(tiny)/2`` (float32: 5e-20; float64: 7e-155) is exactly 0, so that
+        products with it never become slow subnormal numbers. ``w.sum(-1)`` equals ``k`` to a few
+        units of ``eps * k`` (float32: relative error below 1e-6 in the tests, for alpha from
+        1e-4 to 10x the row's spread and rows up to 65,536 long). That holds down to alphas
+        about 1e-12 times the row's largest magnitude; far below that, float64 can no longer
+        place the threshold within alpha of an entry, the weights are a hard top-k mask and
+        a row sum may miss ``k`` by its fractional part (under 1). In bfloat16 and float16 the
+        weights are computed in float32 and rounded once to the input dtype: each weight then
+        carries a relative error up to ``2**-9`` (bf16) or ``2**-11`` (fp16), weights near 1
+        become exactly 1, and row sums equal ``k`` only to that precision (about ``2**-9 * k``
+        for bf16).
 
     Raises:
         ValueError: on non-finite ``x``, ``k`` outside ``(0, n)`` or not broadcastable,
-            or ``alpha`` that is not a positive finite scalar.
+            or ``alpha`` that is not a positive finite scalar inside :func:`alpha_range`.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ValueError(
@@ -291,11 +398,22 @@ def soft_topk(x: torch.Tensor, k, alpha) -> torch.Tensor:
     if x.dim() == 0 or x.shape[-1] == 0:
         raise ValueError(f"x must have a non-empty last dimension, got shape {tuple(x.shape)}")
     n = x.shape[-1]
-    if x.numel() > 0 and not bool(torch.isfinite(torch.stack(torch.aminmax(x))).all()):
-        raise ValueError("x contains NaN or inf; soft_topk needs finite inputs")
-    alpha_t = _as_alpha_tensor(alpha, x.device)
+    spread = 0.0
+    if x.numel() > 0:
+        lowest, highest = torch.aminmax(x.detach())
+        if not bool(torch.isfinite(torch.stack([lowest, highest])).all()):
+            raise ValueError("x contains NaN or inf; soft_topk needs finite inputs")
+        spread = float(highest.double() - lowest.double())
+    alpha_t, alpha_value = _as_alpha_tensor(alpha, x.device)
 
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    low, high = alpha_range(compute_dtype, n, spread)
+    if not low <= alpha_value <= high:
+        raise ValueError(
+            f"alpha must lie in [{low:.3g}, {high:.3g}] for these rows ({n} values, spread "
+            f"{spread:.3g}, computed in {str(compute_dtype).removeprefix('torch.')}; 1/alpha "
+            f"and the threshold must stay finite), got alpha={alpha_value:g}"
+        )
     if isinstance(k, torch.Tensor):
         k_t = k.to(device=x.device, dtype=compute_dtype)
     elif isinstance(k, Real) and not isinstance(k, bool):
@@ -317,7 +435,5 @@ def soft_topk(x: torch.Tensor, k, alpha) -> torch.Tensor:
         raise ValueError(f"k must lie in the open interval (0, n) = (0, {n}), got k={bad}")
 
     rows = x.reshape(-1, n).to(compute_dtype)
-    if rows.shape[0] == 0:
-        return torch.empty_like(x)
-    w = SoftTopKFunction.apply(rows, k_t.reshape(-1), alpha_t)
+    w = SoftTopKFunction.apply(rows, k_t.reshape(-1), alpha_t, None, False)
     return w.reshape(x.shape).to(x.dtype)

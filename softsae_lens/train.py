@@ -1,8 +1,12 @@
 """``python -m softsae_lens.train --architecture soft ...``: SAELens's own training CLI with "soft".
 
-This is ``sae_lens.llm_sae_training_runner``'s parser and runner unchanged; importing
-``softsae_lens`` first registers "soft" so its config fields become CLI options, and the
-run length is handed to the SoftSAE schedule (``configure_runner``) before training.
+This is ``sae_lens.llm_sae_training_runner``'s parser unchanged; importing ``softsae_lens``
+first registers "soft" so its config fields become CLI options, and the run length is handed to
+the SoftSAE schedule (``configure_runner``) before training. The runner is
+:class:`~softsae_lens.distributed_runner.DistributedSAETrainingRunner`, which is SAELens's
+``LanguageModelSAETrainingRunner`` in one process and trains data-parallel under ``torchrun``
+(``torchrun --nproc_per_node N -m softsae_lens.train ...``; ``train_batch_size_tokens`` and
+``training_tokens`` are global).
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner, _parse_cfg_args
+import torch.distributed as dist
+from sae_lens.llm_sae_training_runner import _parse_cfg_args
 
+from softsae_lens.distributed_runner import DistributedSAETrainingRunner
 from softsae_lens.runner import configure_runner
 
 
@@ -23,9 +29,13 @@ def parse_args(args: Sequence[str]):
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Parse the arguments and run SAELens's ``LanguageModelSAETrainingRunner``."""
+    """Parse the arguments and train with SAELens's runner (data-parallel under torchrun)."""
     cfg = parse_args(sys.argv[1:] if args is None else args)
-    LanguageModelSAETrainingRunner(cfg=cfg).run()
+    try:
+        DistributedSAETrainingRunner(cfg=cfg).run()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -82,27 +82,3 @@ def tiny_lm(n_layers: int = 2, seed: int = 0):
         seed=seed,
     )
     return HookedSAETransformer(cfg, tokenizer=tokenizer).eval()
-
-
-def tiny_hf_folder(folder, n_layers: int = 2, seed: int = 0):
-    """Save a random Llama-architecture causal LM with :func:`tiny_tokenizer` to ``folder``
-    (a local Hugging Face model folder, as a user's own model would be) and return it."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=TINY_D_MODEL,
-        intermediate_size=64,
-        num_hidden_layers=n_layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=TINY_CONTEXT * 4,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder

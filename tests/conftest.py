@@ -92,6 +92,19 @@ def tiny_runner_cfg(output_path, **overrides):
     return LanguageModelSAERunnerConfig(**base)
 
 
+def train_step_input(x, step=0, dead=None):
+    """A SAELens ``TrainStepInput`` as the trainer builds it (no coefficients, not logging)."""
+    from sae_lens.saes.sae import TrainStepInput
+
+    return TrainStepInput(
+        sae_in=x,
+        coefficients={},
+        dead_neuron_mask=dead,
+        n_training_steps=step,
+        is_logging_step=False,
+    )
+
+
 def token_dataset(n_rows: int = 256, seed: int = 0):
     """A pre-tokenized ``datasets.Dataset`` of random tokens for the tiny model."""
     from datasets import Dataset

@@ -2,13 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
-from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 import torch
+from _analysis_helpers import REPO, parse_html, run_analyze
 from conftest import CONTEXT, D_MODEL, VOCAB, build_tiny_model, tiny_runner_cfg, token_dataset  # noqa: F401
 from sae_lens import (
     SAE,
@@ -20,7 +17,6 @@ from softsae_lens import analysis as A
 from softsae_lens.analyze import main as analyze_main
 
 HOOK = "blocks.0.hook_resid_post"
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -273,58 +269,6 @@ def test_k_stats_by_class():
 # ---------------------------------------------------------------------------------- HTML
 
 
-class _Checker(HTMLParser):
-    """Balanced tags, and the text of every token span (line breaks as newlines)."""
-
-    VOID = {"br", "meta", "img", "hr", "input", "link"}
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.stack = []
-        self.errors = []
-        self.tokens = []  # (attrs, text)
-        self._tok_depth = None
-        self._skip_depth = None
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag in self.VOID:
-            if tag == "br" and self._tok_depth is not None:
-                self.tokens[-1][1].append("\n")
-            return
-        self.stack.append(tag)
-        classes = (attrs.get("class") or "").split()
-        if tag == "span" and "tok" in classes:
-            self._tok_depth = len(self.stack)
-            self.tokens.append((attrs, []))
-        elif self._tok_depth is not None and ({"nl", "mark"} & set(classes)):
-            self._skip_depth = len(self.stack)
-
-    def handle_endtag(self, tag):
-        if tag in self.VOID:
-            return
-        if not self.stack or self.stack[-1] != tag:
-            self.errors.append(f"unbalanced </{tag}> with open {self.stack[-3:]}")
-            return
-        if self._skip_depth == len(self.stack):
-            self._skip_depth = None
-        if self._tok_depth == len(self.stack):
-            self._tok_depth = None
-        self.stack.pop()
-
-    def handle_data(self, data):
-        if self._tok_depth is not None and self._skip_depth is None:
-            self.tokens[-1][1].append(data)
-
-
-def parse_html(text):
-    checker = _Checker()
-    checker.feed(text)
-    checker.close()
-    assert not checker.errors and not checker.stack, (checker.errors, checker.stack)
-    return [(attrs, "".join(parts)) for attrs, parts in checker.tokens]
-
-
 def test_html_is_well_formed_self_contained_and_holds_every_token(tiny_model, sae, tokens):
     records = A.token_k_report(tiny_model, sae, tokens)
     # Tokens a tokenizer can produce: markup, quotes, newlines, spaces, tabs, empty.
@@ -412,29 +356,12 @@ def test_cli_main_on_the_tiny_model(tiny_model, trained_dir, tmp_path, capsys):
 
 
 def test_cli_subprocess_with_model_factory(trained_dir, tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
-    env["HF_HUB_OFFLINE"] = "1"
     out = tmp_path / "cli"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "softsae_lens.analyze",
-            "--sae",
-            str(trained_dir),
-            "--token-ids",
-            "1 2 3 4 5 6 7 8",
-            "--out",
-            str(out),
-            "--model-factory",
-            "conftest:build_tiny_model",
-            "--no-png",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    proc = run_analyze(
+        ["--sae", str(trained_dir), "--token-ids", "1 2 3 4 5 6 7 8", "--out", str(out)]
+        + ["--model-factory", "conftest:build_tiny_model", "--no-png"],
         cwd=tmp_path,
-        timeout=300,
+        PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]),
     )
     assert proc.returncode == 0, proc.stderr
     assert "mean k_hat" in proc.stdout
@@ -482,3 +409,22 @@ def test_cli_on_smollm2_bridge(tmp_path):
     assert stats["spearman_k_hat_vs_loss"]["rho"] is not None
     spans = parse_html((out / "tokens.html").read_text())
     assert [text for _, text in spans] == tokens
+
+
+def test_token_ids_excluded_on_a_hooked_transformer(tiny_model, sae, tokens):
+    first = int(tokens[0, 0])
+    records = A.token_k_report(tiny_model, sae, tokens, exclude_special_tokens=[first])
+    assert_clean(tiny_model)
+    assert [r.excluded for r in records] == [r.token_id == first for r in records]
+    spliced = tiny_model.run_with_saes(
+        tokens,
+        saes=[sae],
+        use_error_term=False,
+        exclude_special_tokens=[first],
+        return_type="loss",
+        loss_per_token=True,
+    )
+    got = [r.loss_spliced for r in records if r.loss_spliced is not None]
+    assert got == pytest.approx(spliced.flatten().tolist(), abs=1e-5)
+    with pytest.raises(TypeError, match="exclude_special_tokens must be True, False or a list"):
+        A.token_k_report(tiny_model, sae, tokens, exclude_special_tokens=["<s>"])

@@ -286,6 +286,16 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
     convert_paper_checkpoint(ckpt, tmp_path / "out", overwrite=True)
 
 
+@pytest.mark.parametrize("target", ["a_file", "a_file/below"])
+def test_out_dir_that_is_or_lies_under_a_file_gets_a_clear_error(tmp_path, capsys, target):
+    ckpt = write_run(tmp_path / "run", paper_state_dict(), paper_config())
+    (tmp_path / "a_file").write_text("not a folder")
+    assert main([str(ckpt), str(tmp_path / target)]) == 2
+    err = capsys.readouterr().err
+    assert "error: out_dir" in err and "is an existing file" in err and "Traceback" not in err
+    assert (tmp_path / "a_file").read_text() == "not a folder"
+
+
 def test_folder_and_intermediate_checkpoint_paths(tmp_path):
     sd = paper_state_dict()
     write_run(tmp_path / "run", sd, paper_config())

@@ -82,7 +82,7 @@ def test_demo_end_to_end_on_real_model_and_text(tmp_path):
         assert row["explained_variance"] > 0, name
         assert 0 < row["l0"] <= 2 * 16, name
     k_stats = summary["softsae_k_hat"]
-    assert 1 <= k_stats["mean"] <= 32 and k_stats["tokens"] > 50
+    assert 1 <= k_stats["mean"] <= 32 and k_stats["count"] > 50
     assert k_stats["special_tokens_excluded"] >= 3  # each document's BOS
     assert k_stats["spearman_with_next_token_loss"]["rho"] is not None
 

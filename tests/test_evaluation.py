@@ -114,15 +114,16 @@ def test_store_refuses_a_budget_bigger_than_the_heldout_split(model, text):
 def test_k_statistics_leave_special_tokens_out(model, text):
     budget = EvalBudget(context_size=CTX, k_report_docs=3, k_report_tokens=CTX)
     stats, records = soft_k_statistics(model, _soft(), text.heldout_documents, budget)
-    special = [r.token_class in ("first", "special") for r in records]
+    special = [r.excluded for r in records]
     assert sum(special) >= 3  # at least every document's BOS
-    assert stats["tokens"] == len(records) - sum(special)
+    assert all(r.excluded for r in records if r.position == 0)
+    assert stats["count"] == len(records) - sum(special)
     assert stats["special_tokens_excluded"] == sum(special)
     plain = torch.tensor(
         [r.k_hat for r, s in zip(records, special, strict=True) if not s], dtype=torch.float64
     )
     assert stats["mean"] == pytest.approx(plain.mean().item())
-    assert 1 <= stats["percentiles"]["p50"] <= 8
+    assert 1 <= stats["median"] <= 8
     for key in ("spearman_with_next_token_loss", "spearman_with_token_surprisal"):
         assert stats[key]["n"] > 0
     with pytest.raises(ValueError, match="no held-out documents"):

@@ -1,18 +1,18 @@
 import copy
-import importlib
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import CONTEXT, D_MODEL, tiny_runner_cfg, token_dataset
+from conftest import CONTEXT, D_MODEL, tiny_runner_cfg, token_dataset, train_step_input
 from sae_lens import (
     SAE,
     LanguageModelSAETrainingRunner,
     TrainingSAE,
 )
-from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig, TrainStepInput
+from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig
 
 import softsae_lens
 from softsae_lens import (
@@ -44,16 +44,6 @@ def make_training_sae(d_in=D_MODEL, d_sae=128, k=8, seed=0, **kwargs) -> SoftTra
 def inference_copy(sae: SoftTrainingSAE, tmp_path) -> SoftSAE:
     sae.save_inference_model(tmp_path / "inference")
     return SAE.load_from_disk(tmp_path / "inference")
-
-
-def step_input(x, step=0, dead=None):
-    return TrainStepInput(
-        sae_in=x,
-        coefficients={},
-        dead_neuron_mask=dead,
-        n_training_steps=step,
-        is_logging_step=False,
-    )
 
 
 # ---------------------------------------------------------------- configs
@@ -121,18 +111,102 @@ def test_bad_training_configs_raise(kwargs, message):
         SoftTrainingSAEConfig(d_in=16, d_sae=64, **{"k": 4, **kwargs})
 
 
+def test_defaults_are_valid_whatever_d_in_and_k():
+    # d_in below k: the old default start (d_in) failed its own check
+    cfg = SoftTrainingSAEConfig(d_in=64, d_sae=1024, k=100)
+    assert cfg.k_target_start == cfg.k_max == 200.0
+    assert SoftTrainingSAEConfig(d_in=512, d_sae=1024, k=8).k_target_start == 512.0
+
+
+FLOAT_FIELDS = [
+    "k_max",
+    "k_loss_coefficient",
+    "k_loss_beta",
+    "k_target_start",
+    "k_anneal_fraction",
+    "alpha_start",
+    "alpha_end",
+    "alpha_anneal_fraction",
+    "hard_topk_fraction",
+    "aux_loss_coefficient",
+]
+
+
+@pytest.mark.parametrize("name", FLOAT_FIELDS)
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), "x", True])
+def test_every_float_field_rejects_non_finite_and_non_numbers(name, value):
+    with pytest.raises(ValueError, match=rf"^{name} must be a finite number, got {name}="):
+        SoftTrainingSAEConfig(d_in=16, d_sae=64, k=4, **{name: value})
+
+
+@pytest.mark.parametrize(
+    "name, value, allowed",
+    [
+        ("k_loss_scale", "MSE", "'mse' or 'absolute'"),
+        ("alpha_scale", "Relative", "'absolute' or 'relative'"),
+        ("k_rounding", "ceil", "'round' or 'floor'"),
+        ("soft_topk_grad_to_pre", "no", "True or False"),
+        ("soft_topk_grad_to_pre", 1, "True or False"),
+        ("rescale_acts_by_decoder_norm", "yes", "True or False"),
+        ("total_training_steps", True, "a positive integer or None"),
+        ("total_training_steps", 10.0, "a positive integer or None"),
+        ("k_estimator_width", True, "a positive integer or None"),
+        ("k", True, "a positive integer"),
+        ("use_sparse_activations", True, "False"),
+    ],
+)
+def test_literal_bool_and_int_fields_are_validated(name, value, allowed):
+    with pytest.raises(ValueError, match=rf"^{name} must be {re.escape(allowed)}"):
+        SoftTrainingSAEConfig(d_in=16, d_sae=64, **{"k": 4, name: value})
+
+
+def test_inference_config_validates_its_fields_too():
+    with pytest.raises(ValueError, match="^k_max must be a finite number, got k_max='x'"):
+        SoftSAEConfig(d_in=4, d_sae=8, k=4, k_max="x")
+    with pytest.raises(ValueError, match="^rescale_acts_by_decoder_norm must be True or False"):
+        SoftSAEConfig(d_in=4, d_sae=8, k=4, rescale_acts_by_decoder_norm="no")
+
+
 def test_bad_inference_config_raises():
     with pytest.raises(ValueError, match=r"k_max must be <= d_sae=8"):
         SoftSAEConfig(d_in=4, d_sae=8, k=4, k_max=9.0)
 
 
-def test_registration_is_idempotent_and_survives_reload():
+def test_registration_is_idempotent():
     from sae_lens.registry import get_sae_class, get_sae_training_class
 
     softsae_lens.register_soft_architecture()
-    importlib.reload(softsae_lens)
-    assert get_sae_class("soft")[0].__name__ == "SoftSAE"
-    assert get_sae_training_class("soft")[1].__name__ == "SoftTrainingSAEConfig"
+    softsae_lens.register_soft_architecture()
+    assert get_sae_class("soft") == (SoftSAE, SoftSAEConfig)
+    assert get_sae_training_class("soft") == (SoftTrainingSAE, SoftTrainingSAEConfig)
+
+
+def test_reload_replaces_the_registered_classes_with_the_new_objects(tmp_path):
+    """A reload makes new class objects; SAELens must then build those, not the stale ones.
+    Run in a subprocess: reloading here would leave this session's imports stale."""
+    script = f"""
+import importlib
+import torch
+import softsae_lens
+from softsae_lens import registration, soft_sae
+from sae_lens import SAE
+from sae_lens.registry import get_sae_class, get_sae_training_class
+
+old = soft_sae.SoftSAE
+importlib.reload(soft_sae)
+importlib.reload(registration)
+registration.register_soft_architecture()
+assert soft_sae.SoftSAE is not old
+assert get_sae_class("soft") == (soft_sae.SoftSAE, soft_sae.SoftSAEConfig)
+assert get_sae_training_class("soft")[0] is soft_sae.SoftTrainingSAE
+soft_sae.SoftSAE(soft_sae.SoftSAEConfig(d_in=8, d_sae=32, k=4)).save_model(r"{tmp_path}")
+assert type(SAE.load_from_disk(r"{tmp_path}")) is soft_sae.SoftSAE
+print("ok")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
 def test_registration_refuses_a_foreign_class():
@@ -271,6 +345,22 @@ def test_training_checkpoint_round_trip(tmp_path):
     assert loaded.cfg.schedule(600) == sae.cfg.schedule(600)
 
 
+def test_legacy_checkpoint_with_a_step_buffer_loads(tmp_path):
+    """softsae_lens 0.1 checkpoints carry an int64 ``completed_training_steps``."""
+    from safetensors.torch import load_file, save_file
+
+    sae = make_training_sae()
+    sae.save_model(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "sae_weights.safetensors"
+    state = load_file(weights)
+    state["completed_training_steps"] = torch.tensor(17, dtype=torch.long)
+    save_file(state, weights)
+    for loader in (SAE, TrainingSAE):
+        loaded = loader.load_from_disk(tmp_path / "ckpt")
+        assert "completed_training_steps" not in loaded.state_dict()
+        torch.testing.assert_close(loaded.W_k_in, sae.W_k_in)
+
+
 # ---------------------------------------------------------------- training behaviour
 
 
@@ -294,10 +384,37 @@ def test_schedule_anneals_and_ends_hard():
     assert not cfg.schedule(949).hard and cfg.schedule(950).hard
 
 
+def test_schedule_is_a_pure_function_of_the_trainer_step():
+    sae = make_training_sae(total_training_steps=100, k_anneal_fraction=0.5)
+    seen = []
+    original = sae.cfg.schedule
+    sae.cfg.schedule = lambda step: seen.append(step) or original(step)
+    x = torch.randn(16, D_MODEL)
+    losses = [
+        sae.training_forward_pass(train_step_input(x, step=10)).losses["k_loss"] for _ in range(4)
+    ]
+    assert seen == [10, 10, 10, 10]
+    assert all(torch.equal(loss, losses[0]) for loss in losses)
+
+
+def test_hard_phase_creates_every_tensor_on_the_sae_device():
+    """On the meta device a tensor made on the CPU stands out (no GPU needed to see it)."""
+    cfg = SoftTrainingSAEConfig(
+        d_in=16, d_sae=64, k=4, total_training_steps=10, hard_topk_fraction=0.5, device="meta"
+    )
+    sae = SoftTrainingSAE(cfg)
+    out = sae.training_forward_pass(train_step_input(torch.empty(8, 16, device="meta"), step=9))
+    tensors = {**out.losses, **out.metrics, "loss": out.loss}
+    assert out.metrics["softsae/hard_phase"] == 1
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor):
+            assert value.device.type == "meta", name
+
+
 def test_missing_run_length_raises_naming_the_field():
     sae = SoftTrainingSAE(SoftTrainingSAEConfig(d_in=16, d_sae=64, k=4))
     with pytest.raises(ValueError, match="SoftTrainingSAEConfig.total_training_steps is not set"):
-        sae.training_forward_pass(step_input(torch.randn(8, 16)))
+        sae.training_forward_pass(train_step_input(torch.randn(8, 16)))
 
 
 @pytest.mark.parametrize("grad_to_pre", [False, True])
@@ -306,7 +423,7 @@ def test_soft_phase_gradients_reach_encoder_decoder_and_k_estimator(grad_to_pre)
         soft_topk_grad_to_pre=grad_to_pre, alpha_scale="absolute", alpha_end=0.5
     )
     x = torch.randn(64, D_MODEL) * 3
-    out = sae.training_forward_pass(step_input(x, step=0))
+    out = sae.training_forward_pass(train_step_input(x, step=0))
     assert out.metrics["softsae/hard_phase"] == 0
     out.loss.backward()
     for name in ("W_enc", "b_enc", "W_dec", "b_dec", "W_k_in", "b_k_in", "W_k_out", "b_k_out"):
@@ -317,10 +434,76 @@ def test_soft_phase_gradients_reach_encoder_decoder_and_k_estimator(grad_to_pre)
     assert set(out.losses) == {"mse_loss", "k_loss", "auxiliary_reconstruction_loss"}
 
 
+def _dense_soft_reference(sae: SoftTrainingSAE, x: torch.Tensor, step: int):
+    """The soft phase written out densely with the public operator (no candidate shortcut)."""
+    schedule = sae.cfg.schedule(step)
+    sae_in = sae.process_sae_in(x)
+    hidden_pre = sae._hidden_pre(sae_in)
+    k_hat = sae._predict_k_from_sae_in(sae_in)
+    relu_pre = hidden_pre.relu()
+    alpha = sae.soft_alpha(hidden_pre, schedule.alpha)
+    weights = softsae_lens.soft_topk(relu_pre.detach(), k_hat, alpha)
+    sae_out = sae.decode_dense(relu_pre * weights)
+    mse = (sae_out - x).pow(2).sum(-1).mean()
+    return sae_out, mse + sae.k_loss(k_hat, schedule.k_target, mse)
+
+
+@pytest.mark.parametrize("step, candidates_only", [(50, True), (0, False)])
+def test_soft_phase_equals_the_dense_formula(step, candidates_only):
+    """After the alpha anneal the soft phase runs on each row's top candidates only; early on
+    (alpha large) it takes the dense path. Both must match the dense formula, gradients too."""
+    sae = make_training_sae(d_sae=512, k=8, total_training_steps=1000, aux_loss_coefficient=0.0)
+    x = torch.randn(48, D_MODEL) * 3
+    out = sae.training_forward_pass(train_step_input(x, step=step))
+    assert out.metrics["softsae/candidates_only"] == int(candidates_only)
+    out.loss.backward()
+    grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    sae.zero_grad()
+    ref_out, ref_loss = _dense_soft_reference(sae, x, step)
+    ref_loss.backward()
+    torch.testing.assert_close(out.sae_out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, ref_loss, atol=1e-5, rtol=1e-5)
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_decode_of_sparse_activations_equals_the_dense_product(tmp_path):
+    sae = inference_copy(make_training_sae(d_sae=512, k=8), tmp_path).double()
+    x = torch.randn(4, 6, D_MODEL, dtype=torch.float64) * 3
+    acts = sae.encode(x)
+    assert ((acts != 0).sum(-1) <= sae.hard_width).all()
+    torch.testing.assert_close(sae.decode(acts), sae.decode_dense(acts), atol=1e-12, rtol=1e-12)
+    # denser than any encode (a hook that switched latents on): still the exact product
+    dense = acts.clone()
+    dense[..., : sae.hard_width + 5] = 1.0
+    torch.testing.assert_close(sae.decode(dense), sae.decode_dense(dense), atol=1e-12, rtol=1e-12)
+    # negative values a steering hook might write are decoded too
+    acts[..., 3] = -2.0
+    torch.testing.assert_close(sae.decode(acts), sae.decode_dense(acts), atol=1e-12, rtol=1e-12)
+
+
+def test_hard_phase_decodes_what_a_hook_on_the_activations_returns():
+    sae = make_training_sae(total_training_steps=100, hard_topk_fraction=0.1)
+    x = torch.randn(16, D_MODEL) * 3
+    plain = sae.training_forward_pass(train_step_input(x, step=95))
+    torch.testing.assert_close(
+        plain.sae_out, sae.decode_dense(plain.feature_acts), atol=1e-5, rtol=1e-5
+    )
+    sae.hook_sae_acts_post.add_hook(lambda acts, hook: acts * 2)
+    try:
+        hooked = sae.training_forward_pass(train_step_input(x, step=95))
+    finally:
+        sae.reset_hooks()
+    torch.testing.assert_close(
+        hooked.sae_out, sae.decode_dense(hooked.feature_acts), atol=1e-5, rtol=1e-5
+    )
+    assert not torch.allclose(hooked.sae_out, plain.sae_out)
+
+
 def test_hard_phase_trains_encoder_and_decoder_but_freezes_k():
     sae = make_training_sae(total_training_steps=100, hard_topk_fraction=0.1)
     x = torch.randn(64, D_MODEL) * 3
-    out = sae.training_forward_pass(step_input(x, step=95))
+    out = sae.training_forward_pass(train_step_input(x, step=95))
     assert out.metrics["softsae/hard_phase"] == 1
     out.loss.backward()
     assert sae.W_enc.grad.abs().sum() > 0 and sae.W_dec.grad.abs().sum() > 0
@@ -335,10 +518,10 @@ def test_k_loss_is_one_sided():
     x = torch.randn(32, D_MODEL)
     with torch.no_grad():
         sae.b_k_out.fill_(6.0)  # k_hat near k_max = 2k, above the target k
-    high = sae.training_forward_pass(step_input(x, step=10)).losses["k_loss"]
+    high = sae.training_forward_pass(train_step_input(x, step=10)).losses["k_loss"]
     with torch.no_grad():
         sae.b_k_out.fill_(-6.0)  # k_hat far below the target
-    low = sae.training_forward_pass(step_input(x, step=10)).losses["k_loss"]
+    low = sae.training_forward_pass(train_step_input(x, step=10)).losses["k_loss"]
     assert high > 5.0 and low < 1e-6
 
 
@@ -349,8 +532,8 @@ def test_k_loss_mse_scale_prices_a_latent_at_its_share_of_the_error():
     for sae in (absolute, relative):
         with torch.no_grad():
             sae.b_k_out.fill_(6.0)
-    out_abs = absolute.training_forward_pass(step_input(x, step=10))
-    out_rel = relative.training_forward_pass(step_input(x, step=10))
+    out_abs = absolute.training_forward_pass(train_step_input(x, step=10))
+    out_rel = relative.training_forward_pass(train_step_input(x, step=10))
     expected = out_abs.losses["k_loss"] * out_rel.losses["mse_loss"].detach() / relative.cfg.k
     torch.testing.assert_close(out_rel.losses["k_loss"], expected)
     assert out_rel.losses["k_loss"].requires_grad and out_rel.losses["k_loss"] > 0
@@ -359,8 +542,12 @@ def test_k_loss_mse_scale_prices_a_latent_at_its_share_of_the_error():
 def test_aux_loss_only_with_dead_latents():
     sae = make_training_sae()
     x = torch.randn(16, D_MODEL)
-    none_dead = sae.training_forward_pass(step_input(x, dead=torch.zeros(128, dtype=torch.bool)))
-    all_dead = sae.training_forward_pass(step_input(x, dead=torch.ones(128, dtype=torch.bool)))
+    none_dead = sae.training_forward_pass(
+        train_step_input(x, dead=torch.zeros(128, dtype=torch.bool))
+    )
+    all_dead = sae.training_forward_pass(
+        train_step_input(x, dead=torch.ones(128, dtype=torch.bool))
+    )
     assert none_dead.losses["auxiliary_reconstruction_loss"] == 0
     assert all_dead.losses["auxiliary_reconstruction_loss"] > 0
 
@@ -369,7 +556,7 @@ def test_k_hat_is_float32_under_bf16_autocast():
     sae = make_training_sae()
     x = torch.randn(16, D_MODEL)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = sae.training_forward_pass(step_input(x, step=0))
+        out = sae.training_forward_pass(train_step_input(x, step=0))
         k_hat = sae.predict_k(x)
     assert k_hat.dtype == torch.float32
     torch.testing.assert_close(k_hat, sae.predict_k(x))
@@ -488,6 +675,37 @@ def test_resume_continues_the_schedule(tiny_model, tmp_path):
     assert schedule_steps == list(range(completed, 40))
 
 
+@pytest.mark.slow
+def test_runner_compile_sae_trains_soft(tiny_model, tmp_path):
+    """SAELens's ``compile_sae=True`` (torch.compile with inductor) on "soft": the compiled step
+    gives the eager step's outputs in every phase, and the run trains as well as an eager one."""
+    torch.manual_seed(0)
+    held_out = torch.randn(256, D_MODEL)
+    trained = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        cfg = configure_runner(_runner_cfg(tmp_path / str(compiled), compile_sae=compiled))
+        runner = LanguageModelSAETrainingRunner(
+            cfg, override_model=tiny_model, override_dataset=token_dataset()
+        )
+        trained[compiled] = runner.run()
+    sae = trained[True]
+    compiled_step = sae.training_forward_pass
+    assert compiled_step is not SoftTrainingSAE.training_forward_pass.__get__(sae)
+    x = held_out[:64]
+    for step in (0, 20, 39):  # dense soft path (alpha large), candidate soft path, hard phase
+        got = compiled_step(train_step_input(x, step=step))
+        want = SoftTrainingSAE.training_forward_pass(sae, train_step_input(x, step=step))
+        assert got.metrics["softsae/hard_phase"] == want.metrics["softsae/hard_phase"]
+        torch.testing.assert_close(got.loss, want.loss, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got.sae_out, want.sae_out, atol=1e-4, rtol=1e-4)
+    errors = {
+        compiled: (s.eval()(held_out) - held_out).pow(2).sum(-1).mean().item()
+        for compiled, s in trained.items()
+    }
+    assert errors[True] < 1.1 * errors[False], errors
+
+
 def test_run_evals_l0_equals_mean_rounded_k_hat(tiny_model, tmp_path):
     from sae_lens.evals import EvalConfig, run_evals
     from sae_lens.training.activation_scaler import ActivationScaler
@@ -572,7 +790,7 @@ def test_cli_help_lists_soft_fields():
         [sys.executable, "-m", "softsae_lens.train", "--architecture", "soft", "--help"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a hang guard: imports alone took 46 s on a loaded 2-core machine
     )
     assert out.returncode == 0, out.stderr
     for flag in (

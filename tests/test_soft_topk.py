@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from softsae_lens import soft_topk
-from softsae_lens.soft_topk import laplace_cdf
+from softsae_lens.soft_topk import alpha_range, laplace_cdf
 
 
 def reference_soft_topk(x: torch.Tensor, k: float, alpha: float) -> torch.Tensor:
@@ -180,8 +180,13 @@ def test_dtype_round_trip(dtype):
     assert w.dtype == dtype and w.shape == x.shape
     w.float().pow(2).sum().backward()
     assert x.grad.dtype == dtype
-    expected = soft_topk(x.detach().float(), 10.0, 0.1)
-    torch.testing.assert_close(w.float(), expected.to(dtype).float())
+    # against the independent reference on the same (rounded) inputs, to the dtype's precision
+    expected = reference_soft_topk(x.detach().double(), 10.0, 0.1)
+    eps = max(torch.finfo(dtype).eps, 1e-12)  # the bisection reference is good to ~1e-13
+    torch.testing.assert_close(w.double(), expected, atol=eps, rtol=eps)
+    torch.testing.assert_close(
+        w.double().sum(-1), torch.full((4,), 10.0).double(), atol=0, rtol=64 * eps
+    )
 
 
 def test_laplace_cdf():
@@ -218,6 +223,49 @@ def test_bad_inputs_raise_clear_errors(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         soft_topk(**args)
+
+
+@pytest.mark.parametrize(
+    "x_dtype, alpha", [(torch.float32, 1e-39), (torch.float32, 1e39), (torch.bfloat16, 1e39)]
+)
+def test_alpha_outside_the_compute_dtype_range_raises(x_dtype, alpha):
+    """These alphas gave NaN row sums in float32 (1/alpha or the threshold overflows)."""
+    x = torch.randn(3, 10).relu().to(x_dtype)
+    with pytest.raises(ValueError, match=r"alpha must lie in \[5.88e-39, .*float32.*got alpha="):
+        soft_topk(x, 3.5, alpha)
+
+
+def test_float64_alpha_bound_accounts_for_the_spread_of_x():
+    x = torch.linspace(-1e10, 1e10, 64, dtype=torch.float64)[None]
+    low, _ = alpha_range(torch.float64, 64, spread=2e10)
+    assert low > 2.0 / torch.finfo(torch.float64).max
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        soft_topk(x, 3.5, low / 2)
+    assert torch.isfinite(soft_topk(x, 3.5, low * 2)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_sums_stay_finite_and_within_one_at_the_edges_of_the_alpha_range(dtype):
+    x = _post_relu((6, 256), seed=21, dtype=dtype)
+    k = torch.linspace(1.5, 80.0, 6, dtype=dtype)
+    spread = float(x.max() - x.min())
+    low, high = alpha_range(dtype, 256, spread)
+    for alpha in (low * 1.01, high * 0.99):
+        w = soft_topk(x, k, alpha)
+        assert torch.isfinite(w).all(), alpha
+        assert ((w.double().sum(-1) - k.double()).abs() < 1).all(), alpha
+    # exact again from about 1e-12 of the rows' magnitude up (see the docstring)
+    w = soft_topk(x, k, 1e-11 * float(x.abs().max()))
+    torch.testing.assert_close(w.double().sum(-1), k.double(), atol=0, rtol=1e-5)
+
+
+def test_empty_batch_keeps_the_graph():
+    x = torch.randn(0, 16, requires_grad=True)
+    k = torch.ones(0, requires_grad=True)
+    w = soft_topk(x, k, 0.1)
+    assert w.shape == (0, 16) and w.grad_fn is not None
+    w.sum().backward()
+    assert x.grad.shape == (0, 16) and k.grad.shape == (0,)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])

@@ -172,7 +172,7 @@ def test_sweep_trains_and_scores_every_architecture_at_every_target(tiny_sweep):
         if arch == "soft":
             assert m["l0"] == pytest.approx(target, rel=0.25), (arch, target)
             k = run["k_hat"]
-            assert k["tokens"] > 0 and k["special_tokens_excluded"] >= 2
+            assert k["count"] > 0 and k["special_tokens_excluded"] >= 2
             assert 1 <= k["mean"] <= 2 * target
         if arch == "matching_pursuit":
             knob = run["knob"]
@@ -220,11 +220,11 @@ def test_sweep_writes_its_files_and_replots(tiny_sweep):
 
 
 def test_sweep_runs_on_a_local_hugging_face_folder(tmp_path):
-    from _corpus_helpers import tiny_hf_folder
+    from _tiny_hf import build_tiny_hf_model
 
     from softsae_lens.evaluation import load_model_and_hook
 
-    folder = tiny_hf_folder(tmp_path / "model")
+    folder = build_tiny_hf_model(tmp_path / "model")
     model, hook, name = load_model_and_hook(layer=1, model_path=folder)
     assert hook == "blocks.1.hook_out" and name == str(folder)  # the bridge's real hook name
     text = tokenize_corpus(
@@ -250,6 +250,6 @@ def test_sweep_runs_on_a_local_hugging_face_folder(tmp_path):
     assert results["hook_name"] == "blocks.1.hook_out"
     for run in results["runs"]:
         assert all(v is not None and math.isfinite(v) for v in run["metrics"].values()), run
-    assert results["runs"][0]["k_hat"]["tokens"] > 0
+    assert results["runs"][0]["k_hat"]["count"] > 0
     with pytest.raises(SystemExit):
         parse_args(["--model-path", str(tmp_path)])  # no config.json there

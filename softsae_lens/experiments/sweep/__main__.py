@@ -17,15 +17,8 @@ def main(argv: list[str] | None = None) -> None:
         write_outputs(json.loads(cfg.replot.read_text()), cfg.replot.parent)
         print(f"redrew {cfg.replot.parent}/results.md and its plots")
         return
-    import torch
-
     from softsae_lens.experiments.sweep.run import run_sweep
 
-    # Once SoftSAE's alpha has annealed, soft top-k weights far below the threshold are
-    # subnormal floats, and CPU matmuls on subnormals ran ~30x slower (a soft-phase step of
-    # d_sae 2304, batch 512: 4.1 s against 0.14 s flushed). Flushing them to zero changes no
-    # number above 1e-38.
-    torch.set_flush_denormal(True)
     run_sweep(cfg)
 
 

@@ -50,7 +50,7 @@ class SweepConfig:
     context_size: int = 128
     layer: int = 5
     model: str | None = None  # TransformerLens name; None: SmolLM2-135M-Instruct offline
-    model_path: Path | None = None  # a local Hugging Face model folder
+    model_path: Path | None = None  # a .gguf file or a local Hugging Face model folder
     out: Path = DEFAULT_OUT
     seed: int = 0
     device: str = "cpu"
@@ -144,7 +144,7 @@ def parse_args(argv: list[str] | None = None, doc: str | None = None) -> SweepCo
         "--model-path",
         type=Path,
         default=None,
-        help="local Hugging Face model folder, booted as a TransformerLens bridge, offline",
+        help="a .gguf file or a local Hugging Face model folder, booted as a bridge, offline",
     )
     add("--out", type=Path, default=None, help=f"output folder (default {d.out})")
     add("--seed", type=int, default=d.seed, help="seed (also picks the held-out documents)")
@@ -271,10 +271,14 @@ def validate(cfg: SweepConfig) -> None:
         )
     if cfg.model is not None and cfg.model_path is not None:
         raise ValueError("give --model or --model-path, not both")
-    if cfg.model_path is not None and not (Path(cfg.model_path) / "config.json").is_file():
-        raise ValueError(
-            f"--model-path {cfg.model_path}: not a Hugging Face model folder (no config.json)"
-        )
+    if cfg.model_path is not None:
+        from softsae_lens.models import local_model_path
+
+        if local_model_path(cfg.model_path) is None:
+            raise ValueError(
+                f"--model-path {cfg.model_path}: expected a .gguf file or a Hugging Face model "
+                "folder (a folder with config.json)"
+            )
     if len(set(cfg.targets)) != len(cfg.targets):
         raise ValueError(f"--targets has repeated values: {cfg.targets}")
 

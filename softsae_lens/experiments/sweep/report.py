@@ -100,10 +100,9 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for run in soft:
             k = run["k_hat"]
-            p = k["percentiles"]
             lines.append(
-                f"| {run['target_l0']} | {k['tokens']:,} | {k['mean']:.2f} | {p['p5']:.1f} | "
-                f"{p['p50']:.1f} | {p['p95']:.1f} | {k['at_k_max']:.1%} | "
+                f"| {run['target_l0']} | {k['count']:,} | {k['mean']:.2f} | {k['p5']:.1f} | "
+                f"{k['median']:.1f} | {k['p95']:.1f} | {k['at_k_max']:.1%} | "
                 f"{_fmt(k['spearman_with_token_surprisal']['rho'], 3)} | "
                 f"{_fmt(k['spearman_with_next_token_loss']['rho'], 3)} |"
             )

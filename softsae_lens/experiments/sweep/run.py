@@ -335,8 +335,6 @@ def run_sweep(
         )
     clock.lap("evaluation")
 
-    # After every run_evals on purpose: splicing an SAE into a bridge for the per-token report
-    # can leave hooks behind that break a later run_evals on the same model.
     for entry in runs:
         if entry["architecture"] == "soft" and budget.k_report_docs > 0:
             print(f"[sweep] per-token k_hat of {entry['name']}", flush=True)

@@ -1,0 +1,391 @@
+"""``python -m softsae_lens.train_activations --activations PATH ...``: train an SAE on arrays on disk.
+
+Any SAELens training architecture (``--architecture soft|topk|batchtopk|standard|...``) trains
+on activations stored as arrays (:mod:`softsae_lens.activations`: ``.npy``, ``.safetensors``,
+``.pt``, a folder of shards, or a ``CacheActivationsRunner`` folder) through SAELens's own
+``SAETrainer`` with a data provider, so learning-rate schedules, checkpoints, wandb logging,
+``normalize_activations`` and the saved format are those of the language-model path. Nothing
+here knows where the activations came from: a language model's residual stream, sentence
+embeddings or image embeddings all go the same way.
+
+A seeded random part of the rows (``eval_fraction``, at most ``max_eval_rows``; or a separate
+``eval_activations`` source) is held out; after training the saved inference SAE is reloaded
+and reports explained variance, MSE, L0, dead latents and, for SoftSAEs, the distribution of
+the predicted ``k_hat`` on it.
+
+The Python entry point is :func:`train_on_activations`
+(:func:`softsae_lens.heldout.evaluate_on_rows` scores any SAE on any rows). This module is a CLI
+(the top floor): nothing in the package imports it except experiments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Generic
+
+import numpy as np
+import torch
+from sae_lens import SAE, LoggingConfig, TrainingSAE, TrainingSAEConfig
+from sae_lens.config import SAETrainerConfig
+from sae_lens.constants import RUNNER_CFG_FILENAME, SPARSITY_FILENAME
+from sae_lens.saes.sae import T_TRAINING_SAE_CONFIG
+from sae_lens.training.sae_trainer import SAETrainer
+from sae_lens.util import str_to_dtype
+from safetensors.torch import save_file
+
+from softsae_lens.activations import (
+    ActivationBatches,
+    ActivationRows,
+    open_activations,
+    split_rows,
+)
+from softsae_lens.heldout import HeldOutEvaluator, evaluate_on_rows
+from softsae_lens.runner import set_run_length
+
+__all__ = [
+    "EVAL_METRICS_FILENAME",
+    "ActivationsRun",
+    "ActivationsRunnerConfig",
+    "main",
+    "parse_args",
+    "train_on_activations",
+]
+
+EVAL_METRICS_FILENAME = "eval_metrics.json"
+
+
+@dataclass
+class ActivationsRunnerConfig(Generic[T_TRAINING_SAE_CONFIG]):
+    """A training run on activations stored on disk.
+
+    Args:
+        sae: the SAE to train (any registered SAELens training config; ``d_in`` must equal
+            the activations' width).
+        activations: path of the activations (.npy, .safetensors, .pt/.pth, a folder of
+            them, or a CacheActivationsRunner folder).
+        key: tensor (or dataset column) to read when the file holds more than one.
+        eval_activations: separate held-out activations; default: hold out rows of
+            ``activations``.
+        eval_fraction: fraction of the rows held out when ``eval_activations`` is not set.
+        max_eval_rows: cap on the held-out rows (None: no cap).
+        training_samples: rows to train on in total (passes repeat in a new order); a
+            multiple of train_batch_size. Default: one pass over the training rows.
+        train_batch_size: rows per optimizer step.
+        lr: Adam learning rate.
+        lr_end: end learning rate of decaying schedules (default lr / 10).
+        lr_scheduler_name: constant, cosineannealing or cosineannealingwarmrestarts.
+        lr_warm_up_steps: linear warm-up steps.
+        lr_decay_steps: linear decay steps at the end of the run.
+        n_restart_cycles: restarts of cosineannealingwarmrestarts.
+        adam_beta1: Adam beta1.
+        adam_beta2: Adam beta2.
+        autocast: train under bfloat16 autocast.
+        dead_feature_window: steps without firing after which a latent counts as dead.
+        feature_sampling_window: steps per feature-sparsity window.
+        n_batches_for_norm_estimate: batches used to estimate normalize_activations'
+            statistics (default: one pass over the training rows, at most 1000 batches).
+        n_checkpoints: intermediate checkpoints (SAELens's trainer writes them).
+        checkpoint_path: folder for checkpoints.
+        output_path: folder for the final inference SAE, its sparsity, this config and the
+            held-out metrics (None: keep nothing on disk).
+        seed: seed of the SAE's initialisation, the held-out split and the shuffling.
+        model_name: recorded in the SAE's metadata (what produced the activations).
+        hook_name: recorded in the SAE's metadata (where the activations were read).
+        logger: SAELens logging (wandb) settings; off by default.
+    """
+
+    sae: T_TRAINING_SAE_CONFIG
+    activations: str | None = None
+    key: str | None = None
+    eval_activations: str | None = None
+    eval_fraction: float = 0.05
+    max_eval_rows: int | None = 100_000
+    training_samples: int | None = None
+    train_batch_size: int = 4096
+    lr: float = 3e-4
+    lr_end: float | None = None
+    lr_scheduler_name: str = "constant"
+    lr_warm_up_steps: int = 0
+    lr_decay_steps: int = 0
+    n_restart_cycles: int = 1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    autocast: bool = False
+    dead_feature_window: int = 1000
+    feature_sampling_window: int = 2000
+    n_batches_for_norm_estimate: int | None = None
+    n_checkpoints: int = 0
+    checkpoint_path: str | None = None
+    output_path: str | None = None
+    seed: int = 42
+    model_name: str | None = None
+    hook_name: str | None = None
+    logger: LoggingConfig = field(default_factory=lambda: LoggingConfig(log_to_wandb=False))
+
+    def __post_init__(self) -> None:
+        if self.activations is None:
+            raise ValueError("activations=None: the path of the activations is required")
+        if self.lr_end is None:
+            self.lr_end = self.lr / 10
+        if self.train_batch_size <= 0:
+            raise ValueError(
+                f"train_batch_size={self.train_batch_size}: must be a positive integer"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (saved as ``runner_cfg.json`` next to the SAE)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["sae"] = self.sae.to_dict()
+        d["logger"] = dataclasses.asdict(self.logger)
+        return d
+
+
+@dataclass
+class ActivationsRun:
+    """What :func:`train_on_activations` returns.
+
+    Attributes:
+        sae: the trained SAE in inference form (as saved and reloaded).
+        metrics: held-out metrics (see :func:`evaluate_on_rows`) plus run facts.
+        output_path: where the SAE was saved, or None.
+    """
+
+    sae: SAE[Any]
+    metrics: dict[str, Any]
+    output_path: Path | None
+
+
+def _open_split(
+    cfg: ActivationsRunnerConfig[Any],
+) -> tuple[ActivationRows, np.ndarray, ActivationRows, np.ndarray]:
+    rows = open_activations(cfg.activations, cfg.key, "activations")  # type: ignore[arg-type]
+    if rows.d_in != cfg.sae.d_in:
+        raise ValueError(
+            f"sae.d_in={cfg.sae.d_in}: the activations {rows.source} have d_in={rows.d_in}; they must match"
+        )
+    if cfg.eval_activations is None:
+        train_idx, eval_idx = split_rows(
+            rows.n_rows, cfg.eval_fraction, cfg.max_eval_rows, cfg.seed
+        )
+        return rows, train_idx, rows, eval_idx
+    eval_rows = open_activations(cfg.eval_activations, cfg.key, "eval_activations")
+    if eval_rows.d_in != rows.d_in:
+        raise ValueError(
+            f"eval_activations={cfg.eval_activations}: d_in={eval_rows.d_in} differs from the training activations' d_in={rows.d_in}"
+        )
+    n_eval = (
+        eval_rows.n_rows if cfg.max_eval_rows is None else min(eval_rows.n_rows, cfg.max_eval_rows)
+    )
+    eval_idx = np.sort(np.random.default_rng(cfg.seed).permutation(eval_rows.n_rows)[:n_eval])
+    return rows, np.arange(rows.n_rows), eval_rows, eval_idx
+
+
+def _run_length(cfg: ActivationsRunnerConfig[Any], n_train: int) -> int:
+    batch = cfg.train_batch_size
+    if batch > n_train:
+        raise ValueError(
+            f"train_batch_size={batch}: must be at most the {n_train} training rows "
+            f"(eval_fraction={cfg.eval_fraction} held out the rest)"
+        )
+    samples = cfg.training_samples
+    if samples is None:
+        return (n_train // batch) * batch
+    if samples < batch or samples % batch:
+        lower, upper = max(batch, samples // batch * batch), (samples // batch + 1) * batch
+        raise ValueError(
+            f"training_samples={samples}: must be a positive multiple of train_batch_size={batch} "
+            f"(SAETrainer would otherwise run a partial extra step), e.g. {lower} or {upper}"
+        )
+    return samples
+
+
+def _save_runner_cfg(cfg: ActivationsRunnerConfig[Any], checkpoint_path: Path | None) -> None:
+    if checkpoint_path is not None:
+        (Path(checkpoint_path) / RUNNER_CFG_FILENAME).write_text(json.dumps(cfg.to_dict()))
+
+
+def train_on_activations(
+    cfg: ActivationsRunnerConfig[Any], progress: bool = True
+) -> ActivationsRun:
+    """Train ``cfg.sae`` on the activations at ``cfg.activations`` with SAELens's ``SAETrainer``.
+
+    Opens the activations (memory-mapped), holds out rows, fills a SoftSAE's
+    ``total_training_steps`` from the run, trains, saves the inference SAE (plus
+    ``sparsity.safetensors``, ``runner_cfg.json`` and ``eval_metrics.json``) to
+    ``cfg.output_path`` if set, reloads it as SAELens would, and scores it on the held-out
+    rows. Raises ValueError (naming the argument) for a width mismatch or too few rows.
+    """
+    rows, train_idx, eval_rows, eval_idx = _open_split(cfg)
+    samples = _run_length(cfg, len(train_idx))
+    steps = samples // cfg.train_batch_size
+    set_run_length(cfg.sae, steps, source="training_samples // train_batch_size")
+    torch.manual_seed(cfg.seed)
+    sae = TrainingSAE.from_dict(cfg.sae.to_dict())
+    meta = sae.cfg.metadata
+    meta.dataset_path = str(cfg.activations)
+    meta.model_name, meta.hook_name = cfg.model_name, cfg.hook_name
+    provider = ActivationBatches(
+        rows, train_idx, cfg.train_batch_size, seed=cfg.seed, dtype=str_to_dtype(cfg.sae.dtype)
+    )
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=samples,
+        train_batch_size_samples=cfg.train_batch_size,
+        lr=cfg.lr,
+        lr_end=cfg.lr_end,
+        lr_scheduler_name=cfg.lr_scheduler_name,
+        lr_warm_up_steps=cfg.lr_warm_up_steps,
+        lr_decay_steps=cfg.lr_decay_steps,
+        n_restart_cycles=cfg.n_restart_cycles,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        device=cfg.sae.device,
+        autocast=cfg.autocast,
+        dead_feature_window=cfg.dead_feature_window,
+        feature_sampling_window=cfg.feature_sampling_window,
+        n_checkpoints=cfg.n_checkpoints,
+        checkpoint_path=cfg.checkpoint_path,
+        logger=cfg.logger,
+        n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate
+        or min(1000, max(1, len(train_idx) // cfg.train_batch_size)),
+    )
+    evaluator = (
+        HeldOutEvaluator(eval_rows, eval_idx[:16384], cfg.train_batch_size)
+        if len(eval_idx)
+        else None
+    )
+    if cfg.logger.log_to_wandb:
+        import wandb
+
+        wandb.init(
+            project=cfg.logger.wandb_project,
+            entity=cfg.logger.wandb_entity,
+            config=cfg.to_dict(),
+            name=cfg.logger.run_name,
+            id=cfg.logger.wandb_id,
+        )
+    trainer = SAETrainer(
+        cfg=trainer_cfg,
+        sae=sae,
+        data_provider=provider,
+        evaluator=evaluator,
+        save_checkpoint_fn=partial(_save_runner_cfg, cfg),
+    )
+    sae = trainer.fit()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(cfg.output_path) if cfg.output_path is not None else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        sae.save_inference_model(folder)
+        save_file({"sparsity": trainer.log_feature_sparsity}, folder / SPARSITY_FILENAME)
+        _save_runner_cfg(cfg, folder)
+        inference = SAE.load_from_disk(folder, device=cfg.sae.device)
+        metrics: dict[str, Any] = {}
+        if len(eval_idx):
+            metrics = evaluate_on_rows(
+                inference, eval_rows, eval_idx, cfg.train_batch_size, progress=progress
+            )
+        metrics.update(
+            architecture=cfg.sae.architecture(),
+            training_steps=steps,
+            training_samples=samples,
+            n_train_rows=len(train_idx),
+            passes=samples / len(train_idx),
+            dead_latents_training_window=meta.num_dead_features,
+        )
+        (folder / EVAL_METRICS_FILENAME).write_text(json.dumps(metrics, indent=1))
+    if cfg.logger.log_to_wandb:
+        import wandb
+
+        wandb.finish()
+    return ActivationsRun(inference, metrics, None if cfg.output_path is None else folder)
+
+
+def _probe_width(argv: Sequence[str]) -> int | None:
+    """The activations' width, read before the full parse so ``d_in`` can default to it."""
+    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    probe.add_argument("--activations")
+    probe.add_argument("--key")
+    known, _ = probe.parse_known_args(argv)
+    if known.activations is None:
+        return None
+    return open_activations(known.activations, known.key, "--activations").d_in
+
+
+def parse_args(argv: Sequence[str]) -> ActivationsRunnerConfig[Any]:
+    """Parse command-line arguments into an :class:`ActivationsRunnerConfig`.
+
+    ``--architecture`` picks any registered SAELens training architecture (default soft) and
+    brings its config's fields as flags; ``--d_in`` defaults to the activations' width and
+    ``--d_sae`` to 8 x d_in. Uses SAELens's own ``simple_parsing`` subgroups, as its CLI does.
+    """
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+    from simple_parsing import ArgumentParser, subgroups
+
+    import softsae_lens  # noqa: F401  (registers "soft" before the registry is read)
+
+    argv = list(argv) or ["--help"]
+    d_in = _probe_width(argv) or 512
+    choices = {
+        name: partial(config_class, d_in=d_in, d_sae=8 * d_in)
+        for name, (_, config_class) in SAE_TRAINING_CLASS_REGISTRY.items()
+    }
+    cli_class = dataclasses.make_dataclass(
+        "ActivationsCommandLineConfig",
+        [("sae", TrainingSAEConfig, subgroups(choices, default="soft", alias="--architecture"))],
+        bases=(ActivationsRunnerConfig,),
+    )
+    parser = ArgumentParser(
+        prog="python -m softsae_lens.train_activations",
+        description=__doc__.split("\n\n")[0]
+        + " Flags of the chosen --architecture are listed by `--architecture NAME --help`.",
+        exit_on_error=False,
+    )
+    parser.add_arguments(cli_class, dest="cfg")
+    return parser.parse_args(argv).cfg
+
+
+def _format_metrics(metrics: dict[str, Any]) -> str:
+    lines = [f"{'architecture':<30}{metrics['architecture']}"]
+    for name in ("explained_variance", "mse", "cossim", "l0", "dead_latents", "n_rows"):
+        if name in metrics:
+            value = metrics[name]
+            lines.append(
+                f"{'held-out ' + name:<30}{value:.4g}"
+                if isinstance(value, float)
+                else f"{'held-out ' + name:<30}{value}"
+            )
+    for name in ("l0_dist", "k_hat"):
+        if name in metrics:
+            d = metrics[name]
+            lines.append(
+                f"{'held-out ' + name:<30}" + "  ".join(f"{k} {v:.3g}" for k, v in d.items())
+            )
+    for name in ("training_steps", "training_samples", "passes", "dead_latents_training_window"):
+        lines.append(f"{name:<30}{metrics[name]}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> ActivationsRun:
+    """Parse the arguments, train, print the held-out metrics."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        cfg = parse_args(argv)
+        run = train_on_activations(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(_format_metrics(run.metrics))
+    if run.output_path is not None:
+        print(f"saved to {run.output_path}")
+    return run
+
+
+if __name__ == "__main__":
+    main()

