@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from softsae_lens.corpus import TokenCorpus
+from softsae_lens.corpus import SOURCES, TokenCorpus, parse_sources
 from softsae_lens.evaluation import (
     HEADLINE_KEYS,
     EvalBudget,
@@ -61,6 +61,7 @@ class DemoConfig:
     model: str | None = None  # None: SmolLM2-135M-Instruct offline
     model_path: Path | None = None  # a .gguf file or a local Hugging Face model folder
     dataset: str | None = None  # None: local corpus (Python docs and source, + Debian text)
+    sources: tuple[str, ...] = SOURCES  # which local corpus sources to use, when present
     out: Path = DEFAULT_OUT
     context_size: int = 128
     batch_tokens: int = 1024
@@ -112,6 +113,12 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     p.add_argument(
         "--dataset", default=None, help="Hugging Face dataset with a 'text' column (default: local)"
     )
+    p.add_argument(
+        "--sources",
+        type=parse_sources,
+        default=d.sources,
+        help=f"local text sources to use when present (default: all of {','.join(SOURCES)})",
+    )
     p.add_argument("--out", type=Path, default=d.out, help="output folder")
     p.add_argument("--context-size", type=int, default=d.context_size, help="tokens per row")
     p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="tokens per step")
@@ -154,6 +161,7 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
         model=a.model,
         model_path=a.model_path,
         dataset=a.dataset,
+        sources=a.sources,
         out=a.out,
         context_size=a.context_size,
         batch_tokens=a.batch_tokens,
@@ -214,7 +222,10 @@ def load_text(cfg: DemoConfig, model: Any) -> DemoText:
 
     if cfg.dataset is None:
         tc = tokenize_corpus(
-            load_corpus(), model.tokenizer, context_size=cfg.context_size, seed=cfg.seed
+            load_corpus(cfg.sources),
+            model.tokenizer,
+            context_size=cfg.context_size,
+            seed=cfg.seed,
         )
         return DemoText(tc.train, tc.heldout, tc.heldout_documents, tc.name, tc)
     from datasets import load_dataset

@@ -95,3 +95,54 @@ def test_demo_end_to_end_on_real_model_and_text(tmp_path):
     torch.testing.assert_close(soft.predict_k(x), again.predict_k(x))
     topk = SAE.load_from_disk(out / "saes" / "topk")
     assert type(topk).__name__ == "TopKSAE"
+
+
+def test_demo_on_a_local_hugging_face_folder(tmp_path, monkeypatch):
+    """The demo's whole path, offline, on a tiny model folder a user could have saved."""
+    from _tiny_hf import build_tiny_hf_model
+
+    monkeypatch.setenv("SOFTSAE_CACHE", str(tmp_path / "cache"))  # the token rows go there
+    from softsae_lens.demo import run_demo
+
+    folder = build_tiny_hf_model(tmp_path / "model")
+    out = tmp_path / "demo"
+    cfg = parse_args(
+        [
+            "--model-path",
+            str(folder),
+            "--sources",
+            "pydoc",
+            "--layer",
+            "1",
+            "--tokens",
+            "4096",
+            "--batch-tokens",
+            "256",
+            "--context-size",
+            "32",
+            "--d-sae",
+            "64",
+            "--k",
+            "4",
+            "--eval-batches",
+            "1",
+            "--eval-batch-prompts",
+            "2",
+            "--k-report-docs",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    summary = run_demo(cfg)
+    assert summary["model"] == str(folder) and summary["hook_name"] == "blocks.1.hook_out"
+    assert summary["corpus"] == "pydoc"
+    for row in summary["metrics"].values():
+        assert all(v is not None and torch.isfinite(torch.tensor(v)) for v in row.values()), row
+    assert summary["softsae_k_hat"]["special_tokens_excluded"] >= 2
+    assert (out / "report.md").read_text().count("pydoc: ") == 1
+    assert list((tmp_path / "cache" / "tokens").iterdir())  # pre-tokenised and cached
+    with pytest.raises(SystemExit, match="expected a .gguf file or a Hugging Face model folder"):
+        parse_args(["--model-path", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        parse_args(["--sources", "pydoc,wikipedia"])

@@ -41,6 +41,7 @@ __all__ = [
     "Corpus",
     "fortune_documents",
     "load_corpus",
+    "parse_sources",
     "pydoc_documents",
     "python_doc_documents",
     "split_documents",
@@ -216,6 +217,23 @@ def load_corpus(prefer: Sequence[str] = SOURCES, min_chars: int = 0) -> Corpus:
             "for the others run `apt-get install fortunes python3.11-doc`."
         )
     return Corpus(name="+".join(used), documents=documents, origins=origins)
+
+
+def parse_sources(text: str) -> tuple[str, ...]:
+    """A comma-separated list of :data:`SOURCES` names, for CLI flags (``--sources``).
+
+    Raises:
+        argparse.ArgumentTypeError: naming the unknown names and the allowed ones.
+    """
+    import argparse
+
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [v for v in values if v not in SOURCES]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown source(s) {unknown or text!r}; choose from {','.join(SOURCES)}"
+        )
+    return values
 
 
 def _split_key(seed: int, text: str) -> bytes:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from softsae_lens.corpus.sources import SOURCES, parse_sources
+
 ARCHITECTURES = (
     "soft",
     "topk",
@@ -51,6 +53,7 @@ class SweepConfig:
     layer: int = 5
     model: str | None = None  # TransformerLens name; None: SmolLM2-135M-Instruct offline
     model_path: Path | None = None  # a .gguf file or a local Hugging Face model folder
+    sources: tuple[str, ...] = SOURCES  # local text sources to use when present
     out: Path = DEFAULT_OUT
     seed: int = 0
     device: str = "cpu"
@@ -146,6 +149,12 @@ def parse_args(argv: list[str] | None = None, doc: str | None = None) -> SweepCo
         default=None,
         help="a .gguf file or a local Hugging Face model folder, booted as a bridge, offline",
     )
+    add(
+        "--sources",
+        type=parse_sources,
+        default=d.sources,
+        help=f"local text sources to use when present (default: all of {','.join(SOURCES)})",
+    )
     add("--out", type=Path, default=None, help=f"output folder (default {d.out})")
     add("--seed", type=int, default=d.seed, help="seed (also picks the held-out documents)")
     add("--device", default=d.device, help="torch device")
@@ -209,6 +218,7 @@ def parse_args(argv: list[str] | None = None, doc: str | None = None) -> SweepCo
         layer=a.layer,
         model=a.model,
         model_path=a.model_path,
+        sources=a.sources,
         seed=a.seed,
         device=a.device,
         threads=a.threads,

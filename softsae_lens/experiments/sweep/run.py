@@ -51,7 +51,9 @@ def load_text(cfg: SweepConfig, model: Any) -> TokenCorpus:
     """The local corpus, pre-tokenised with the model's tokenizer (cached on disk)."""
     from softsae_lens.corpus import load_corpus, tokenize_corpus
 
-    return tokenize_corpus(load_corpus(), model.tokenizer, cfg.context_size, seed=cfg.seed)
+    return tokenize_corpus(
+        load_corpus(cfg.sources), model.tokenizer, cfg.context_size, seed=cfg.seed
+    )
 
 
 def _runner_config(cfg: SweepConfig, sae_cfgs: dict[str, Any], hook: str, model_name: str) -> Any:
