@@ -165,6 +165,19 @@ def _step_cpu_seconds(sae: Any, batch: torch.Tensor, autocast: bool, step: int) 
     return seconds[-1]
 
 
+@torch.no_grad()
+def _encode_decode_cpu_seconds(sae: Any, batch: torch.Tensor) -> float:
+    """CPU seconds of ``decode(encode(batch))`` in eval mode on a copy of ``sae``: the SAE's
+    own share of ``run_evals`` (matching pursuit's greedy steps make it large)."""
+    sae = copy.deepcopy(sae).eval()
+    seconds = []
+    for _ in range(2):
+        start = time.process_time()
+        sae.decode(sae.encode(batch))
+        seconds.append(time.process_time() - start)
+    return seconds[-1]
+
+
 def _plan(
     cfg: SweepConfig,
     model: Any,
@@ -190,6 +203,12 @@ def _plan(
     budget = _budget(cfg)
     n_soft = sum(1 for _, arch, _ in cfg.runs() if arch == "soft")
     cost = eval_cost(budget, n_saes=len(saes), n_soft=n_soft, forward=forward)
+    per_token = {
+        name: _encode_decode_cpu_seconds(sae, batch) / batch.shape[0] for name, sae in saes.items()
+    }
+    # run_evals encodes and decodes every CE/KL token and every variance token once per SAE.
+    cost["sae_seconds"] = (budget.ce_tokens + budget.variance_tokens) * sum(per_token.values())
+    cost["seconds"] += cost["sae_seconds"]
     per_arch: dict[str, float] = {}
     for name, arch, _ in cfg.runs():
         per_arch[arch] = per_arch.get(arch, 0.0) + steps * step_cpu[name]
@@ -218,7 +237,11 @@ def _plan(
         f"{train_s:.0f} s (model forwards {stream_s:.0f} s; {shares})",
         flush=True,
     )
-    print(f"[sweep] evaluation: {describe_eval_cost(cost, budget, hook)}", flush=True)
+    print(
+        f"[sweep] evaluation: {describe_eval_cost(cost, budget, hook)}, and "
+        f"{cost['sae_seconds']:.0f} s in the SAEs themselves",
+        flush=True,
+    )
     print(f"[sweep] predicted total: {plan['total_cpu_seconds'] / 60:.1f} min", flush=True)
     return plan
 
