@@ -1,0 +1,6 @@
+"""``python -m softsae_lens.experiments.minilm``: runs :func:`softsae_lens.experiments.minilm.run.main`."""
+
+from softsae_lens.experiments.minilm.run import main
+
+if __name__ == "__main__":
+    main()
