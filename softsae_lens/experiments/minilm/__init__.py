@@ -20,7 +20,7 @@ flags, :mod:`.run` the orchestration.
 
 Run::
 
-    python -m softsae_lens.experiments.minilm_embeddings       # all ~5,900 sentences, d_sae 1536, k 16
+    python -m softsae_lens.experiments.minilm_embeddings       # all ~5,800 sentences, d_sae 1536, k 16
     python -m softsae_lens.experiments.minilm_embeddings --max-sentences 2000 --passes 5   # a quick look
 
 (``python -m softsae_lens.experiments.minilm`` is the same.) Outputs in ``--out`` (default

@@ -25,7 +25,7 @@ def prepare(settings: Settings) -> tuple[list[Sentence], Path, np.ndarray]:
     reused when the file for the same sentences is already there; also the token counts."""
     from softsae_lens.minilm import embed_sentences, load_minilm
 
-    sentences = split_sentences(documents())
+    sentences = split_sentences(documents(progress=settings.progress))
     if settings.max_sentences is not None and len(sentences) > settings.max_sentences:
         keep = np.sort(
             np.random.default_rng(settings.seed).permutation(len(sentences))[

@@ -1,19 +1,24 @@
 """The example's corpus: prose sentences of Python's own documentation, with their sources.
 
 Documents are the topics of ``pydoc_data.topics`` (the language reference behind ``help("if")``)
-and ``pydoc.render_doc`` of the standard-library modules in :data:`MODULES`.
+and the ``pydoc`` pages of the standard-library modules in :data:`MODULES`, rendered in a
+separate interpreter by :func:`softsae_lens.corpus.stdlib.render_stdlib_docs` (without their
+FILE and DATA sections, which hold install paths and reprs of module globals).
 :func:`split_sentences` keeps prose only: 4 to 60 words, ending like a sentence, mostly
 letters, each sentence once.
 
-Depends on the standard library only; must not depend on models,
+Depends on the standard library and :mod:`softsae_lens.corpus`; must not depend on models,
 SAEs, training, reports or plots.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from softsae_lens.corpus.stdlib import render_stdlib_docs
 
 __all__ = ["MODULES", "REFERENCE", "Sentence", "documents", "split_sentences"]
 
@@ -153,16 +158,23 @@ def _is_prose(sentence: str) -> bool:
     )
 
 
-def documents() -> list[tuple[str, str, str]]:
-    """``(source, category, text)`` for every pydoc topic and every module in :data:`MODULES`."""
-    import importlib
-    import pydoc
+def documents(progress: bool = True) -> list[tuple[str, str, str]]:
+    """``(source, category, text)`` for every pydoc topic and every module in :data:`MODULES`.
+
+    A module whose page cannot be rendered (import error, crash, stall) is left out with a
+    warning naming it and why.
+    """
     from pydoc_data.topics import topics
 
     docs = [(name, REFERENCE, text) for name, text in sorted(topics.items())]
-    for name in MODULES:
-        module = importlib.import_module(name)
-        docs.append((name, "library", pydoc.render_doc(module, renderer=pydoc.plaintext)))
+    pages, failures = render_stdlib_docs(MODULES, progress=progress)
+    if failures:
+        warnings.warn(
+            "pydoc pages left out of the MiniLM corpus: "
+            + "; ".join(f"{name} ({why})" for name, why in sorted(failures.items())),
+            stacklevel=2,
+        )
+    docs += [(name, "library", pages[name]) for name in MODULES if name in pages]
     return docs
 
 
