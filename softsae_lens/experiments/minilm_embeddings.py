@@ -1,7 +1,7 @@
 """``python -m softsae_lens.experiments.minilm_embeddings``: SoftSAE vs TopK on all-MiniLM-L6-v2
 sentence embeddings. The experiment lives in :mod:`softsae_lens.experiments.minilm`; this name
 is kept for the Makefile (``make minilm``), the README and existing imports, and forwards every
-name there.
+name there. Depends on that package only; nothing in ``softsae_lens`` imports it.
 """
 
 from typing import Any

@@ -1,8 +1,8 @@
 """Running the example end to end: corpus and embeddings, both SAEs, the analysis, then
 ``results.md``, ``results.json`` and ``k_hat.png`` in ``--out``.
 
-The orchestration only; each step lives in its own module of this package, and none of those
-imports this one.
+The orchestration only: each step lives in its own module of this package, and none of those
+may import this one (the package re-exports :func:`main` and :func:`run_experiment`).
 """
 
 from __future__ import annotations
