@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from softsae_lens.evaluation import (
     HEADLINE_KEYS,
     EvalBudget,
     PhaseClock,
+    check_model_choice,
     describe_eval_cost,
     eval_cost,
     evaluate_sae,
@@ -43,6 +43,7 @@ from softsae_lens.evaluation import (
     headline_metrics,
     load_model_and_hook,
     measure_forward_seconds,
+    multi_runner_config,
     soft_k_statistics,
 )
 
@@ -182,16 +183,10 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
             raise SystemExit(f"--{name.replace('_', '-')} must be {allowed}, got {value}")
     if cfg.eval_variance_batches == 0:
         raise SystemExit("--eval-variance-batches must be positive, got 0")
-    if cfg.model is not None and cfg.model_path is not None:
-        raise SystemExit("give --model or --model-path, not both")
-    if cfg.model_path is not None:
-        from softsae_lens.models import local_model_path
-
-        if local_model_path(cfg.model_path) is None:
-            raise SystemExit(
-                f"--model-path {cfg.model_path}: expected a .gguf file or a Hugging Face model "
-                "folder (a folder with config.json)"
-            )
+    try:
+        check_model_choice(cfg.model, cfg.model_path)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     if cfg.tokens < cfg.batch_tokens:
         raise SystemExit(
             f"--tokens={cfg.tokens} is less than one batch (--batch-tokens={cfg.batch_tokens})"
@@ -240,14 +235,13 @@ def runner_config(
     cfg: DemoConfig, hook_name: str, model_name: str, d_in: int, corpus_name: str
 ) -> Any:
     """One SAELens multi-SAE runner config training SoftSAE and TopK on the same activations."""
-    from sae_lens import LoggingConfig, TopKTrainingSAEConfig
-    from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
+    from sae_lens import TopKTrainingSAEConfig
 
-    from softsae_lens import SoftTrainingSAEConfig, configure_runner
+    from softsae_lens import SoftTrainingSAEConfig
 
     d_sae = cfg.d_sae or 8 * d_in
-    runner_cfg = MultiSAETrainingRunnerConfig(
-        saes={
+    return multi_runner_config(
+        {
             # Residual norms of real models are large and vary by layer: SAELens's scaling (folded
             # into the saved weights, the k-estimator included) makes one lr fit both SAEs.
             "softsae": SoftTrainingSAEConfig(
@@ -265,26 +259,17 @@ def runner_config(
                 normalize_activations="expected_average_only_in",
             ),
         },
-        hook_names=hook_name,
-        model_name=model_name,
-        dataset_path=corpus_name,
+        hook_name,
+        model_name,
+        corpus_name,
         context_size=cfg.context_size,
-        training_tokens=cfg.tokens,
-        train_batch_size_tokens=cfg.batch_tokens,
-        n_batches_in_buffer=max(4, math.ceil(2 * cfg.batch_tokens / cfg.context_size)),
-        store_batch_size_prompts=8,
+        tokens=cfg.tokens,
+        batch_tokens=cfg.batch_tokens,
         lr=cfg.lr,
-        lr_warm_up_steps=max(1, cfg.tokens // cfg.batch_tokens // 20),
         device=cfg.device,
         seed=cfg.seed,
-        exclude_special_tokens=True,
-        logger=LoggingConfig(log_to_wandb=False),
-        output_path=str(cfg.out / "saes"),
-        checkpoint_path=None,
-        n_checkpoints=0,
-        n_batches_for_norm_estimate=20,
+        out=cfg.out,
     )
-    return configure_runner(runner_cfg)
 
 
 def plot_k_hist(k_hat: list[float], path: Path, k_target: int) -> None:

@@ -56,6 +56,69 @@ HEADLINE_KEYS = (
 )
 
 
+def check_model_choice(model: str | None, model_path: Path | str | None) -> None:
+    """Raise ValueError unless ``--model``/``--model-path`` name at most one model and the path,
+    if any, is a ``.gguf`` file or a Hugging Face model folder."""
+    if model is not None and model_path is not None:
+        raise ValueError("give --model or --model-path, not both")
+    if model_path is not None:
+        from softsae_lens.models import local_model_path
+
+        if local_model_path(model_path) is None:
+            raise ValueError(
+                f"--model-path {model_path}: expected a .gguf file or a Hugging Face model "
+                "folder (a folder with config.json)"
+            )
+
+
+def multi_runner_config(
+    saes: dict[str, Any],
+    hook_name: str,
+    model_name: str,
+    dataset_path: str,
+    *,
+    context_size: int,
+    tokens: int,
+    batch_tokens: int,
+    lr: float,
+    device: str,
+    seed: int,
+    out: Path,
+    autocast: bool = False,
+) -> Any:
+    """SAELens's multi-SAE runner config for SAEs trained side by side on one activation stream
+    (the demo's and the sweep's), with SoftSAE's run length filled in."""
+    from sae_lens import LoggingConfig
+    from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
+
+    from softsae_lens.runner import configure_runner
+
+    steps = tokens // batch_tokens
+    runner_cfg = MultiSAETrainingRunnerConfig(
+        saes=saes,
+        hook_names=hook_name,
+        model_name=model_name,
+        dataset_path=dataset_path,
+        context_size=context_size,
+        training_tokens=tokens,
+        train_batch_size_tokens=batch_tokens,
+        n_batches_in_buffer=max(4, math.ceil(2 * batch_tokens / context_size)),
+        store_batch_size_prompts=8,
+        lr=lr,
+        lr_warm_up_steps=max(1, steps // 20),
+        device=device,
+        seed=seed,
+        autocast=autocast,
+        exclude_special_tokens=True,
+        logger=LoggingConfig(log_to_wandb=False),
+        output_path=str(out / "saes"),
+        checkpoint_path=None,
+        n_checkpoints=0,
+        n_batches_for_norm_estimate=min(20, steps),
+    )
+    return configure_runner(runner_cfg)
+
+
 def load_model_and_hook(
     model: str | None = None,
     layer: int = 5,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from softsae_lens.corpus.sources import SOURCES, parse_sources
+from softsae_lens.evaluation import check_model_choice
 
 ARCHITECTURES = (
     "soft",
@@ -279,16 +280,7 @@ def validate(cfg: SweepConfig) -> None:
             f"--d-sae={cfg.d_sae} must be at least twice the largest target L0 "
             f"({max(cfg.targets)}): SoftSAE's k_max is 2k"
         )
-    if cfg.model is not None and cfg.model_path is not None:
-        raise ValueError("give --model or --model-path, not both")
-    if cfg.model_path is not None:
-        from softsae_lens.models import local_model_path
-
-        if local_model_path(cfg.model_path) is None:
-            raise ValueError(
-                f"--model-path {cfg.model_path}: expected a .gguf file or a Hugging Face model "
-                "folder (a folder with config.json)"
-            )
+    check_model_choice(cfg.model, cfg.model_path)
     if len(set(cfg.targets)) != len(cfg.targets):
         raise ValueError(f"--targets has repeated values: {cfg.targets}")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import random
 import time
@@ -35,6 +34,7 @@ from softsae_lens.evaluation import (
     headline_metrics,
     load_model_and_hook,
     measure_forward_seconds,
+    multi_runner_config,
     soft_k_statistics,
 )
 from softsae_lens.experiments.sweep.calibrate import (
@@ -57,35 +57,20 @@ def load_text(cfg: SweepConfig, model: Any) -> TokenCorpus:
 
 
 def _runner_config(cfg: SweepConfig, sae_cfgs: dict[str, Any], hook: str, model_name: str) -> Any:
-    from sae_lens import LoggingConfig
-    from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
-
-    from softsae_lens import configure_runner
-
-    steps = cfg.tokens // cfg.batch_tokens
-    runner_cfg = MultiSAETrainingRunnerConfig(
-        saes=sae_cfgs,
-        hook_names=hook,
-        model_name=model_name,
-        dataset_path="local-corpus",
+    return multi_runner_config(
+        sae_cfgs,
+        hook,
+        model_name,
+        "local-corpus",
         context_size=cfg.context_size,
-        training_tokens=cfg.tokens,
-        train_batch_size_tokens=cfg.batch_tokens,
-        n_batches_in_buffer=max(4, math.ceil(2 * cfg.batch_tokens / cfg.context_size)),
-        store_batch_size_prompts=8,
+        tokens=cfg.tokens,
+        batch_tokens=cfg.batch_tokens,
         lr=cfg.lr,
-        lr_warm_up_steps=max(1, steps // 20),
         device=cfg.device,
         seed=cfg.seed,
+        out=cfg.out,
         autocast=cfg.autocast,
-        exclude_special_tokens=True,
-        logger=LoggingConfig(log_to_wandb=False),
-        output_path=str(cfg.out / "saes"),
-        checkpoint_path=None,
-        n_checkpoints=0,
-        n_batches_for_norm_estimate=min(20, steps),
     )
-    return configure_runner(runner_cfg)
 
 
 @torch.no_grad()
