@@ -22,7 +22,7 @@ export SOFTSAE_REQUIRE_SMOLLM2 ?= 1
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install test test-fast demo minilm lint bench clean
+.PHONY: install test test-fast demo sweep minilm lint bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ test-fast: install
 
 demo: install
 	$(PY) -m softsae_lens.demo $(DEMO_ARGS)
+
+# SoftSAE against SAELens's architectures at target L0s 16, 32, 64 on SmolLM2 (out/sweep/).
+# SWEEP_ARGS="--plan-only" prints the predicted cost; SWEEP_ARGS="--tokens 200000" doubles its budget.
+sweep: install
+	$(PY) -m softsae_lens.experiments.sweep $(SWEEP_ARGS)
 
 # SoftSAE vs TopK on sentence embeddings of Python's documentation (out/minilm/).
 minilm: install

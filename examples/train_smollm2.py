@@ -17,7 +17,7 @@ from sae_lens import (
 )
 
 import softsae_lens  # registers the "soft" architecture with SAELens
-from softsae_lens.corpus import load_corpus, split_documents, to_hf_dataset
+from softsae_lens.corpus import load_corpus, pretokenized_warnings_ignored, tokenize_corpus
 from softsae_lens.smollm2 import layer_hook_name, load_smollm2_bridge, resolve_hook_name
 
 parser = argparse.ArgumentParser()
@@ -25,12 +25,14 @@ parser.add_argument("--tokens", type=int, default=50_000)
 parser.add_argument("--out", default="out/example")
 args = parser.parse_args()
 
-# A real model and real text, offline: SmolLM2-135M-Instruct from a PyPI wheel, Python's own docs.
+# A real model and real text, offline: SmolLM2-135M-Instruct from a PyPI wheel, and ~4M tokens
+# of Python's own documentation and source, split by document and tokenised once (cached).
 model = load_smollm2_bridge()
 hook_name = resolve_hook_name(
     model, layer_hook_name(5)
 )  # the bridge's real name: blocks.5.hook_out
-train_docs, heldout_docs = split_documents(load_corpus().documents, heldout_fraction=0.1)
+text = tokenize_corpus(load_corpus(), model.tokenizer, context_size=128)
+print(text.describe())
 
 cfg = LanguageModelSAERunnerConfig(
     sae=softsae_lens.SoftTrainingSAEConfig(
@@ -52,14 +54,14 @@ cfg = LanguageModelSAERunnerConfig(
     output_path=args.out,
 )
 softsae_lens.configure_runner(cfg)  # hands the run length to the SoftSAE's schedules
-LanguageModelSAETrainingRunner(
-    cfg, override_model=model, override_dataset=to_hf_dataset(train_docs)
-).run()
+# SAELens counts rows, not tokens, in its "fewer samples than required" check: quiet it.
+with pretokenized_warnings_ignored():
+    LanguageModelSAETrainingRunner(cfg, override_model=model, override_dataset=text.train).run()
 
 # The saved SAE loads like any SAELens SAE; k_hat is a hook you can read (and overwrite).
 sae = SAE.load_from_disk(args.out)
 model.add_sae(sae)
-tokens = model.to_tokens(heldout_docs[0][:400])
+tokens = model.to_tokens(text.heldout_documents[0][:400])
 _, cache = model.run_with_cache(tokens)
 k_hat = cache[model.get_sae_hook_name(sae, "hook_sae_k")][0, 1:]
 print(

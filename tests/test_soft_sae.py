@@ -678,13 +678,20 @@ def test_resume_continues_the_schedule(tiny_model, tmp_path):
 @pytest.mark.slow
 def test_runner_compile_sae_trains_soft(tiny_model, tmp_path):
     """SAELens's ``compile_sae=True`` (torch.compile with inductor) on "soft": the compiled step
-    gives the eager step's outputs in every phase, and the run trains as well as an eager one."""
+    gives the eager step's outputs in both phases, and the run trains as well as an eager one.
+    Alpha starts at its floor, so the soft phase takes the candidate path from the first step
+    (the dense path, a few steps of a real run, would triple inductor's compile time here)."""
     torch.manual_seed(0)
     held_out = torch.randn(256, D_MODEL)
     trained = {}
     for compiled in (False, True):
         torch.manual_seed(0)
-        cfg = configure_runner(_runner_cfg(tmp_path / str(compiled), compile_sae=compiled))
+        sae_cfg = SoftTrainingSAEConfig(
+            d_in=D_MODEL, d_sae=128, k=8, alpha_anneal_fraction=0.0, k_anneal_fraction=0.0
+        )
+        cfg = configure_runner(
+            _runner_cfg(tmp_path / str(compiled), compile_sae=compiled, sae=sae_cfg)
+        )
         runner = LanguageModelSAETrainingRunner(
             cfg, override_model=tiny_model, override_dataset=token_dataset()
         )
@@ -693,10 +700,11 @@ def test_runner_compile_sae_trains_soft(tiny_model, tmp_path):
     compiled_step = sae.training_forward_pass
     assert compiled_step is not SoftTrainingSAE.training_forward_pass.__get__(sae)
     x = held_out[:64]
-    for step in (0, 20, 39):  # dense soft path (alpha large), candidate soft path, hard phase
+    for step in (20, 39):  # the soft phase (candidate path), the hard phase
         got = compiled_step(train_step_input(x, step=step))
         want = SoftTrainingSAE.training_forward_pass(sae, train_step_input(x, step=step))
         assert got.metrics["softsae/hard_phase"] == want.metrics["softsae/hard_phase"]
+        assert got.metrics["softsae/candidates_only"] == 1
         torch.testing.assert_close(got.loss, want.loss, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(got.sae_out, want.sae_out, atol=1e-4, rtol=1e-4)
     errors = {

@@ -1,17 +1,22 @@
-"""Real text that no one in this project wrote, available offline.
+"""Real text that no one in this project wrote, available offline, and its held-out split.
 
-Three sources, each used when present:
+Five sources, each used when present:
 
 * ``"pydoc"``: Python's own ``pydoc_data.topics`` (the text behind ``help("if")`` and friends,
   ~0.46M characters, one document per topic). Part of the standard library, so always present.
+* ``"stdlib-doc"``: ``pydoc``'s plain-text page of every public standard-library module that
+  imports cleanly (~210 modules, ~5M characters); always present (see
+  :mod:`softsae_lens.corpus.stdlib`; rendered once, then cached).
+* ``"stdlib-src"``: the standard library's own ``.py`` files, tests excluded (~600 files,
+  ~10M characters); always present.
 * ``"fortunes"``: Debian's ``fortunes`` package (``/usr/share/games/fortunes``, ~2.5M
   characters, one document per fortune). ``apt-get install fortunes``.
 * ``"python-doc"``: the reStructuredText sources of the Python documentation from Debian's
   ``python3.X-doc`` package (``/usr/share/doc/python3.X/html/_sources``, ~11M characters, one
   document per page). ``apt-get install python3.11-doc``.
 
-Documents are whole units (a topic, a fortune, a page) and are never truncated; SAELens's
-``ActivationsStore`` concatenates and chunks them into contexts itself.
+Documents are whole units (a topic, a module page, a file, a fortune) and are never truncated.
+Depends on the standard library only (``datasets`` for :func:`to_hf_dataset`).
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ import hashlib
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from softsae_lens.corpus.stdlib import stdlib_doc_documents, stdlib_source_documents
 
 if TYPE_CHECKING:
     import datasets
@@ -34,6 +41,7 @@ __all__ = [
     "Corpus",
     "fortune_documents",
     "load_corpus",
+    "parse_sources",
     "pydoc_documents",
     "python_doc_documents",
     "split_documents",
@@ -43,7 +51,7 @@ __all__ = [
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 # Debian installs python3.X-doc's page sources here (python3.X-doc/html is a symlink to it).
 PYTHON_DOC_ROOT = Path("/usr/share/doc")
-SOURCES = ("fortunes", "python-doc", "pydoc")
+SOURCES = ("fortunes", "python-doc", "pydoc", "stdlib-doc", "stdlib-src")
 
 # Lines holding a lone "%" separate fortunes (the strfile format).
 _FORTUNE_SEPARATOR = re.compile(r"^%[ \t]*$", re.MULTILINE)
@@ -60,12 +68,22 @@ class Corpus:
 
     Attributes:
         name: the sources used, joined with ``+`` in the order they were asked for
-            (e.g. ``"fortunes+python-doc+pydoc"``, or just ``"pydoc"`` on a bare machine).
+            (e.g. ``"pydoc+stdlib-doc+stdlib-src"`` on a machine with no Debian text).
         documents: non-empty, de-duplicated documents, source by source, each in a fixed order.
+        origins: the source of each document (same length as ``documents``); empty when the
+            corpus was built by hand without them.
     """
 
     name: str
     documents: list[str]
+    origins: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.origins and len(self.origins) != len(self.documents):
+            raise ValueError(
+                f"origins has {len(self.origins)} entries but there are "
+                f"{len(self.documents)} documents; give one source name per document"
+            )
 
     @property
     def n_chars(self) -> int:
@@ -147,6 +165,8 @@ _LOADERS = {
     "fortunes": fortune_documents,
     "python-doc": python_doc_documents,
     "pydoc": pydoc_documents,
+    "stdlib-doc": stdlib_doc_documents,
+    "stdlib-src": stdlib_source_documents,
 }
 
 
@@ -176,6 +196,7 @@ def load_corpus(prefer: Sequence[str] = SOURCES, min_chars: int = 0) -> Corpus:
 
     used: list[str] = []
     documents: list[str] = []
+    origins: list[str] = []
     seen: set[str] = set()
     for name in dict.fromkeys(prefer):
         kept = 0
@@ -185,16 +206,34 @@ def load_corpus(prefer: Sequence[str] = SOURCES, min_chars: int = 0) -> Corpus:
                 continue
             seen.add(doc)
             documents.append(doc)
+            origins.append(name)
             kept += 1
         if kept:
             used.append(name)
     if not used:
         raise RuntimeError(
             f"No text found for corpus sources {list(prefer)} (min_chars={min_chars}). "
-            "'pydoc' needs only the Python standard library; for the others run "
-            "`apt-get install fortunes python3.11-doc`."
+            "'pydoc', 'stdlib-doc' and 'stdlib-src' need only the Python standard library; "
+            "for the others run `apt-get install fortunes python3.11-doc`."
         )
-    return Corpus(name="+".join(used), documents=documents)
+    return Corpus(name="+".join(used), documents=documents, origins=origins)
+
+
+def parse_sources(text: str) -> tuple[str, ...]:
+    """A comma-separated list of :data:`SOURCES` names, for CLI flags (``--sources``).
+
+    Raises:
+        argparse.ArgumentTypeError: naming the unknown names and the allowed ones.
+    """
+    import argparse
+
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [v for v in values if v not in SOURCES]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown source(s) {unknown or text!r}; choose from {','.join(SOURCES)}"
+        )
+    return values
 
 
 def _split_key(seed: int, text: str) -> bytes:

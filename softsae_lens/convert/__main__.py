@@ -1,0 +1,8 @@
+"""``python -m softsae_lens.convert``: runs :func:`softsae_lens.convert.cli.main`; nothing imports it."""
+
+import sys
+
+from softsae_lens.convert.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

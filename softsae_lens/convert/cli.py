@@ -1,0 +1,82 @@
+"""``python -m softsae_lens.convert``: the command line of the paper-checkpoint converter.
+
+Parses the flags, calls :func:`~softsae_lens.convert.convert_paper_checkpoint`, prints what it
+wrote, and turns a :class:`~softsae_lens.convert.PaperCheckpointError` into a one-line error and
+exit status 2. Holds no conversion logic: depends on :mod:`~softsae_lens.convert.to_softsae` and
+:mod:`~softsae_lens.convert.paper_format` only, and neither of them imports it (the package
+re-exports :func:`main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from softsae_lens.convert.paper_format import PaperCheckpointError
+from softsae_lens.convert.to_softsae import DTYPES, convert_paper_checkpoint
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m softsae_lens.convert",
+        description=(
+            "Convert a SoftSAE checkpoint trained with the paper's code (dictionary_learning "
+            "fork: ae.pt plus config.json; LLM SoftSAE or CLIP SoftTopKSAE) into a SAELens SAE "
+            "folder (architecture 'soft', k_rounding='floor') that takes and returns raw "
+            "activations. Load it with: import softsae_lens; "
+            "sae_lens.SAE.load_from_disk(OUT_DIR)."
+        ),
+    )
+    parser.add_argument("checkpoint", help="the paper's ae.pt, or the folder holding it")
+    parser.add_argument("out_dir", help="folder to write cfg.json and sae_weights.safetensors to")
+    parser.add_argument(
+        "--hook-name",
+        help="TransformerLens hook the SAE reads, e.g. blocks.12.hook_resid_post "
+        "(default: from config.json's submodule_name/layer when unambiguous)",
+    )
+    parser.add_argument("--model-name", help="model name for the metadata (default: lm_name)")
+    parser.add_argument(
+        "--config", help="the run's config.json (default: beside the checkpoint)", type=Path
+    )
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="default: float32")
+    parser.add_argument(
+        "--unsafe-pickle",
+        action="store_true",
+        help="allow a checkpoint that is not a plain state dict (runs pickled code: trusted files only)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an SAE in OUT_DIR")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (0, or 2 with a message on stderr)."""
+    args = _parser().parse_args(argv)
+    try:
+        sae = convert_paper_checkpoint(
+            args.checkpoint,
+            args.out_dir,
+            hook_name=args.hook_name,
+            model_name=args.model_name,
+            config_path=args.config,
+            dtype=args.dtype,
+            unsafe_pickle=args.unsafe_pickle,
+            overwrite=args.overwrite,
+        )
+    except PaperCheckpointError as e:
+        print(f"python -m softsae_lens.convert: error: {e}", file=sys.stderr)
+        return 2
+    cfg = sae.cfg
+    source = cfg.metadata.source
+    out = Path(args.out_dir).resolve()
+    print(f"Wrote SAELens SoftSAE (architecture 'soft') to {out}")
+    print(
+        f"{source['format']}: d_in={cfg.d_in} d_sae={cfg.d_sae} k={cfg.k} k_max={cfg.k_max:g} "
+        f"k_rounding={cfg.k_rounding} dtype={cfg.dtype} model={cfg.metadata.model_name} "
+        f"hook={cfg.metadata.hook_name} norm_factor={source['norm_factor']:g} folded"
+        + (" shift_factor folded" if source["shift_factor"] is not None else "")
+    )
+    return 0

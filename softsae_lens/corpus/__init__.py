@@ -1,0 +1,62 @@
+"""Offline real text for training and evaluating SAEs: sources, held-out split, token rows.
+
+* :mod:`softsae_lens.corpus.sources`: where the text comes from (Python's own documentation and
+  source, plus Debian text when installed), :func:`load_corpus` and :func:`split_documents`.
+* :mod:`softsae_lens.corpus.stdlib`: rendering the standard library's pydoc pages safely, and
+  reading its source files.
+* :mod:`softsae_lens.corpus.tokens`: :func:`tokenize_corpus`, the pre-tokenised, cached rows
+  SAELens trains and evaluates on.
+
+Depends on the standard library, ``datasets``, ``torch`` and SAELens's tokenisation helpers;
+nothing here knows about models, SAEs or training.
+"""
+
+from softsae_lens.corpus.sources import (
+    FORTUNES_DIR,
+    PYTHON_DOC_ROOT,
+    SOURCES,
+    Corpus,
+    fortune_documents,
+    load_corpus,
+    parse_sources,
+    pydoc_documents,
+    python_doc_documents,
+    split_documents,
+    to_hf_dataset,
+)
+from softsae_lens.corpus.stdlib import (
+    default_cache_root,
+    stdlib_doc_documents,
+    stdlib_source_documents,
+)
+from softsae_lens.corpus.tokens import (
+    TokenCorpus,
+    pretokenized_warnings_ignored,
+    runner_stream_tokens,
+    stream_tokens_needed,
+    tokenize_corpus,
+    tokenizer_fingerprint,
+)
+
+__all__ = [
+    "FORTUNES_DIR",
+    "PYTHON_DOC_ROOT",
+    "SOURCES",
+    "Corpus",
+    "TokenCorpus",
+    "default_cache_root",
+    "fortune_documents",
+    "load_corpus",
+    "parse_sources",
+    "pydoc_documents",
+    "python_doc_documents",
+    "runner_stream_tokens",
+    "pretokenized_warnings_ignored",
+    "split_documents",
+    "stdlib_doc_documents",
+    "stdlib_source_documents",
+    "stream_tokens_needed",
+    "to_hf_dataset",
+    "tokenize_corpus",
+    "tokenizer_fingerprint",
+]

@@ -1,0 +1,92 @@
+"""The example's written results: the Markdown report (``results.md``) and what goes into
+``results.json`` (everything but the per-sentence arrays).
+
+Depends on numpy only; must not depend on models, training or plots.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["jsonable", "markdown_report"]
+
+
+def _row(name: str, m: dict[str, Any], seconds: float) -> str:
+    k_hat = m.get("k_hat")
+    k_text = (
+        f"{k_hat['mean']:.1f} ({k_hat['q05']:.1f} / {k_hat['q50']:.1f} / {k_hat['q95']:.1f})"
+        if k_hat
+        else "-"
+    )
+    return (
+        f"| {name} | {m['explained_variance']:.3f} | {m['mse']:.4f} | {m['l0']:.1f} | "
+        f"{m['l0_dist']['std']:.1f} | {k_text} | {m['dead_latents']} / {m['d_sae']} | {seconds:.0f} |"
+    )
+
+
+def markdown_report(result: dict[str, Any]) -> str:
+    """``results.md``: the settings, both SAEs' held-out metrics, the Spearman correlations,
+    mean k_hat by category and source, and the sentences with the fewest and the most latents."""
+    s, runs, a = result["settings"], result["runs"], result["analysis"]
+    lines = [
+        "# SoftSAE vs TopK on all-MiniLM-L6-v2 sentence embeddings",
+        "",
+        f"{result['n_sentences']} sentences of Python's documentation ({result['n_held_out']} held out), "
+        f"384-d mean-pooled, L2-normalised embeddings; d_sae {s['d_sae']}, k {s['k']}, "
+        f"{runs['steps']} steps of {s['batch_size']}, lr {s['lr']}, seed {s['seed']}.",
+        "",
+        "| SAE | EV | MSE | mean L0 | L0 std | k_hat mean (5% / 50% / 95%) | dead | train s |",
+        "|---|---|---|---|---|---|---|---|",
+        _row("SoftSAE", runs["soft"]["metrics"], runs["soft"]["seconds"]),
+        _row("TopK", runs["topk"]["metrics"], runs["topk"]["seconds"]),
+        "",
+        "Spearman correlation of SoftSAE's k_hat with, per held-out sentence:",
+        "",
+        "| " + " | ".join(a["spearman_k_hat"]) + " |",
+        "|" + "---|" * len(a["spearman_k_hat"]),
+        "| " + " | ".join(f"{v:+.2f}" for v in a["spearman_k_hat"].values()) + " |",
+        "",
+        "Mean k_hat by category: "
+        + "; ".join(f"{c} {v['k_hat_mean']:.1f} (n={v['n']})" for c, v in a["by_category"].items()),
+        "",
+    ]
+    by_source = list(a["by_source"].items())
+    if by_source:
+        ends = (
+            by_source[:5] + [("...", None)] + by_source[-5:] if len(by_source) > 10 else by_source
+        )
+        lines.append(
+            "Mean k_hat by source (sources with >= 15 held-out sentences, lowest to highest): "
+            + ", ".join(name if v is None else f"{name} {v['k_hat_mean']:.1f}" for name, v in ends)
+        )
+        lines.append("")
+    for title, key in (("Fewest latents", "fewest"), ("Most latents", "most")):
+        lines += [
+            f"{title}:",
+            "",
+            "| k_hat | tokens | rarity | source | sentence |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p['k_hat']:.1f} | {p['tokens']} | {p['rarity']} | {p['source']} | {p['text'][:140]} |"
+            for p in a[key]
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` without the per-sentence arrays, with numpy scalars as Python numbers."""
+    if isinstance(obj, dict):
+        return {
+            k: jsonable(v)
+            for k, v in obj.items()
+            if k not in ("rows", "per_sentence", "held_out", "categories")
+        }
+    if isinstance(obj, list):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

@@ -1,0 +1,169 @@
+"""The sweep's outputs: ``results.json``, ``results.md`` and the L0-vs-quality Pareto plots.
+
+Everything here reads the results dict that :func:`~.run.run_sweep` builds (or the saved
+``results.json``, for ``--replot``); nothing trains or evaluates.
+
+Depends on matplotlib (object-oriented API, Agg canvas) and the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PARETO_METRICS", "markdown", "plot_pareto", "write_outputs"]
+
+PARETO_METRICS = {
+    "explained_variance": "explained variance",
+    "ce_loss_score": "CE-loss score",
+    "kl_div_score": "KL-div score",
+}
+# One colour per architecture, fixed so plots of different runs compare at a glance.
+COLORS = {
+    "soft": "#c0392b",
+    "topk": "#2c7fb8",
+    "batchtopk": "#41ab5d",
+    "matryoshka_batchtopk": "#8856a7",
+    "jumprelu": "#e6a817",
+    "matching_pursuit": "#636363",
+}
+LABELS = {"soft": "SoftSAE"}
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.{digits}g}"
+
+
+def _knob(run: dict[str, Any]) -> str:
+    knob = run.get("knob", {})
+    if "k" in knob:
+        return f"k = {knob['k']}"
+    if "initial_threshold" in knob:
+        return f"quadratic L0 loss, threshold from {knob['initial_threshold']:.3g}"
+    if "max_iterations" in knob:
+        final = knob.get("final_residual_threshold")
+        end = f" -> {final:.3g}" if final is not None else ""
+        return f"residual threshold steered{end}, max {knob['max_iterations']} iterations"
+    return ""
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The report: the setup, one table row per SAE, and SoftSAE's per-token k statistics."""
+    cfg = results["config"]
+    plan = results["plan"]
+    budget = results.get("eval_budget", {})
+    sources = ", ".join(
+        f"{name} {s['tokens']:,} tokens" for name, s in results["corpus"]["sources"].items()
+    )
+    phases = ", ".join(f"{k} {v:.0f} s" for k, v in results.get("phase_times_s", {}).items())
+    lines = [
+        "# SoftSAE against SAELens's architectures across target L0s",
+        "",
+        f"- Model: {results['model']}, hook `{results['hook_name']}`, d_in {results['d_in']}",
+        f"- Text: {results['corpus']['name']} ({sources}); held-out documents by hash",
+        f"- Training: {cfg['tokens']:,} tokens, {plan['steps']} steps of {cfg['batch_tokens']} "
+        f"tokens, lr {cfg['lr']}, d_sae {results['d_sae']}, one activation stream for all "
+        f"{len(results['runs'])} SAEs",
+        f"- Evaluation (SAELens `run_evals`, special tokens excluded): CE/KL on "
+        f"{budget.get('ce_tokens', 0):,} held-out tokens, explained variance, MSE and L0 on "
+        f"{budget.get('variance_tokens', 0):,}; dead latents = never active on those tokens",
+        f"- Wall time: {results.get('wall_time_s', 0) / 60:.1f} min ({phases}); predicted "
+        f"{plan['total_cpu_seconds'] / 60:.1f} min of CPU",
+        "",
+        "| architecture | target L0 | L0 | explained variance | MSE | CE-loss score | "
+        "KL-div score | dead latents | step CPU s | sparsity knob |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in results["runs"]:
+        m = run["metrics"]
+        lines.append(
+            f"| {LABELS.get(run['architecture'], run['architecture'])} | {run['target_l0']} | "
+            f"{_fmt(m['l0'], 3)} | {_fmt(m['explained_variance'])} | {_fmt(m['mse'])} | "
+            f"{_fmt(m['ce_loss_score'])} | {_fmt(m['kl_div_score'])} | "
+            f"{_fmt(m['dead_latents'])} | {run['step_cpu_seconds']:.3f} | {_knob(run)} |"
+        )
+    soft = [run for run in results["runs"] if "k_hat" in run]
+    if soft:
+        lines += [
+            "",
+            "## SoftSAE's per-token k_hat on held-out text (special tokens excluded)",
+            "",
+            "| target | tokens | mean | p5 | p50 | p95 | at k_max | Spearman with surprisal | "
+            "Spearman with next-token loss |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for run in soft:
+            k = run["k_hat"]
+            lines.append(
+                f"| {run['target_l0']} | {k['count']:,} | {k['mean']:.2f} | {k['p5']:.1f} | "
+                f"{k['median']:.1f} | {k['p95']:.1f} | {k['at_k_max']:.1%} | "
+                f"{_fmt(k['spearman_with_token_surprisal']['rho'], 3)} | "
+                f"{_fmt(k['spearman_with_next_token_loss']['rho'], 3)} |"
+            )
+    lines += ["", "![Pareto fronts](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_pareto(results: dict[str, Any], path: Path, metrics: list[str] | None = None) -> None:
+    """L0 (log scale) against each quality metric, one line per architecture, points at the
+    L0 each SAE actually reached on held-out text."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
+
+    metrics = metrics or list(PARETO_METRICS)
+    fig = Figure(figsize=(4.6 * len(metrics), 4.0))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    archs = list(dict.fromkeys(run["architecture"] for run in results["runs"]))
+    targets = sorted({run["target_l0"] for run in results["runs"]})
+    for ax, metric in zip(axes, metrics, strict=True):
+        for arch in archs:
+            points = sorted(
+                (run["metrics"]["l0"], run["metrics"][metric])
+                for run in results["runs"]
+                if run["architecture"] == arch
+                and run["metrics"]["l0"] is not None
+                and run["metrics"][metric] is not None
+            )
+            if not points:
+                continue
+            xs, ys = zip(*points, strict=True)
+            soft = arch == "soft"
+            ax.plot(
+                xs,
+                ys,
+                marker="o",
+                color=COLORS.get(arch),
+                linewidth=2.4 if soft else 1.4,
+                zorder=3 if soft else 2,
+                label=LABELS.get(arch, arch),
+            )
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        for target in targets:
+            ax.axvline(target, color="0.8", linestyle=":", linewidth=1, zorder=0)
+        ax.set_xlabel("L0 on held-out text (log scale; dotted: targets)")
+        ax.set_ylabel(PARETO_METRICS.get(metric, metric))
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{results['model']} {results['hook_name']}: higher and further left is better")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    """Write ``results.json``, ``results.md``, ``pareto.png`` (all three metrics) and one
+    ``pareto_<metric>.png`` per metric into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    (out / "results.md").write_text(markdown(results))
+    plot_pareto(results, out / "pareto.png")
+    for metric in PARETO_METRICS:
+        plot_pareto(results, out / f"pareto_{metric}.png", [metric])
