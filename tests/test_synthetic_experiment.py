@@ -6,13 +6,16 @@ pipeline's invariants, and the pieces it is built from are checked directly.
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from sae_lens.saes.jumprelu_sae import JumpReLUSAE
 from sae_lens.saes.topk_sae import TopKSAE
 
-from softsae_lens import SoftSAE
+from softsae_lens import SoftSAE, SoftTrainingSAEConfig
 from softsae_lens.experiments import synthetic as S
 
 PLOTS = ("k_hat_vs_true_l0.png", "error_by_true_l0.png", "true_l0_hist.png")
@@ -34,9 +37,10 @@ def test_quick_run_writes_every_output(quick_run):
     for name in PLOTS:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "results.md").read_text()
-    for regime in ("bimodal", "spread"):
+    for regime in ("bimodal", "spread", "realistic"):
         assert f"Regime `{regime}`" in md
     assert "Acceptance" in md
+    assert "Feature quality" in md and "Where features go wrong" in md
     assert set(result["files"]) >= {str(out / "custom" / "quick.json"), str(out / "results.md")}
 
 
@@ -50,20 +54,97 @@ def test_replot_redraws_from_the_json_alone(quick_run, tmp_path):
 
 def test_quick_run_covers_every_regime_sae_and_seed(quick_run):
     _, result = quick_run
-    assert [r["name"] for r in result["regimes"]] == ["bimodal", "spread"]
-    seeds = result["settings"]["seeds"]
-    assert len(result["per_seed"]) == 2 * len(seeds)
+    assert [r["name"] for r in result["regimes"]] == ["bimodal", "spread", "realistic"]
+    seeds, realistic = result["settings"]["seeds"], result["realistic_settings"]
+    assert len(result["per_seed"]) == 2 * len(seeds) + len(realistic["seeds"])
     for run in result["per_seed"]:
         assert set(run["metrics"]) == set(S.MAIN_VARIANTS)
+        n_eval = (realistic if run["regime"] == "realistic" else result["settings"])["n_eval"]
         for m in run["metrics"].values():
-            for key in ("explained_variance", "mse", "mean_l0", "mcc", "f1"):
+            for key in ("explained_variance", "mse", "mean_l0", "mcc", "f1", "uniqueness"):
                 assert math.isfinite(m[key]), key
-            assert (
-                m["buckets"] and sum(b["n"] for b in m["buckets"]) == result["settings"]["n_eval"]
-            )
+            assert m["buckets"] and sum(b["n"] for b in m["buckets"]) == n_eval
             for b in m["buckets"]:
                 assert math.isfinite(b["rel_err"]) and b["rel_err"] >= 0
-    assert isinstance(result["acceptance"]["all_pass"], bool)
+
+
+def test_quick_run_acceptance_follows_the_summary(quick_run):
+    _, result = quick_run
+    acc = result["acceptance"]
+    verdicts = []
+    for regime in ("bimodal", "spread", "realistic"):
+        soft, topk = result["summary"][regime]["soft"], result["summary"][regime]["topk"]
+        checks = acc[regime]
+        ev_s, ev_t = soft["explained_variance"]["mean"], topk["explained_variance"]["mean"]
+        mcc_s, mcc_t = soft["mcc"]["mean"], topk["mcc"]["mean"]
+        rho = soft["spearman_k_hat"]["mean"]
+        assert checks["mean_l0"]["soft"] == soft["mean_l0"]["mean"]
+        if regime == "realistic":
+            f1_s, f1_t = soft["f1"]["mean"], topk["f1"]["mean"]
+            assert checks["spearman_k_hat_ge_0.85"] == {"value": rho, "pass": rho >= 0.85}
+            assert checks["mcc_soft_ge_topk"] == {
+                "soft": mcc_s,
+                "topk": mcc_t,
+                "pass": mcc_s >= mcc_t,
+            }
+            assert checks["f1_soft_ge_topk"] == {"soft": f1_s, "topk": f1_t, "pass": f1_s >= f1_t}
+            # EV against TopK's at SoftSAE's L0, from TopK (k) and TopK (k+1).
+            info = checks["info_soft_vs_topk_plus1"]
+            ev_at = info["ev_topk_interpolated_at_l0_soft"]
+            assert checks["ev_soft_ge_topk_at_same_l0"] == {
+                "soft": ev_s,
+                "topk": ev_at,
+                "pass": ev_s >= ev_at,
+            }
+        else:
+            assert checks["ev_soft_ge_topk"] == {"soft": ev_s, "topk": ev_t, "pass": ev_s >= ev_t}
+            assert checks["mcc_soft_ge_topk_minus_0.02"]["pass"] == (mcc_s >= mcc_t - 0.02)
+            assert checks["spearman_k_hat_ge_0.9"] == {"value": rho, "pass": rho >= 0.9}
+        verdicts += [c["pass"] for c in checks.values() if "pass" in c]
+    assert len(verdicts) == 10
+    assert acc["all_pass"] is all(verdicts)
+
+
+def _summary(ev_soft, mcc_soft, rho, ev_topk=0.8, mcc_topk=0.9):
+    def stat(v):
+        return {"mean": v, "std": 0.0, "per_seed": [v]}
+
+    soft = {"explained_variance": stat(ev_soft), "mcc": stat(mcc_soft), "mean_l0": stat(12.0)}
+    soft["spearman_k_hat"] = stat(rho)
+    topk = {"explained_variance": stat(ev_topk), "mcc": stat(mcc_topk), "mean_l0": stat(11.5)}
+    plus1 = {"explained_variance": stat(ev_topk + 0.02), "mcc": stat(0.9), "mean_l0": stat(12.5)}
+    return {"r": {"soft": soft, "topk": topk, "topk_plus1": plus1}}
+
+
+def test_acceptance_fails_when_any_check_fails():
+    assert S.acceptance(_summary(ev_soft=0.85, mcc_soft=0.89, rho=0.95))["all_pass"] is True
+    for bad in (
+        {"ev_soft": 0.79, "mcc_soft": 0.95, "rho": 0.95},
+        {"ev_soft": 0.85, "mcc_soft": 0.87, "rho": 0.95},
+        {"ev_soft": 0.85, "mcc_soft": 0.95, "rho": 0.89},
+    ):
+        assert S.acceptance(_summary(**bad))["all_pass"] is False, bad
+    info = S.acceptance(_summary(0.85, 0.9, 0.95))["r"]["info_soft_vs_topk_plus1"]
+    # TopK's EV interpolated at SoftSAE's L0 (12.0, halfway between 11.5 and 12.5).
+    assert info["ev_topk_interpolated_at_l0_soft"] == pytest.approx(0.81)
+    assert S.acceptance({"r": {"topk": {}}}) is None
+
+
+def test_report_and_plots_do_not_import_torch():
+    """They redraw a saved JSON alone (--replot), so they must not need torch or SAELens."""
+    code = (
+        "import sys, importlib.util, pathlib\n"
+        "pkg = pathlib.Path(sys.argv[1])\n"
+        "for name in ('report', 'plots'):\n"
+        "    spec = importlib.util.spec_from_file_location(name, pkg / f'{name}.py')\n"
+        "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "print(sorted(m for m in ('torch', 'sae_lens') if m in sys.modules))\n"
+    )
+    pkg = Path(S.__file__).parent
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(pkg)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
 
 
 def test_quick_run_true_l0_varies_strongly(quick_run):
@@ -80,6 +161,8 @@ def test_quick_run_true_l0_varies_strongly(quick_run):
 def test_quick_run_soft_correlations_finite_and_l0_adaptive(quick_run):
     _, result = quick_run
     for run in result["per_seed"]:
+        if run["regime"] == "realistic":
+            continue
         soft, topk = run["metrics"]["soft"], run["metrics"]["topk"]
         for key in ("corr_k_hat_vs_true", "corr_l0_vs_true"):
             for stat in ("spearman", "pearson"):
@@ -99,6 +182,34 @@ def test_quick_run_soft_correlations_finite_and_l0_adaptive(quick_run):
         # Even 200 quick steps give k_hat a clearly positive rank correlation (about 0.85).
         assert soft["spearman_k_hat"]["mean"] > 0.3
         assert len(soft["buckets"]) >= 3
+
+
+def test_quick_run_realistic_regime_uses_package_defaults_and_a_narrow_width(quick_run):
+    _, result = quick_run
+    regime = next(r for r in result["regimes"] if r["name"] == "realistic")
+    dist = regime["true_l0_distribution"]
+    assert regime["d_sae"] == regime["spec"]["num_features"] // 4
+    # The width holds the most frequent features only: fewer of an input's features than all.
+    assert 0 < dist["width_mean"] < dist["mean"]
+    (run,) = [r for r in result["per_seed"] if r["regime"] == "realistic"]
+    assert run["k"] == max(1, round(dist["width_mean"]))
+    soft, topk = run["metrics"]["soft"], run["metrics"]["topk"]
+    assert soft["k"] == topk["k"] == run["k"]
+    # Package defaults: k_max = 2k, k-estimator width d_sae / 4, no experiment overrides.
+    assert soft["k_max"] == 2 * soft["k"]
+    assert soft["soft_config"]["k_estimator_width"] == regime["d_sae"] // 4
+    assert soft["soft_config"]["alpha_end"] == SoftTrainingSAEConfig.alpha_end
+    assert topk["l0_max"] <= topk["k"]
+    hierarchy = soft["hierarchy"]
+    assert {"within_width", "beyond_width", "outside_hierarchy", "depth_0", "depth_3"} <= set(
+        hierarchy["groups"]
+    )
+    assert hierarchy["groups"]["depth_0"]["features"] == regime["spec"]["num_features"] // 128
+    # Recall of a SoftSAE's parent latents, with and without an active child, lies in [0, 1].
+    absorption = hierarchy.get("absorption")
+    if absorption:
+        assert 0 <= absorption["parent_recall_with_child"] <= 1
+    assert math.isfinite(result["summary"]["realistic"]["soft"]["spearman_k_hat"]["mean"])
 
 
 def test_modifier_shapes_true_l0():

@@ -1,0 +1,218 @@
+"""The SAEs under comparison: which variants run, and how each is built and made inference-ready.
+
+A variant is ``{"kind": "soft" | "topk" | "batchtopk", **config overrides}``; :data:`MAIN_VARIANTS`
+is the main comparison and :data:`ABLATION_VARIANTS` the SoftSAE ablation. :func:`build_sae`
+turns one into a fresh SAELens training SAE; :func:`to_inference` gives the SAE as SAELens saves
+it at the end of training.
+
+Depends on SAELens's SAE classes, this package's SoftSAE, :mod:`.data` and :mod:`.settings`:
+nothing about data streams, training loops, reports or plots.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from sae_lens import (
+    SAE,
+    BatchTopKTrainingSAE,
+    BatchTopKTrainingSAEConfig,
+    TopKTrainingSAE,
+    TopKTrainingSAEConfig,
+    TrainingSAE,
+)
+
+import softsae_lens  # noqa: F401  (registers the "soft" architecture with SAELens)
+from softsae_lens.experiments.synthetic.data import Regime
+from softsae_lens.experiments.synthetic.prototype import (
+    ProtoSoftTrainingSAE,
+    ProtoSoftTrainingSAEConfig,
+)
+from softsae_lens.experiments.synthetic.realistic import RealisticRegime
+from softsae_lens.experiments.synthetic.settings import RealisticSettings, Settings
+from softsae_lens.soft_sae import SoftTrainingSAE, SoftTrainingSAEConfig
+
+SAE_KINDS = ("soft", "topk", "batchtopk")
+# The main comparison. Every SAE targets k = round(true mean L0); "topk_plus1" (TopK with k + 1)
+# brackets SoftSAE's realised L0 from above, since TopK's realised L0 ends below its k (ReLU
+# zeroes some of its top-k entries) and SoftSAE's ends near k.
+MAIN_VARIANTS: dict[str, dict[str, Any]] = {
+    "soft": {"kind": "soft"},
+    "topk": {"kind": "topk"},
+    "topk_plus1": {"kind": "topk", "k_offset": 1},
+    "batchtopk": {"kind": "batchtopk"},
+}
+# The realistic regime runs the same comparison (SoftSAE with the package defaults there).
+REALISTIC_VARIANTS: dict[str, dict[str, Any]] = dict(MAIN_VARIANTS)
+SAE_LABELS = {
+    "soft": "SoftSAE",
+    "topk": "TopK",
+    "topk_plus1": "TopK (k+1)",
+    "batchtopk": "BatchTopK",
+}
+
+# The SoftSAE config fields recorded with each run.
+SOFT_CONFIG_FIELDS = (
+    "k",
+    "k_max",
+    "k_rounding",
+    "k_estimator_width",
+    "rescale_acts_by_decoder_norm",
+    "total_training_steps",
+    "k_loss_coefficient",
+    "k_loss_scale",
+    "k_loss_beta",
+    "k_target_start",
+    "k_anneal_fraction",
+    "alpha_start",
+    "alpha_end",
+    "alpha_anneal_fraction",
+    "alpha_scale",
+    "soft_topk_grad_to_pre",
+    "hard_topk_fraction",
+    "aux_loss_coefficient",
+)
+
+# Every SoftSAE variant sets all the fields it is about, so it reads the same whatever the
+# experiment's own overrides are; all use k_max = 4k unless they say otherwise.
+_PACKAGE_DEFAULTS = {"alpha_scale": "relative", "alpha_end": 1e-2, "soft_topk_grad_to_pre": False}
+ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
+    "topk": {"kind": "topk"},
+    "a_defaults": {"kind": "soft", **_PACKAGE_DEFAULTS},
+    "b_grad_to_pre": {"kind": "soft", **_PACKAGE_DEFAULTS, "soft_topk_grad_to_pre": True},
+    "c_paper": {
+        "kind": "soft",
+        "k_loss_scale": "absolute",
+        "alpha_scale": "absolute",
+        "alpha_end": 1e-4,
+        "soft_topk_grad_to_pre": True,
+        "k_rounding": "floor",
+        "k_estimator_width": "d_sae",
+    },
+    "alpha_end_0.05": {"kind": "soft", **_PACKAGE_DEFAULTS, "alpha_end": 0.05},
+    "alpha_end_0.1": {"kind": "soft", **_PACKAGE_DEFAULTS, "alpha_end": 0.1},
+    "alpha_end_0.2": {"kind": "soft", **_PACKAGE_DEFAULTS, "alpha_end": 0.2},
+    "alpha_abs_0.02": {
+        "kind": "soft",
+        **_PACKAGE_DEFAULTS,
+        "alpha_scale": "absolute",
+        "alpha_end": 0.02,
+    },
+    "k_max_2k": {"kind": "soft", **_PACKAGE_DEFAULTS, "alpha_end": 0.05, "k_max_factor": 2.0},
+    "k_loss_absolute": {
+        "kind": "soft",
+        **_PACKAGE_DEFAULTS,
+        "alpha_end": 0.05,
+        "k_loss_scale": "absolute",
+    },
+}
+ABLATION_DESCRIPTIONS = {
+    "topk": "SAELens TopK, k = round(true mean L0) (reference)",
+    "a_defaults": "(a) SoftSAE package defaults: alpha_scale relative, alpha_end 1e-2, soft_topk_grad_to_pre False",
+    "b_grad_to_pre": "(b) (a) with soft_topk_grad_to_pre=True",
+    "c_paper": "(c) the paper's settings: k_loss_scale absolute, alpha_scale absolute, alpha_end 1e-4, soft_topk_grad_to_pre True, k_rounding floor, k_estimator_width d_sae",
+    "alpha_end_0.05": "(a) with alpha_end 0.05 (relative): the main run's SoftSAE",
+    "alpha_end_0.1": "(a) with alpha_end 0.1 (relative)",
+    "alpha_end_0.2": "(a) with alpha_end 0.2 (relative)",
+    "alpha_abs_0.02": "(a) with alpha_scale absolute, alpha_end 0.02 (activation units; true features have magnitude ~1)",
+    "k_max_2k": "alpha_end 0.05 with k_max = 2k (the package default) instead of 4k",
+    "k_loss_absolute": "alpha_end 0.05 with the paper's k penalty (k_loss_scale absolute) instead of the MSE-scaled one",
+}
+
+
+def build_sae(
+    kind: str,
+    regime: Regime | RealisticRegime,
+    true_mean_l0: float,
+    settings: Settings | RealisticSettings,
+    **overrides: Any,
+) -> TrainingSAE[Any]:
+    """A fresh training SAE of width ``regime.d_sae``; every kind targets ``true_mean_l0``.
+
+    ``overrides`` are config fields, plus ``k_offset`` (shifts the integer k of TopK and
+    SoftSAE) and, for SoftSAE, ``k_max_factor`` (``k_max = k_max_factor * k``; None keeps the
+    package default); SoftSAE also takes ``settings.soft_overrides`` first.
+    """
+    overrides = dict(overrides)
+    k = max(1, round(true_mean_l0) + int(overrides.pop("k_offset", 0)))
+    common: dict[str, Any] = {"d_in": regime.d_in, "d_sae": regime.d_sae}
+    if settings.aux_loss_coefficient is not None:
+        common["aux_loss_coefficient"] = settings.aux_loss_coefficient
+    if kind == "topk":
+        return TopKTrainingSAE(TopKTrainingSAEConfig(k=k, **common, **overrides))
+    if kind == "batchtopk":
+        return BatchTopKTrainingSAE(
+            BatchTopKTrainingSAEConfig(k=float(true_mean_l0), **common, **overrides)
+        )
+    if kind == "soft":
+        overrides = {**settings.soft_overrides, **overrides}
+        factor = overrides.pop("k_max_factor", settings.k_max_factor)
+        if factor is not None:
+            overrides.setdefault("k_max", float(min(regime.d_sae, factor * k)))
+        if overrides.get("k_estimator_width") == "d_sae":
+            overrides["k_estimator_width"] = regime.d_sae
+        if "train_code" in overrides:  # an experiment-only training variant (.prototype)
+            proto = ProtoSoftTrainingSAEConfig(
+                k=k, total_training_steps=settings.total_steps, **common, **overrides
+            )
+            return ProtoSoftTrainingSAE(proto)
+        cfg = SoftTrainingSAEConfig(
+            k=k, total_training_steps=settings.total_steps, **common, **overrides
+        )
+        return SoftTrainingSAE(cfg)
+    raise ValueError(f"kind must be one of {SAE_KINDS}, got kind={kind!r}")
+
+
+def to_inference(sae: TrainingSAE[Any]) -> SAE[Any]:
+    """The SAE as SAELens saves it for inference (BatchTopK becomes JumpReLU)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sae.save_inference_model(tmp)
+        inference = SAE.load_from_disk(tmp)
+    inference.eval()
+    return inference
+
+
+# The realistic-regime ablation: the package defaults, then one change at a time; TopK (k and
+# k + 1, to compare EV at SoftSAE's L0) and BatchTopK as references.
+_ST = {"train_code": "straight_through"}
+REALISTIC_ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
+    "topk": {"kind": "topk"},
+    "topk_plus1": {"kind": "topk", "k_offset": 1},
+    "batchtopk": {"kind": "batchtopk"},
+    "soft": {"kind": "soft"},
+    "straight_through": {"kind": "soft", **_ST},
+    "straight_through_no_hard": {"kind": "soft", **_ST, "hard_topk_fraction": 0.0},
+    "hard_25": {"kind": "soft", "hard_topk_fraction": 0.25},
+    "hard_50": {"kind": "soft", "hard_topk_fraction": 0.5},
+    "alpha_end_0.05": {"kind": "soft", "alpha_end": 0.05},
+    "alpha_end_1e-3": {"kind": "soft", "alpha_end": 1e-3},
+    "alpha_anneal_10pct": {"kind": "soft", "alpha_anneal_fraction": 0.1},
+    "grad_to_pre": {"kind": "soft", "soft_topk_grad_to_pre": True},
+    "k_max_4k": {"kind": "soft", "k_max_factor": 4.0},
+    "k_loss_absolute": {"kind": "soft", "k_loss_scale": "absolute"},
+    "k_loss_coef_10": {"kind": "soft", "k_loss_coefficient": 10.0},
+    "estimator_d_sae": {"kind": "soft", "k_estimator_width": "d_sae"},
+    "aux_coef_1": {"kind": "soft", "aux_loss_coefficient": 1.0},
+    "no_decoder_rescale": {"kind": "soft", "rescale_acts_by_decoder_norm": False},
+}
+REALISTIC_ABLATION_DESCRIPTIONS = {
+    "topk": "SAELens TopK, k = round(true L0 of the d_sae most frequent features) (reference)",
+    "topk_plus1": "SAELens TopK with k + 1 (reference: EV at SoftSAE's L0)",
+    "batchtopk": "SAELens BatchTopK, same k (reference)",
+    "soft": "SoftSAE, package defaults",
+    "straight_through": "hard top-k forward from step 0; the k-estimator gets the soft weights' exact gradient (straight-through); last 4% hard as by default",
+    "straight_through_no_hard": "straight_through with hard_topk_fraction 0 (k keeps learning to the end)",
+    "hard_25": "hard_topk_fraction 0.25 (default 0.04)",
+    "hard_50": "hard_topk_fraction 0.5",
+    "alpha_end_0.05": "alpha floor 0.05 of the RMS positive pre-activation (default 0.01)",
+    "alpha_end_1e-3": "alpha floor 1e-3 (default 0.01)",
+    "alpha_anneal_10pct": "alpha annealed over 10% of the steps (default 1%)",
+    "grad_to_pre": "soft_topk_grad_to_pre True: the soft weights' gradient reaches the pre-activations",
+    "k_max_4k": "k_max = 4k (default 2k)",
+    "k_loss_absolute": "the paper's k penalty (k_loss_scale absolute; default MSE-scaled)",
+    "k_loss_coef_10": "k_loss_coefficient 10 (default 1)",
+    "estimator_d_sae": "k-estimator width d_sae, as the paper (default d_sae / 4)",
+    "aux_coef_1": "aux_loss_coefficient 1.0, TopK's SAELens default (default 1/32, the paper's)",
+    "no_decoder_rescale": "rescale_acts_by_decoder_norm False (default True)",
+}

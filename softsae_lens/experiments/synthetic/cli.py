@@ -1,0 +1,216 @@
+"""The command line of the synthetic experiment: ``python -m softsae_lens.experiments.synthetic``.
+
+Parses the flags, runs :func:`.runner.run_experiment` (or redraws a saved result with
+``--replot``) and writes ``results.json``, ``results.md`` and the PNGs.
+
+Depends on every other module of this package; nothing depends on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from softsae_lens.experiments.synthetic.arms import (
+    ABLATION_DESCRIPTIONS,
+    ABLATION_VARIANTS,
+    REALISTIC_ABLATION_DESCRIPTIONS,
+    REALISTIC_ABLATION_VARIANTS,
+)
+from softsae_lens.experiments.synthetic.plots import make_plots
+from softsae_lens.experiments.synthetic.realistic import RealisticRegime
+from softsae_lens.experiments.synthetic.report import markdown_report
+from softsae_lens.experiments.synthetic.runner import MAIN_TITLE, run_experiment
+from softsae_lens.experiments.synthetic.settings import default_realistic, default_settings
+
+REGIMES = ("bimodal", "spread", "realistic")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m softsae_lens.experiments.synthetic",
+        description="Does SoftSAE's k_hat track the true number of active features, and does it "
+        "learn the true features? Trains SoftSAE, TopK (k and k+1) and BatchTopK on synthetic "
+        "data with known per-input L0: two toy regimes (bimodal, spread) and a realistic one "
+        "(SAELens's SynthSAEBench recipe, scaled down, trained through SyntheticSAERunner).",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny run (seconds) for the test suite")
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="instead of the main comparison, compare SoftSAE variants (package defaults, "
+        "gradient to the pre-activations, the paper's settings, alpha_end, k_max) with TopK "
+        "on the toy regimes",
+    )
+    p.add_argument(
+        "--realistic-ablation",
+        action="store_true",
+        help="instead of the main comparison, compare SoftSAE training variants with TopK and "
+        "BatchTopK on the realistic regime (one change at a time)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default out/synthetic, out/synthetic_ablation, "
+        "out/synthetic_realistic_ablation or out/synthetic_quick)",
+    )
+    p.add_argument("--json", type=Path, default=None, help="JSON path (default OUT/results.json)")
+    p.add_argument(
+        "--regimes",
+        nargs="+",
+        choices=REGIMES,
+        default=None,
+        help="regimes to run (default: all three; the ablations run their own)",
+    )
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="toy regimes' seeds (default 0 1 2)"
+    )
+    p.add_argument("--training-samples", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument(
+        "--k-max-factor", type=float, default=None, help="SoftSAE k_max = factor * k (default 4)"
+    )
+    p.add_argument("--realistic-seeds", type=int, nargs="+", default=None, help="default 0 1 2")
+    p.add_argument(
+        "--realistic-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("FEATURES", "DIMS"),
+        help="true features and dimensions of the realistic regime (default 2048 128; "
+        "d_sae is a quarter of the features)",
+    )
+    p.add_argument("--realistic-samples", type=int, default=None, help="default 1,024,000")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("out") / "synthetic_cache",
+        help="where the realistic regime's recorded training streams are kept for later runs "
+        "(default out/synthetic_cache)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="record the streams afresh, keep none")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes training SAEs in parallel (default 2; 1 with --quick)",
+    )
+    p.add_argument("--threads", type=int, default=1, help="PyTorch threads per process (default 1)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="train nothing: redraw the Markdown and PNGs of a saved results JSON into --out "
+        "(default: the JSON's folder)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.ablation and args.realistic_ablation:
+        p.error("--ablation and --realistic-ablation: choose one")
+    for name in ("training_samples", "realistic_samples", "workers", "threads"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            p.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.realistic_size is not None and (
+        args.realistic_size[0] < 128 or args.realistic_size[1] < 1
+    ):
+        p.error(f"--realistic-size needs FEATURES >= 128 and DIMS >= 1, got {args.realistic_size}")
+    return args
+
+
+def replot(json_path: Path, out_dir: Path | None) -> dict[str, Any]:
+    """Redraw ``results.md`` and the PNGs of a saved result (no training)."""
+    result = json.loads(json_path.read_text())
+    out_dir = out_dir if out_dir is not None else json_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = make_plots(result, out_dir)
+    (out_dir / "results.md").write_text(markdown_report(result))
+    print("wrote " + ", ".join([str(out_dir / "results.md"), *files]))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the experiment the flags describe; returns the result dict it also writes."""
+    args = parse_args(argv)
+    if args.replot is not None:
+        return replot(args.replot, args.out)
+    settings = default_settings(quick=args.quick)
+    realistic = default_realistic(quick=args.quick)
+    variants = realistic_variants = labels = None
+    title = MAIN_TITLE
+    regimes = set(args.regimes or REGIMES)
+    if args.ablation:
+        variants = ABLATION_VARIANTS
+        labels = {n: n for n in ABLATION_VARIANTS}
+        title = "Ablation: SoftSAE variants against TopK"
+        regimes = set(args.regimes or ("bimodal", "spread"))
+    if args.realistic_ablation:
+        realistic_variants = REALISTIC_ABLATION_VARIANTS
+        labels = {n: n for n in REALISTIC_ABLATION_VARIANTS}
+        title = "Ablation on the realistic regime: SoftSAE training variants against TopK"
+        regimes = {"realistic"}
+    settings.regimes = [r for r in settings.regimes if r.name in regimes]
+    if args.seeds is not None:
+        settings.seeds = list(args.seeds)
+    if args.training_samples is not None:
+        settings.training_samples = args.training_samples
+    if args.lr is not None:
+        settings.lr = args.lr
+    if args.k_max_factor is not None:
+        settings.k_max_factor = args.k_max_factor
+    if args.realistic_seeds is not None:
+        realistic.seeds = list(args.realistic_seeds)
+    if args.realistic_samples is not None:
+        realistic.training_samples = args.realistic_samples
+    if args.realistic_size is not None:
+        features, dims = args.realistic_size
+        realistic.regimes = [RealisticRegime("realistic", features, dims)]
+    suffix = (
+        "_ablation"
+        if args.ablation
+        else "_realistic_ablation"
+        if args.realistic_ablation
+        else ("_quick" if args.quick else "")
+    )
+    out_dir = args.out if args.out is not None else Path("out") / f"synthetic{suffix}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = args.json if args.json is not None else out_dir / "results.json"
+    command = "python -m softsae_lens.experiments.synthetic " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    workers = args.workers if args.workers is not None else (1 if args.quick else 2)
+    result, _ = run_experiment(
+        settings,
+        variants,
+        labels,
+        title,
+        command.strip(),
+        progress=not args.no_progress,
+        workers=workers,
+        threads=args.threads,
+        realistic=realistic if "realistic" in regimes else None,
+        realistic_variants=realistic_variants,
+        cache_dir=None if args.no_cache else args.cache,
+    )
+    if args.ablation:
+        result["ablation_descriptions"] = ABLATION_DESCRIPTIONS
+    if args.realistic_ablation:
+        result["ablation_descriptions"] = REALISTIC_ABLATION_DESCRIPTIONS
+    files = [str(json_path), str(out_dir / "results.md")]
+    if not args.no_plots:
+        files += make_plots(result, out_dir)
+    result["files"] = files
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=1))
+    report = markdown_report(result)
+    (out_dir / "results.md").write_text(report)
+    print(report)
+    print("wrote " + ", ".join(files))
+    return result

@@ -1,0 +1,95 @@
+"""Experiment-only SoftSAE training variants, for the realistic-regime ablation.
+
+The core (``softsae_lens.soft_sae``) trains in a soft phase (``relu(pre) * soft_topk(...)``)
+and then a final hard phase. The ablation asks which of its parts costs feature quality, so it
+needs ways of training that the core does not offer yet. They live here, as a subclass of the
+core's training config and class, until one of them earns a place in the core:
+
+* ``train_code="soft"``: the core's training, unchanged;
+* ``train_code="straight_through"``: the forward pass uses the hard per-input top-k that
+  inference uses, from the first step (the encoder and decoder learn exactly as in a TopK
+  SAE), and the k-estimator gets the Soft Top-K weights' exact gradient through a
+  straight-through term ``relu(pre).detach() * (w - w.detach())``, which is zero in the forward
+  pass.
+
+Inference is unchanged (the class saves as architecture ``"soft"``), so these variants load
+and evaluate as ordinary SoftSAEs.
+
+Depends on the core SoftSAE classes only (their protected helpers: the variants are
+experiments on the core's own training step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
+from typing_extensions import override
+
+from softsae_lens.soft_sae import SoftTrainingSAE, SoftTrainingSAEConfig
+
+TrainCode = Literal["soft", "straight_through"]
+
+
+@dataclass(kw_only=True)
+class ProtoSoftTrainingSAEConfig(SoftTrainingSAEConfig):
+    """:class:`~softsae_lens.SoftTrainingSAEConfig` plus ``train_code`` (see the module)."""
+
+    train_code: TrainCode = "soft"
+
+    def __post_init__(self) -> None:
+        if self.train_code not in ("soft", "straight_through"):
+            raise ValueError(
+                f"train_code must be 'soft' or 'straight_through', got {self.train_code!r}"
+            )
+        super().__post_init__()
+
+
+class ProtoSoftTrainingSAE(SoftTrainingSAE):
+    """:class:`~softsae_lens.SoftTrainingSAE` with the training variants of this module."""
+
+    cfg: ProtoSoftTrainingSAEConfig  # type: ignore[assignment]
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        if self.cfg.train_code == "soft":
+            return super().training_forward_pass(step_input)
+        schedule = self.cfg.schedule(self.schedule_step(step_input.n_training_steps))
+        sae_in = self.process_sae_in(step_input.sae_in)
+        hidden_pre = self._hidden_pre(sae_in)
+        k_hat = self._predict_k_from_sae_in(sae_in)
+        if schedule.hard:
+            k_hat = k_hat.detach()
+        k_hat = self.hook_sae_k(k_hat)
+        feature_acts = self.hook_sae_acts_post(self._hard_topk(hidden_pre, k_hat))
+        train_acts = feature_acts
+        if not schedule.hard:
+            # Zero in the forward pass; carries dL/d(acts) * relu(pre) into the weights' exact
+            # gradient with respect to k_hat, and nothing to the encoder.
+            relu_pre = hidden_pre.detach().float().relu()
+            alpha = self.soft_alpha(hidden_pre, schedule.alpha)
+            weights = self._soft_weights(relu_pre, k_hat, alpha, rows_sorted=False)
+            train_acts = feature_acts + (relu_pre * (weights - weights.detach())).to(
+                feature_acts.dtype
+            )
+        sae_out = self.decode_dense(train_acts)
+        mse_loss = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
+        losses = {
+            "mse_loss": mse_loss,
+            "k_loss": self.k_loss(k_hat, schedule.k_target, mse_loss),
+            **self.calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out),
+        }
+        return TrainStepOutput(
+            sae_in=step_input.sae_in,
+            sae_out=sae_out,
+            feature_acts=feature_acts,
+            hidden_pre=hidden_pre,
+            loss=sum(losses.values()),
+            losses=losses,
+            metrics={
+                "softsae/k_hat_mean": k_hat.detach().mean(),
+                "softsae/k_target": schedule.k_target,
+                "softsae/hard_phase": int(schedule.hard),
+            },
+        )
