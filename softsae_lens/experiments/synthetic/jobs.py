@@ -45,7 +45,7 @@ from softsae_lens.experiments.synthetic.data import (
     sample_true_l0,
 )
 from softsae_lens.experiments.synthetic.hierarchy_eval import hierarchy_diagnostics
-from softsae_lens.experiments.synthetic.metrics import evaluate
+from softsae_lens.experiments.synthetic.metrics import correlations, evaluate
 from softsae_lens.experiments.synthetic.realistic import (
     RealisticRegime,
     RecordedActivationGenerator,
@@ -238,6 +238,11 @@ def _run_realistic(job: Job) -> list[JobResult]:
             batch_size=settings.eval_batch_size,
         )
         metrics["true_width_l0"] = target
+        if "k_hat" in stats:
+            # The width holds only the d_sae most frequent features; k_hat can know the rest only
+            # through the residual they leave, so its tracking is also scored on these alone.
+            width_true_l0 = (stats["features"][:, width] != 0).sum(-1)
+            metrics["corr_k_hat_vs_width_l0"] = correlations(stats["k_hat"], width_true_l0)
         metrics["hierarchy"] = hierarchy_diagnostics(
             inference.W_dec.detach(),
             model.feature_dict.feature_vectors.detach(),

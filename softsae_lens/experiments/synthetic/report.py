@@ -104,6 +104,7 @@ _QUALITY_COLUMNS = (
     ("mean L0", "mean_l0", 2),
     ("dead", "dead_latents", 1),
     ("Spearman(k_hat, true)", "spearman_k_hat", 3),
+    ("Spearman(k_hat, true within width)", "spearman_k_hat_width", 3),
 )
 # (column header, flattened hierarchy key) of the hierarchy table.
 _HIERARCHY_COLUMNS = (

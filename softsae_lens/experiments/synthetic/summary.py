@@ -32,7 +32,13 @@ _SCALAR_KEYS = (
     "uniqueness",
     "shrinkage",
 )
-_CORRELATION_KEYS = ("spearman_k_hat", "pearson_k_hat", "spearman_l0", "pearson_l0")
+_CORRELATION_KEYS = (
+    "spearman_k_hat",
+    "pearson_k_hat",
+    "spearman_l0",
+    "pearson_l0",
+    "spearman_k_hat_width",
+)
 _BUCKET_KEYS = ("true_l0", "mse", "rel_err", "l0", "k_hat")
 
 
@@ -45,6 +51,8 @@ def _get(m: dict[str, Any], key: str) -> float | None:
         return (m.get("corr_k_hat_vs_true") or {}).get(key.split("_")[0])
     if key in ("spearman_l0", "pearson_l0"):
         return (m.get("corr_l0_vs_true") or {}).get(key.split("_")[0])
+    if key == "spearman_k_hat_width":  # realistic regime: true L0 of the features the width holds
+        return (m.get("corr_k_hat_vs_width_l0") or {}).get("spearman")
     v = m.get(key)
     return float(v) if isinstance(v, (int, float)) else None
 
