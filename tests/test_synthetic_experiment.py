@@ -255,3 +255,19 @@ def test_correlations_handle_constant_inputs():
     a = torch.tensor([1, 2, 3, 4])
     assert S.correlations(a, a * 2)["spearman"] == pytest.approx(1.0)
     assert S.correlations(torch.full((4,), 3), a) == {"spearman": None, "pearson": None}
+
+
+def test_variants_flag_picks_ablation_rows_and_rejects_unknown_names(capsys):
+    from softsae_lens.experiments.synthetic.arms import REALISTIC_ABLATION_VARIANTS
+    from softsae_lens.experiments.synthetic.cli import _chosen, parse_args
+
+    args = parse_args(["--realistic-ablation", "--variants", "soft", "topk"])
+    # Table order, not command-line order, so reports line up across runs.
+    assert list(_chosen(REALISTIC_ABLATION_VARIANTS, args.variants)) == ["topk", "soft"]
+    assert _chosen(REALISTIC_ABLATION_VARIANTS, None) == REALISTIC_ABLATION_VARIANTS
+    with pytest.raises(SystemExit):
+        parse_args(["--realistic-ablation", "--variants", "sof"])
+    assert "unknown ['sof']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--variants", "soft"])
+    assert "needs --ablation or --realistic-ablation" in capsys.readouterr().err

@@ -53,6 +53,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "BatchTopK on the realistic regime (one change at a time)",
     )
     p.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="with --ablation or --realistic-ablation: run only these variants (default: all; "
+        "the names are the ablation tables' rows)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -114,6 +122,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.ablation and args.realistic_ablation:
         p.error("--ablation and --realistic-ablation: choose one")
+    if args.variants is not None:
+        known = (
+            ABLATION_VARIANTS
+            if args.ablation
+            else REALISTIC_ABLATION_VARIANTS
+            if args.realistic_ablation
+            else None
+        )
+        if known is None:
+            p.error("--variants needs --ablation or --realistic-ablation")
+        unknown = [v for v in args.variants if v not in known]
+        if unknown:
+            p.error(f"--variants: unknown {unknown}; allowed: {', '.join(known)}")
     for name in ("training_samples", "realistic_samples", "workers", "threads"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -123,6 +144,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ):
         p.error(f"--realistic-size needs FEATURES >= 128 and DIMS >= 1, got {args.realistic_size}")
     return args
+
+
+def _chosen(variants: dict[str, Any], names: Sequence[str] | None) -> dict[str, Any]:
+    """The variants named on the command line, in the table's order (all when none named)."""
+    return dict(variants) if names is None else {n: v for n, v in variants.items() if n in names}
 
 
 def replot(json_path: Path, out_dir: Path | None) -> dict[str, Any]:
@@ -147,13 +173,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     title = MAIN_TITLE
     regimes = set(args.regimes or REGIMES)
     if args.ablation:
-        variants = ABLATION_VARIANTS
-        labels = {n: n for n in ABLATION_VARIANTS}
+        variants = _chosen(ABLATION_VARIANTS, args.variants)
+        labels = {n: n for n in variants}
         title = "Ablation: SoftSAE variants against TopK"
         regimes = set(args.regimes or ("bimodal", "spread"))
     if args.realistic_ablation:
-        realistic_variants = REALISTIC_ABLATION_VARIANTS
-        labels = {n: n for n in REALISTIC_ABLATION_VARIANTS}
+        realistic_variants = _chosen(REALISTIC_ABLATION_VARIANTS, args.variants)
+        labels = {n: n for n in realistic_variants}
         title = "Ablation on the realistic regime: SoftSAE training variants against TopK"
         regimes = {"realistic"}
     settings.regimes = [r for r in settings.regimes if r.name in regimes]
