@@ -73,6 +73,8 @@ _SPARSE_TAIL_TOLERANCE = torch.finfo(torch.float32).eps
 _ROW_SUM_MIN_RATIO = 16
 # Written by SoftSAE v0.1 checkpoints; training-only state with no meaning on load.
 _LEGACY_STEP_BUFFER = "completed_training_steps"
+# Attribute on the activations encode() returns: (their tensor version, the top-k indices).
+_ACTIVE_ATTR = "_softsae_active"
 
 
 # ---------------------------------------------------------------- validation
@@ -407,10 +409,17 @@ class _SoftEncoderMixin:
         return top_values.relu() * keep.to(top_values.dtype)
 
     def _hard_topk(self, hidden_pre: torch.Tensor, k_hat: torch.Tensor) -> torch.Tensor:
-        """ReLU'd top-``round_k(k_hat)`` of each row of ``hidden_pre``, zeros elsewhere."""
+        """ReLU'd top-``round_k(k_hat)`` of each row of ``hidden_pre``, zeros elsewhere.
+
+        The result remembers where its nonzeros can be (``_ACTIVE_ATTR``: its version and the
+        top-k indices), so that :meth:`decode` of these very activations skips searching a
+        ``[..., d_sae]`` tensor for them; any in-place change bumps the version and voids it.
+        """
         values, indices = hidden_pre.topk(self.hard_width, dim=-1, sorted=True)
         values = self._hard_values(values, k_hat)
-        return torch.zeros_like(hidden_pre).scatter_(-1, indices, values)
+        feature_acts = torch.zeros_like(hidden_pre).scatter_(-1, indices, values)
+        setattr(feature_acts, _ACTIVE_ATTR, (feature_acts._version, indices))
+        return feature_acts
 
     def predict_k(self, x: torch.Tensor) -> torch.Tensor:
         """Per-input predicted k (float, shape ``x.shape[:-1]``, before rounding)."""
@@ -472,12 +481,22 @@ class _SoftEncoderMixin:
         When every input has at most ``hard_width`` active latents (always, for activations
         from :meth:`encode`) and ``d_sae`` is large enough for it to pay, only those decoder
         rows are summed (:meth:`decode_rows`), the same result to float rounding at a fraction
-        of a dense matmul's cost. Anything denser (a hook that switched latents on, say) takes
-        the dense product. Checking which costs one read of a count from the device.
+        of a dense matmul's cost. Activations straight from :meth:`encode` carry their top-k
+        indices; others are searched, which costs one read of a count from the device.
+        Anything denser (a hook that switched latents on, say) takes the dense product, and so
+        do activations that need a gradient, which the dense product gives every latent.
         """
         width = self.hard_width
         if feature_acts.is_sparse or _ROW_SUM_MIN_RATIO * width > feature_acts.shape[-1]:
             return self.decode_dense(feature_acts)
+        if torch.is_grad_enabled() and feature_acts.requires_grad:
+            # The dense product's gradient reaches every latent, active or not (attribution
+            # methods read it there); a sum of the active rows would give the others none.
+            return self.decode_dense(feature_acts)
+        active = getattr(feature_acts, _ACTIVE_ATTR, None)
+        if active is not None and active[0] == feature_acts._version:
+            # Straight from encode, untouched: its top-k indices hold every nonzero.
+            return self.decode_rows(feature_acts.gather(-1, active[1]), active[1])
         if feature_acts.numel() and int(torch.count_nonzero(feature_acts, dim=-1).max()) > width:
             return self.decode_dense(feature_acts)
         indices = feature_acts.abs().topk(width, dim=-1, sorted=False).indices

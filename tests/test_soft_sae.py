@@ -482,6 +482,35 @@ def test_decode_of_sparse_activations_equals_the_dense_product(tmp_path):
     torch.testing.assert_close(sae.decode(acts), sae.decode_dense(acts), atol=1e-12, rtol=1e-12)
 
 
+def test_decode_reuses_encodes_indices_only_for_untouched_activations(tmp_path):
+    sae = inference_copy(make_training_sae(d_sae=512, k=8), tmp_path).double()
+    x = torch.randn(5, D_MODEL, dtype=torch.float64) * 3
+    acts = sae.encode(x)
+    version, indices = acts._softsae_active  # what decode reuses instead of a top-k search
+    assert version == acts._version and indices.shape == (5, sae.hard_width)
+    acts.retain_grad()
+    sae.decode(acts).sum().backward()
+    # an attribution gradient reaches inactive latents too, as through the dense product
+    torch.testing.assert_close(
+        acts.grad, (sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True)).sum(-1).expand(5, -1)
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(
+            sae.decode(sae.encode(x)), sae.decode_dense(acts), atol=1e-12, rtol=1e-12
+        )
+    with torch.no_grad():
+        # an in-place hook that switches a latent on voids the remembered indices
+        sae.hook_sae_acts_post.add_hook(lambda a, hook: a.index_fill_(-1, torch.tensor([7]), 2.0))
+        try:
+            hooked = sae.encode(x)
+        finally:
+            sae.reset_hooks()
+        assert (hooked[:, 7] == 2.0).all()
+        torch.testing.assert_close(
+            sae.decode(hooked), sae.decode_dense(hooked), atol=1e-12, rtol=1e-12
+        )
+
+
 def test_hard_phase_decodes_what_a_hook_on_the_activations_returns():
     sae = make_training_sae(total_training_steps=100, hard_topk_fraction=0.1)
     x = torch.randn(16, D_MODEL) * 3
