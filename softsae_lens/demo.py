@@ -30,11 +30,12 @@ from typing import Any
 
 import torch
 
-from softsae_lens.corpus import SOURCES, TokenCorpus, parse_sources
+from softsae_lens.corpus import SOURCES, TokenCorpus
 from softsae_lens.evaluation import (
     HEADLINE_KEYS,
     EvalBudget,
     PhaseClock,
+    add_model_and_text_flags,
     check_model_choice,
     describe_eval_cost,
     eval_cost,
@@ -102,23 +103,9 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     )
     p.add_argument("--d-sae", type=int, default=None, help="latents per SAE (default 8 x d_model)")
     p.add_argument("--k", type=int, default=d.k, help="TopK's k and SoftSAE's target mean k")
-    p.add_argument(
-        "--model", default=None, help="TransformerLens model name (default: SmolLM2, offline)"
-    )
-    p.add_argument(
-        "--model-path",
-        type=Path,
-        default=None,
-        help="a .gguf file or a local Hugging Face model folder, booted as a bridge, offline",
-    )
+    add_model_and_text_flags(p, d.sources)
     p.add_argument(
         "--dataset", default=None, help="Hugging Face dataset with a 'text' column (default: local)"
-    )
-    p.add_argument(
-        "--sources",
-        type=parse_sources,
-        default=d.sources,
-        help=f"local text sources to use when present (default: all of {','.join(SOURCES)})",
     )
     p.add_argument("--out", type=Path, default=d.out, help="output folder")
     p.add_argument("--context-size", type=int, default=d.context_size, help="tokens per row")

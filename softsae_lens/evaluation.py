@@ -56,6 +56,28 @@ HEADLINE_KEYS = (
 )
 
 
+def add_model_and_text_flags(parser: Any, default_sources: tuple[str, ...]) -> None:
+    """``--model``, ``--model-path`` and ``--sources``, as the demo and the sweep both take them
+    (checked afterwards by :func:`check_model_choice`)."""
+    from softsae_lens.corpus.sources import SOURCES, parse_sources
+
+    parser.add_argument(
+        "--model", default=None, help="TransformerLens model name (default: SmolLM2, offline)"
+    )
+    parser.add_argument(
+        "--model-path",
+        type=Path,
+        default=None,
+        help="a .gguf file or a local Hugging Face model folder, booted as a bridge, offline",
+    )
+    parser.add_argument(
+        "--sources",
+        type=parse_sources,
+        default=default_sources,
+        help=f"local text sources to use when present (default: all of {','.join(SOURCES)})",
+    )
+
+
 def check_model_choice(model: str | None, model_path: Path | str | None) -> None:
     """Raise ValueError unless ``--model``/``--model-path`` name at most one model and the path,
     if any, is a ``.gguf`` file or a Hugging Face model folder."""

@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from softsae_lens.corpus.sources import SOURCES, parse_sources
-from softsae_lens.evaluation import check_model_choice
+from softsae_lens.corpus.sources import SOURCES
+from softsae_lens.evaluation import add_model_and_text_flags, check_model_choice
 
 ARCHITECTURES = (
     "soft",
@@ -143,19 +143,7 @@ def parse_args(argv: list[str] | None = None, doc: str | None = None) -> SweepCo
     )
     add("--context-size", type=int, default=d.context_size, help="tokens per row")
     add("--layer", type=int, default=d.layer, help="residual stream layer (hook_resid_post)")
-    add("--model", default=None, help="TransformerLens model name (default: SmolLM2, offline)")
-    add(
-        "--model-path",
-        type=Path,
-        default=None,
-        help="a .gguf file or a local Hugging Face model folder, booted as a bridge, offline",
-    )
-    add(
-        "--sources",
-        type=parse_sources,
-        default=d.sources,
-        help=f"local text sources to use when present (default: all of {','.join(SOURCES)})",
-    )
+    add_model_and_text_flags(p, d.sources)
     add("--out", type=Path, default=None, help=f"output folder (default {d.out})")
     add("--seed", type=int, default=d.seed, help="seed (also picks the held-out documents)")
     add("--device", default=d.device, help="torch device")
