@@ -679,15 +679,22 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
             k_loss = k_loss * (mse_loss.detach().float() / k_target)
         return k_loss
 
-    @override
-    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+    def training_inputs(
+        self, step_input: TrainStepInput
+    ) -> tuple[SoftSchedule, torch.Tensor, torch.Tensor]:
+        """The schedule at this step, the pre-activations and k_hat (through ``hook_sae_k``;
+        detached in the hard phase, where k does not learn): what every training step starts from."""
         schedule = self.cfg.schedule(self.schedule_step(step_input.n_training_steps))
         sae_in = self.process_sae_in(step_input.sae_in)
         hidden_pre = self._hidden_pre(sae_in)
         k_hat = self._predict_k_from_sae_in(sae_in)
         if schedule.hard:
             k_hat = k_hat.detach()
-        k_hat = self.hook_sae_k(k_hat)
+        return schedule, hidden_pre, self.hook_sae_k(k_hat)
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        schedule, hidden_pre, k_hat = self.training_inputs(step_input)
         # One sorted top-k serves the hard selection (its first hard_width columns) and the soft
         # phase's candidates.
         m = candidate_count(self.cfg.k_max, self.cfg.d_sae)

@@ -55,13 +55,7 @@ class ProtoSoftTrainingSAE(SoftTrainingSAE):
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         if self.cfg.train_code == "soft":
             return super().training_forward_pass(step_input)
-        schedule = self.cfg.schedule(self.schedule_step(step_input.n_training_steps))
-        sae_in = self.process_sae_in(step_input.sae_in)
-        hidden_pre = self._hidden_pre(sae_in)
-        k_hat = self._predict_k_from_sae_in(sae_in)
-        if schedule.hard:
-            k_hat = k_hat.detach()
-        k_hat = self.hook_sae_k(k_hat)
+        schedule, hidden_pre, k_hat = self.training_inputs(step_input)
         feature_acts = self.hook_sae_acts_post(self._hard_topk(hidden_pre, k_hat))
         train_acts = feature_acts
         if not schedule.hard:
