@@ -36,7 +36,7 @@ import math
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,7 @@ ARCHITECTURE = "soft"
 KRounding = Literal["round", "floor"]
 AlphaScale = Literal["absolute", "relative"]
 KLossScale = Literal["mse", "absolute"]
+KBudget = Literal["normalize", "penalty"]
 
 # Keeps the Soft Top-K target strictly inside (0, d_sae) where sigmoid saturates in float32.
 _K_MARGIN = 1e-3
@@ -179,15 +180,29 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
             to the SAE; ``softsae_lens.train`` and :func:`softsae_lens.configure_runner` fill it
             from the runner config (``training_tokens // train_batch_size_tokens``), and the
             first training step raises a ValueError saying so when it is missing.
-        k_loss_coefficient: weight of the one-sided k penalty
-            ``softplus_beta(mean_batch(k_hat) - k_target)``.
-        k_loss_scale: ``"mse"`` multiplies the penalty by ``mse.detach() / k_target``: one
+        k_budget: how the batch-mean k is held at the target. ``"normalize"`` (default)
+            rescales the estimator's raw predictions so that their batch mean is exactly the
+            target, ``k_hat = min(k_max, k_raw * k_target / mean_batch(k_raw))``: the budget is
+            a constraint, and the estimator only learns how to share it between inputs (the
+            per-input spread is kept, its level is not). Inference uses the running average
+            of that factor (the ``k_scale`` buffer, saved with the weights), as BatchTopK uses
+            a running threshold. ``"penalty"`` is the paper's one-sided penalty alone: a fixed
+            price per latent, so the mean settles above the target wherever one more latent
+            buys more reconstruction than the price (it drifts up as the dictionary improves).
+        k_scale_decay: decay of the running average of the normalising factor that inference
+            uses (``k_budget="normalize"``); it starts once the k target has annealed to ``k``.
+        k_loss_coefficient: weight of the k term. With ``k_budget="penalty"`` the one-sided
+            penalty ``softplus_beta(mean_batch(k_hat) - k_target)``; with ``"normalize"`` a
+            two-sided pin ``log(mean_batch(k_raw) / k)^2`` that keeps the raw predictions'
+            level at ``k``, so the normalising factor stays near 1 and its running average
+            does not lag behind a drifting level.
+        k_loss_scale: (``k_budget="penalty"``) ``"mse"`` multiplies the penalty by ``mse.detach() / k_target``: one
             latent over budget then costs one budgeted latent's share of the current
             reconstruction error, whatever the activations' scale. ``"absolute"`` is the
             paper's form, whose slope (at most ``k_loss_coefficient`` per unit of k) only caps
             k when the MSE gained per extra latent is below it: on SmolLM2's residual stream it
             is not, and k_hat ran to k_max.
-        k_loss_beta: sharpness of that softplus (paper: 5).
+        k_loss_beta: sharpness of that softplus (paper: 5; ``k_budget="penalty"``).
         k_target_start: where the k target starts before annealing down to ``k``. Default
             ``max(d_in, k_max)``: the paper starts at ``d_in`` (no pressure on k at first), and
             a start at or above ``k_max`` is the same (k_hat never exceeds ``k_max``).
@@ -219,6 +234,8 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
     k_estimator_width: int | None = None
     aux_loss_coefficient: float = 1 / 32
     total_training_steps: int | None = None
+    k_budget: KBudget = "normalize"
+    k_scale_decay: float = 0.99
     k_loss_coefficient: float = 1.0
     k_loss_scale: KLossScale = "mse"
     k_loss_beta: float = 5.0
@@ -242,6 +259,9 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
         steps = self.total_training_steps
         if steps is not None and (not _is_int(steps) or steps <= 0):
             _fail("total_training_steps", steps, "a positive integer or None")
+        _check_choice(self, "k_budget", ("normalize", "penalty"))
+        if not 0.0 <= _number(self, "k_scale_decay") < 1.0:
+            _fail("k_scale_decay", self.k_scale_decay, "in [0, 1)")
         if _number(self, "k_loss_coefficient") < 0:
             _fail("k_loss_coefficient", self.k_loss_coefficient, ">= 0")
         _check_choice(self, "k_loss_scale", ("mse", "absolute"))
@@ -304,7 +324,22 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
             self.alpha_anneal_fraction
         )
         hard_steps = round(self.hard_topk_fraction * total)
-        return SoftSchedule(k_target=k_target, alpha=alpha, hard=step >= total - hard_steps)
+        return SoftSchedule(
+            k_target=k_target,
+            alpha=alpha,
+            hard=step >= total - hard_steps,
+            steps_at_k=max(0, step - math.ceil(self.k_anneal_fraction * total)),
+        )
+
+
+class SoftTrainingInputs(NamedTuple):
+    """What a training step starts from (:meth:`SoftTrainingSAE.training_inputs`)."""
+
+    schedule: SoftSchedule
+    hidden_pre: torch.Tensor
+    k_hat: torch.Tensor  # the k each input gets (normalised, through hook_sae_k)
+    k_raw: torch.Tensor  # the estimator's own prediction, before the k_budget factor
+    k_scale: torch.Tensor  # the factor used in this step (1 with k_budget="penalty")
 
 
 @dataclass(frozen=True)
@@ -314,6 +349,9 @@ class SoftSchedule:
     k_target: float
     alpha: float
     hard: bool
+    # Steps since the k target reached k (0 while it anneals): the running average of the
+    # k normalising factor only averages these.
+    steps_at_k: int = 0
 
 
 # ---------------------------------------------------------------- shared encoder parts
@@ -370,10 +408,15 @@ class _SoftEncoderMixin:
         self.b_k_in = nn.Parameter(torch.zeros(width, dtype=dtype, device=device))
         self.W_k_out = nn.Parameter(torch.zeros(width, dtype=dtype, device=device))
         self.b_k_out = nn.Parameter(torch.zeros(1, dtype=dtype, device=device))
+        # The factor that holds the mean k on its target (training config ``k_budget``): 1 for
+        # an SAE trained with the penalty alone. A persistent buffer, float32 whatever the
+        # SAE's dtype, so that SAELens's meta-device loading restores it.
+        self.register_buffer("k_scale", torch.ones((), dtype=torch.float32, device=device))
         self.hook_sae_k = HookPoint()
 
-    def _predict_k_from_sae_in(self, sae_in: torch.Tensor) -> torch.Tensor:
-        """``k_hat`` in float32 (also under autocast) from the processed SAE input."""
+    def _predict_raw_k_from_sae_in(self, sae_in: torch.Tensor) -> torch.Tensor:
+        """The estimator's own prediction ``k_max * sigmoid(MLP(x))``, float32 (also under
+        autocast), before the ``k_scale`` normalisation."""
         with _without_autocast(sae_in.device.type):
             x = sae_in.float()
             hidden = F.relu(x @ self.W_k_in.float() + self.b_k_in.float())
@@ -381,6 +424,14 @@ class _SoftEncoderMixin:
             # x.shape[:-1], also () for a single input vector.
             logit = hidden @ self.W_k_out.float() + self.b_k_out.float()[0]
             return self.cfg.k_max * torch.sigmoid(logit)
+
+    def _scale_k(self, k_raw: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``min(k_max, k_raw * scale)``: the normalised k, under the estimator's ceiling."""
+        return (k_raw * scale.float()).clamp(max=self.cfg.k_max)
+
+    def _predict_k_from_sae_in(self, sae_in: torch.Tensor) -> torch.Tensor:
+        """``k_hat`` in float32 from the processed SAE input, as inference uses it."""
+        return self._scale_k(self._predict_raw_k_from_sae_in(sae_in), self.k_scale)
 
     def _hidden_pre(self, sae_in: torch.Tensor) -> torch.Tensor:
         hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)  # type: ignore[attr-defined]
@@ -527,6 +578,9 @@ class _SoftEncoderMixin:
         super().process_state_dict_for_loading(state_dict)  # type: ignore[misc]
         # Checkpoints of softsae_lens 0.1 carried a step counter; the schedule no longer needs it.
         state_dict.pop(_LEGACY_STEP_BUFFER, None)
+        # SAEs saved before k_budget existed (and the paper's) predicted k without a factor.
+        if "k_scale" not in state_dict:
+            state_dict["k_scale"] = torch.ones((), dtype=torch.float32)
 
 
 # ---------------------------------------------------------------- inference
@@ -669,9 +723,18 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
         acts = (relu_pre * weights).to(hidden_pre.dtype)
         return self.decode_dense(acts), alpha_used, False
 
-    def k_loss(self, k_hat: torch.Tensor, k_target: float, mse_loss: torch.Tensor) -> torch.Tensor:
-        """The one-sided penalty on the batch-mean ``k_hat`` (see ``cfg.k_loss_scale``)."""
-        k_sum, count = self.batch_sums(k_hat.sum(), k_hat.new_full((), float(k_hat.numel())))
+    def k_loss(self, k_raw: torch.Tensor, k_target: float, mse_loss: torch.Tensor) -> torch.Tensor:
+        """The k term of the loss, on the batch mean of the estimator's raw predictions.
+
+        ``k_budget="penalty"``: the one-sided penalty (see ``cfg.k_loss_scale``) on the k_hat
+        used. ``"normalize"``: the budget already holds, and this only keeps the raw level at
+        ``k`` (``k_loss_coefficient * log(mean / k)^2``, two-sided), so the normalising factor
+        stays near 1 and its running average cannot lag behind a drifting level.
+        """
+        k_sum, count = self.batch_sums(k_raw.sum(), k_raw.new_full((), float(k_raw.numel())))
+        if self.cfg.k_budget == "normalize":
+            mean = (k_sum / count).clamp(min=_K_MARGIN)
+            return self.cfg.k_loss_coefficient * torch.log(mean / self.cfg.k).square()
         k_loss = self.cfg.k_loss_coefficient * F.softplus(
             k_sum / count - k_target, beta=self.cfg.k_loss_beta
         )
@@ -679,22 +742,46 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
             k_loss = k_loss * (mse_loss.detach().float() / k_target)
         return k_loss
 
-    def training_inputs(
-        self, step_input: TrainStepInput
-    ) -> tuple[SoftSchedule, torch.Tensor, torch.Tensor]:
-        """The schedule at this step, the pre-activations and k_hat (through ``hook_sae_k``;
-        detached in the hard phase, where k does not learn): what every training step starts from."""
+    def budget_k(
+        self, k_raw: torch.Tensor, schedule: SoftSchedule
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k each input gets in this training step and the normalising factor used.
+
+        With ``k_budget="normalize"`` the factor is ``k_target / mean(k_raw)`` over the (global)
+        batch, with gradient: the estimator then learns only how the budget is shared. The
+        running average that inference uses (``k_scale``) moves towards it once the target has
+        reached ``k``. With ``"penalty"`` the factor is 1.
+        """
+        if self.cfg.k_budget == "penalty":
+            return k_raw, k_raw.new_ones(())
+        k_sum, count = self.batch_sums(k_raw.sum(), k_raw.new_full((), float(k_raw.numel())))
+        # k_raw > 0 (a sigmoid), but float32 can round a saturated one to 0.
+        scale = schedule.k_target / (k_sum / count).clamp(min=_K_MARGIN)
+        if schedule.k_target <= self.cfg.k:
+            # Bias-corrected start (TensorFlow's ExponentialMovingAverage rule): the first
+            # steps at k are not averaged with the buffer's initial 1.
+            n = schedule.steps_at_k
+            decay = min(self.cfg.k_scale_decay, (1 + n) / (10 + n))
+            with torch.no_grad():
+                self.k_scale.lerp_(scale.detach().to(self.k_scale.dtype), 1.0 - decay)
+        return self._scale_k(k_raw, scale), scale
+
+    def training_inputs(self, step_input: TrainStepInput) -> SoftTrainingInputs:
+        """The schedule at this step, the pre-activations and k (normalised by
+        :meth:`budget_k`, then through ``hook_sae_k``; detached in the hard phase, where k does
+        not learn): what every training step starts from."""
         schedule = self.cfg.schedule(self.schedule_step(step_input.n_training_steps))
         sae_in = self.process_sae_in(step_input.sae_in)
         hidden_pre = self._hidden_pre(sae_in)
-        k_hat = self._predict_k_from_sae_in(sae_in)
+        k_raw = self._predict_raw_k_from_sae_in(sae_in)
         if schedule.hard:
-            k_hat = k_hat.detach()
-        return schedule, hidden_pre, self.hook_sae_k(k_hat)
+            k_raw = k_raw.detach()
+        k_hat, k_scale = self.budget_k(k_raw, schedule)
+        return SoftTrainingInputs(schedule, hidden_pre, self.hook_sae_k(k_hat), k_raw, k_scale)
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        schedule, hidden_pre, k_hat = self.training_inputs(step_input)
+        schedule, hidden_pre, k_hat, k_raw, k_scale = self.training_inputs(step_input)
         # One sorted top-k serves the hard selection (its first hard_width columns) and the soft
         # phase's candidates.
         m = candidate_count(self.cfg.k_max, self.cfg.d_sae)
@@ -717,7 +804,7 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
             )
 
         mse_loss = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
-        k_loss = self.k_loss(k_hat, schedule.k_target, mse_loss)
+        k_loss = self.k_loss(k_raw, schedule.k_target, mse_loss)
         losses = {
             "mse_loss": mse_loss,
             "k_loss": k_loss,
@@ -729,6 +816,9 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
             "softsae/k_hat_min": k_detached.min(),
             "softsae/k_hat_max": k_detached.max(),
             "softsae/k_target": schedule.k_target,
+            "softsae/k_raw_mean": k_raw.detach().mean(),
+            "softsae/k_scale_batch": k_scale.detach(),
+            "softsae/k_scale_running": self.k_scale.detach().clone(),
             "softsae/alpha": alpha_used.detach(),
             "softsae/alpha_schedule": schedule.alpha,
             "softsae/hard_phase": int(schedule.hard),

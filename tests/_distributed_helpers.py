@@ -122,13 +122,15 @@ def _error_of(fn) -> str:
     return "no error"
 
 
-def k_penalty_sae():
-    """The SoftSAE whose k penalty (d) checks, identical on both ranks and in the reference."""
+def k_penalty_sae(k_budget: str = "penalty"):
+    """The SoftSAE whose k budget (d) checks, identical on both ranks and in the reference."""
     from softsae_lens import SoftTrainingSAE, SoftTrainingSAEConfig
 
     torch.manual_seed(0)
     sae = SoftTrainingSAE(
-        SoftTrainingSAEConfig(d_in=D_MODEL, d_sae=64, k=4, total_training_steps=100)
+        SoftTrainingSAEConfig(
+            d_in=D_MODEL, d_sae=64, k=4, total_training_steps=100, k_budget=k_budget
+        )
     )
     # A trained-looking estimator: k_hat then varies with the input (at init it is k everywhere).
     torch.nn.init.normal_(sae.W_k_out, std=0.3)
@@ -202,6 +204,15 @@ def _scenarios(rank: int, root: Path) -> dict:
             "k_hat_mean": out.metrics["softsae/k_hat_mean"],
             "W_k_out_grad": sae.W_k_out.grad.clone(),
         }
+        if handle is not None:
+            handle.remove()
+    # ... and the k_budget="normalize" factor, which must come from the global batch mean
+    sae = k_penalty_sae("normalize")
+    for name, hooked in (("local", False), ("global", True)):
+        handle = install_global_batch_sums(sae) if hooked else None
+        out = k_penalty_step(sae, x)
+        results["k_penalty"][name]["k_scale_batch"] = out.metrics["softsae/k_scale_batch"]
+        results["k_penalty"][name]["k_scale_running"] = out.metrics["softsae/k_scale_running"]
         if handle is not None:
             handle.remove()
 

@@ -183,6 +183,21 @@ def test_soft_k_penalty_uses_the_global_mean_k_hat(two_ranks):
     assert not torch.allclose(per_rank, sae.W_k_out.grad, rtol=1e-2, atol=1e-6)
 
 
+def test_soft_k_budget_factor_uses_the_global_mean_k_hat(two_ranks):
+    _, results = two_ranks
+    ranks = [r["k_penalty"] for r in results]
+    sae = k_penalty_sae("normalize")
+    out = k_penalty_step(sae, torch.cat([r["x"] for r in ranks]))
+    reference = out.metrics["softsae/k_scale_batch"].item()
+    for r in ranks:
+        assert r["global"]["k_scale_batch"].item() == pytest.approx(reference, rel=1e-5)
+        assert r["local"]["k_scale_batch"].item() != pytest.approx(reference, rel=1e-2)
+        # the running factor inference uses moves identically on every rank
+        assert r["global"]["k_scale_running"].item() == pytest.approx(
+            out.metrics["softsae/k_scale_running"].item(), rel=1e-5
+        )
+
+
 def test_softplus_of_mean_differs_from_mean_of_softplus_here(two_ranks):
     # Guards the test above against a case where the two objectives coincide.
     _, results = two_ranks

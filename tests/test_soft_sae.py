@@ -129,6 +129,7 @@ FLOAT_FIELDS = [
     "alpha_anneal_fraction",
     "hard_topk_fraction",
     "aux_loss_coefficient",
+    "k_scale_decay",
 ]
 
 
@@ -143,6 +144,7 @@ def test_every_float_field_rejects_non_finite_and_non_numbers(name, value):
     "name, value, allowed",
     [
         ("k_loss_scale", "MSE", "'mse' or 'absolute'"),
+        ("k_budget", "constraint", "'normalize' or 'penalty'"),
         ("alpha_scale", "Relative", "'absolute' or 'relative'"),
         ("k_rounding", "ceil", "'round' or 'floor'"),
         ("soft_topk_grad_to_pre", "no", "True or False"),
@@ -423,13 +425,17 @@ def test_soft_phase_gradients_reach_encoder_decoder_and_k_estimator(grad_to_pre)
         soft_topk_grad_to_pre=grad_to_pre, alpha_scale="absolute", alpha_end=0.5
     )
     x = torch.randn(64, D_MODEL) * 3
-    out = sae.training_forward_pass(train_step_input(x, step=0))
+    # step 2: the k target has annealed to k (before that, k_budget="normalize" puts every k
+    # at the k_max ceiling, where the estimator has no gradient)
+    out = sae.training_forward_pass(train_step_input(x, step=2))
     assert out.metrics["softsae/hard_phase"] == 0
     out.loss.backward()
     for name in ("W_enc", "b_enc", "W_dec", "b_dec", "W_k_in", "b_k_in", "W_k_out", "b_k_out"):
         grad = getattr(sae, name).grad
         assert grad is not None and grad.abs().sum() > 0, name
-    # the trainer's statistics see the hard selection inference would produce
+    # the trainer's statistics see the hard selection inference would produce (inference's
+    # k factor is the running average of the batches'; here set to this batch's)
+    sae.k_scale.fill_(out.metrics["softsae/k_scale_batch"].item())
     torch.testing.assert_close(out.feature_acts, sae.encode(x))
     assert set(out.losses) == {"mse_loss", "k_loss", "auxiliary_reconstruction_loss"}
 
@@ -439,13 +445,15 @@ def _dense_soft_reference(sae: SoftTrainingSAE, x: torch.Tensor, step: int):
     schedule = sae.cfg.schedule(step)
     sae_in = sae.process_sae_in(x)
     hidden_pre = sae._hidden_pre(sae_in)
-    k_hat = sae._predict_k_from_sae_in(sae_in)
+    k_raw = sae._predict_raw_k_from_sae_in(sae_in)
+    # k_budget="normalize": the batch mean of k is the target, under the k_max ceiling
+    k_hat = (k_raw * schedule.k_target / k_raw.mean()).clamp(max=sae.cfg.k_max)
     relu_pre = hidden_pre.relu()
     alpha = sae.soft_alpha(hidden_pre, schedule.alpha)
     weights = softsae_lens.soft_topk(relu_pre.detach(), k_hat, alpha)
     sae_out = sae.decode_dense(relu_pre * weights)
     mse = (sae_out - x).pow(2).sum(-1).mean()
-    return sae_out, mse + sae.k_loss(k_hat, schedule.k_target, mse)
+    return sae_out, mse + sae.k_loss(k_raw, schedule.k_target, mse)
 
 
 @pytest.mark.parametrize("step, candidates_only", [(50, True), (0, False)])
@@ -537,12 +545,16 @@ def test_hard_phase_trains_encoder_and_decoder_but_freezes_k():
     out.loss.backward()
     assert sae.W_enc.grad.abs().sum() > 0 and sae.W_dec.grad.abs().sum() > 0
     assert sae.W_k_in.grad is None and sae.W_k_out.grad is None
+    sae.k_scale.fill_(out.metrics["softsae/k_scale_batch"].item())  # this batch's k factor
     torch.testing.assert_close(out.sae_out, sae(x))
 
 
 def test_k_loss_is_one_sided():
     sae = make_training_sae(
-        total_training_steps=100, k_anneal_fraction=0.0, k_loss_scale="absolute"
+        total_training_steps=100,
+        k_anneal_fraction=0.0,
+        k_loss_scale="absolute",
+        k_budget="penalty",
     )
     x = torch.randn(32, D_MODEL)
     with torch.no_grad():
@@ -556,8 +568,8 @@ def test_k_loss_is_one_sided():
 
 def test_k_loss_mse_scale_prices_a_latent_at_its_share_of_the_error():
     x = torch.randn(32, D_MODEL) * 4
-    absolute = make_training_sae(k_anneal_fraction=0.0, k_loss_scale="absolute")
-    relative = make_training_sae(k_anneal_fraction=0.0, k_loss_scale="mse")
+    absolute = make_training_sae(k_anneal_fraction=0.0, k_loss_scale="absolute", k_budget="penalty")
+    relative = make_training_sae(k_anneal_fraction=0.0, k_loss_scale="mse", k_budget="penalty")
     for sae in (absolute, relative):
         with torch.no_grad():
             sae.b_k_out.fill_(6.0)
@@ -838,3 +850,81 @@ def test_cli_help_lists_soft_fields():
         "soft",
     ):
         assert flag in out.stdout, flag
+
+
+# ---------------------------------------------------------------- the k budget (k_budget)
+
+
+def _train_where_latents_pay(k_budget: str, steps: int = 1500):
+    """SoftSAE (k 8) trained on 64 learnable features in 32 dims, each input holding ~16 of
+    them: every extra latent buys reconstruction, which is where a price per latent drifts."""
+    from sae_lens.synthetic import ActivationGenerator, FeatureDictionary, train_toy_sae
+
+    torch.manual_seed(0)
+    fd = FeatureDictionary(64, 32, seed=0)
+    gen = ActivationGenerator(num_features=64, firing_probabilities=torch.full((64,), 0.25))
+    cfg = SoftTrainingSAEConfig(
+        d_in=32, d_sae=128, k=8, k_budget=k_budget, total_training_steps=steps
+    )
+    sae = SoftTrainingSAE(cfg)
+    train_toy_sae(sae, fd, gen, training_samples=steps * 256, batch_size=256, lr=3e-3)
+    sae.eval()
+    with torch.no_grad():
+        x = fd(gen(4096))
+        return (sae.encode(x) != 0).sum(-1).float(), sae.predict_k(x)
+
+
+@pytest.mark.slow
+def test_k_budget_normalize_holds_mean_l0_where_the_penalty_drifts():
+    drifted, _ = _train_where_latents_pay("penalty")
+    held, k_hat = _train_where_latents_pay("normalize")
+    # the old penalty is a price per latent: here it buys more than it costs
+    assert drifted.mean() > 8 * 1.05, drifted.mean()
+    # the constraint holds the mean L0 within 3% of k, and keeps a per-input spread
+    assert abs(held.mean().item() - 8) <= 0.03 * 8, held.mean()
+    assert k_hat.quantile(0.95) - k_hat.quantile(0.05) > 2.0
+
+
+def test_k_budget_normalize_sets_the_batch_mean_and_averages_the_factor():
+    sae = make_training_sae(total_training_steps=100, k_anneal_fraction=0.0)
+    x = torch.randn(64, D_MODEL) * 3
+    out = sae.training_forward_pass(train_step_input(x, step=10))
+    k_raw = sae.predict_k(x) / sae.k_scale  # before this step's update the factor was 1
+    scale = out.metrics["softsae/k_scale_batch"]
+    torch.testing.assert_close(scale, sae.cfg.k / out.metrics["softsae/k_raw_mean"])
+    k_used = (k_raw * scale).clamp(max=sae.cfg.k_max)
+    # what the step used: the hard selection at round(k_used)
+    torch.testing.assert_close((out.feature_acts != 0).sum(-1).float(), sae.round_k(k_used).float())
+    # the running factor moved towards this batch's (bias-corrected first step: most of the way)
+    assert abs(sae.k_scale.item() - scale.item()) < abs(1.0 - scale.item())
+
+
+def test_k_budget_normalize_anneal_leaves_the_running_factor_alone():
+    sae = make_training_sae(total_training_steps=100, k_anneal_fraction=0.5)
+    sae.training_forward_pass(train_step_input(torch.randn(32, D_MODEL), step=10))
+    assert sae.k_scale.item() == 1.0
+
+
+def test_k_scale_saves_loads_and_old_checkpoints_default_to_one(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    sae = make_training_sae()
+    sae.k_scale.fill_(1.25)
+    x = torch.randn(6, D_MODEL) * 3
+    loaded = inference_copy(sae, tmp_path)
+    assert loaded.k_scale.item() == 1.25
+    torch.testing.assert_close(loaded.predict_k(x), sae.predict_k(x))
+    # an SAE saved before k_budget existed has no k_scale: it predicted k_raw
+    weights = tmp_path / "inference" / "sae_weights.safetensors"
+    state = load_file(weights)
+    del state["k_scale"]
+    save_file(state, weights)
+    old = SAE.load_from_disk(tmp_path / "inference")
+    assert old.k_scale.item() == 1.0
+    torch.testing.assert_close(old.predict_k(x) * 1.25, sae.predict_k(x).clamp(max=16.0))
+
+
+def test_k_budget_penalty_keeps_the_factor_at_one():
+    sae = make_training_sae(total_training_steps=100, k_anneal_fraction=0.0, k_budget="penalty")
+    out = sae.training_forward_pass(train_step_input(torch.randn(32, D_MODEL), step=10))
+    assert out.metrics["softsae/k_scale_batch"].item() == 1.0 and sae.k_scale.item() == 1.0

@@ -208,8 +208,9 @@ def test_sweep_writes_its_files_and_replots(tiny_sweep):
     table = [
         line for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")
     ]
-    # header + one row per SAE, then the SoftSAE k_hat header + one row per target
-    assert len(table) == 1 + len(saved["runs"]) + 1 + len(TARGETS)
+    # header + one row per SAE, the SoftSAE k_hat header + one row per target, then the
+    # matched-L0 header + one row per target and metric
+    assert len(table) == 1 + len(saved["runs"]) + 1 + len(TARGETS) + 1 + 3 * len(TARGETS)
     assert type(SAE.load_from_disk(out / "saes" / "soft-4")).__name__ == "SoftSAE"
 
     (out / "results.md").unlink()
@@ -253,3 +254,28 @@ def test_sweep_runs_on_a_local_hugging_face_folder(tmp_path):
     assert results["runs"][0]["k_hat"]["count"] > 0
     with pytest.raises(SystemExit):
         parse_args(["--model-path", str(tmp_path)])  # no config.json there
+
+
+def test_matched_l0_rows_interpolate_topk_in_log_l0():
+    from softsae_lens.experiments.sweep.report import interpolate_at_l0, matched_l0_rows
+
+    assert interpolate_at_l0([(16, 0.7), (64, 0.9)], 32) == pytest.approx(0.8)
+    assert interpolate_at_l0([(16, 0.7), (64, 0.9)], 70) is None  # never extrapolated
+    metrics = {"explained_variance": 0.8, "ce_loss_score": 0.9, "kl_div_score": 0.85}
+    runs = [
+        {"architecture": "topk", "target_l0": 16, "metrics": {**metrics, "l0": 16.0}},
+        {
+            "architecture": "topk",
+            "target_l0": 64,
+            "metrics": {
+                "l0": 64.0,
+                "explained_variance": 0.9,
+                "ce_loss_score": 1.0,
+                "kl_div_score": 0.95,
+            },
+        },
+        {"architecture": "soft", "target_l0": 32, "metrics": {**metrics, "l0": 32.0}},
+    ]
+    rows = {r["metric"]: r for r in matched_l0_rows({"runs": runs})}
+    assert rows["explained_variance"]["topk"] == pytest.approx(0.85)
+    assert rows["explained_variance"]["difference"] == pytest.approx(-0.05)

@@ -247,10 +247,11 @@ def convert_paper_state_dict(
     torch_dtype = getattr(torch, dtype)
     sae = SoftSAE(cfg)  # built on the meta device, like SAE.load_from_disk
     sae.cfg.device = device
-    sae.load_state_dict(
-        {name: t.to(device=device, dtype=torch_dtype).contiguous() for name, t in folded.items()},
-        assign=True,
-    )
+    state = {
+        name: t.to(device=device, dtype=torch_dtype).contiguous() for name, t in folded.items()
+    }
+    sae.process_state_dict_for_loading(state)  # the paper's SAEs have no k_scale: it is 1
+    sae.load_state_dict(state, assign=True)
     sae.to(device=device, dtype=torch_dtype)
     sae.eval()
     return sae

@@ -64,6 +64,7 @@ class SweepConfig:
     eval_batch_prompts: int = 8
     k_report_docs: int = 12
     mp_max_iterations_factor: float = 2.0
+    soft_k_budget: str = "normalize"  # SoftTrainingSAEConfig.k_budget
     pilot_rows: int = 16
     autocast: bool = False
     plan_only: bool = False
@@ -178,6 +179,13 @@ def parse_args(argv: list[str] | None = None, doc: str | None = None) -> SweepCo
         default=d.mp_max_iterations_factor,
         help="matching pursuit's max_iterations = factor x target (default 2, as k_max = 2k)",
     )
+    add(
+        "--soft-k-budget",
+        choices=("normalize", "penalty"),
+        default=d.soft_k_budget,
+        help="SoftSAE's k_budget: 'normalize' (default) holds the mean k on the target; "
+        "'penalty' is the previous one-sided penalty alone",
+    )
     add("--autocast", action="store_true", help="train the SAEs under bf16 autocast")
     add(
         "--quick",
@@ -212,6 +220,7 @@ def parse_args(argv: list[str] | None = None, doc: str | None = None) -> SweepCo
         device=a.device,
         threads=a.threads,
         mp_max_iterations_factor=a.mp_max_iterations_factor,
+        soft_k_budget=a.soft_k_budget,
         autocast=a.autocast,
         quick=a.quick,
         plan_only=a.plan_only,
@@ -300,7 +309,7 @@ def sae_config(arch: str, target: int, d_in: int, d_sae: int, cfg: SweepConfig) 
         "normalize_activations": "expected_average_only_in",
     }
     if arch == "soft":
-        return SoftTrainingSAEConfig(k=target, **common)
+        return SoftTrainingSAEConfig(k=target, k_budget=cfg.soft_k_budget, **common)
     if arch == "topk":
         return TopKTrainingSAEConfig(k=target, **common)
     if arch == "batchtopk":

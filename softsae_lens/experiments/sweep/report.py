@@ -76,15 +76,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Wall time: {results.get('wall_time_s', 0) / 60:.1f} min ({phases}); predicted "
         f"{plan['total_cpu_seconds'] / 60:.1f} min of CPU",
         "",
-        "| architecture | target L0 | L0 | explained variance | MSE | CE-loss score | "
-        "KL-div score | dead latents | step CPU s | sparsity knob |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| architecture | target L0 | L0 | L0 off target | explained variance | MSE | "
+        "CE-loss score | KL-div score | dead latents | step CPU s | sparsity knob |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in results["runs"]:
         m = run["metrics"]
         lines.append(
             f"| {LABELS.get(run['architecture'], run['architecture'])} | {run['target_l0']} | "
-            f"{_fmt(m['l0'], 3)} | {_fmt(m['explained_variance'])} | {_fmt(m['mse'])} | "
+            f"{_fmt(m['l0'], 3)} | {_off_target(m['l0'], run['target_l0'])} | "
+            f"{_fmt(m['explained_variance'])} | {_fmt(m['mse'])} | "
             f"{_fmt(m['ce_loss_score'])} | {_fmt(m['kl_div_score'])} | "
             f"{_fmt(m['dead_latents'])} | {run['step_cpu_seconds']:.3f} | {_knob(run)} |"
         )
@@ -106,8 +107,78 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{_fmt(k['spearman_with_token_surprisal']['rho'], 3)} | "
                 f"{_fmt(k['spearman_with_next_token_loss']['rho'], 3)} |"
             )
+    matched = matched_l0_rows(results)
+    if matched:
+        lines += [
+            "",
+            "## SoftSAE against TopK at SoftSAE's own L0",
+            "",
+            "TopK interpolated (linearly in log L0) between its two runs around SoftSAE's "
+            "held-out L0; n/a where SoftSAE's L0 lies outside TopK's range.",
+            "",
+            "| target | SoftSAE L0 | metric | SoftSAE | TopK at that L0 | difference |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in matched:
+            lines.append(
+                f"| {row['target_l0']} | {_fmt(row['l0'], 3)} | {PARETO_METRICS[row['metric']]} | "
+                f"{_fmt(row['soft'])} | {_fmt(row['topk'])} | {_signed(row['difference'])} |"
+            )
     lines += ["", "![Pareto fronts](pareto.png)", ""]
     return "\n".join(lines)
+
+
+def _off_target(l0: float | None, target: float) -> str:
+    if l0 is None or not math.isfinite(l0):
+        return "n/a"
+    return f"{(l0 - target) / target:+.1%}"
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"
+
+
+def interpolate_at_l0(points: list[tuple[float, float]], l0: float) -> float | None:
+    """The value at ``l0`` on the line through ``points`` (L0, value), linear in log L0;
+    None outside their range (no extrapolation)."""
+    points = sorted(p for p in points if p[0] is not None and p[0] > 0 and p[1] is not None)
+    for (l0_a, v_a), (l0_b, v_b) in zip(points, points[1:]):
+        if l0_a <= l0 <= l0_b:
+            if l0_b == l0_a:
+                return v_a
+            t = (math.log(l0) - math.log(l0_a)) / (math.log(l0_b) - math.log(l0_a))
+            return v_a + t * (v_b - v_a)
+    if len(points) == 1 and points[0][0] == l0:
+        return points[0][1]
+    return None
+
+
+def matched_l0_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every SoftSAE run against TopK interpolated to SoftSAE's held-out L0, per metric."""
+    topk = [run for run in results["runs"] if run["architecture"] == "topk"]
+    rows = []
+    for run in results["runs"]:
+        if run["architecture"] != "soft" or not topk:
+            continue
+        l0 = run["metrics"]["l0"]
+        for metric in PARETO_METRICS:
+            soft_value = run["metrics"].get(metric)
+            topk_value = interpolate_at_l0(
+                [(t["metrics"]["l0"], t["metrics"].get(metric)) for t in topk], l0
+            )
+            rows.append(
+                {
+                    "target_l0": run["target_l0"],
+                    "l0": l0,
+                    "metric": metric,
+                    "soft": soft_value,
+                    "topk": topk_value,
+                    "difference": None
+                    if topk_value is None or soft_value is None
+                    else soft_value - topk_value,
+                }
+            )
+    return rows
 
 
 def plot_pareto(results: dict[str, Any], path: Path, metrics: list[str] | None = None) -> None:
