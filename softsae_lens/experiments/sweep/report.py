@@ -116,7 +116,7 @@ def markdown(results: dict[str, Any]) -> str:
             "TopK interpolated (linearly in log L0) between its two runs around SoftSAE's "
             "held-out L0; n/a where SoftSAE's L0 lies outside TopK's range.",
             "",
-            "| target | SoftSAE L0 | metric | SoftSAE | TopK at that L0 | difference |",
+            "| target | SoftSAE L0 | metric | SoftSAE score | TopK score at that L0 | difference |",
             "|---|---|---|---|---|---|",
         ]
         for row in matched:
