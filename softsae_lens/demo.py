@@ -289,6 +289,17 @@ def markdown_table(rows: dict[str, dict[str, float | None]]) -> str:
     return "\n".join(lines)
 
 
+def _l0_on_target_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per SAE: its held-out mean L0 against the k both were trained for."""
+    k = summary["k"]
+    lines = []
+    for name, metrics in summary["metrics"].items():
+        l0 = metrics.get("l0")
+        if l0 is not None:
+            lines.append(f"- {name}: held-out L0 {l0:.2f} for k {k} ({(l0 - k) / k:+.1%})")
+    return [*lines, ""] if lines else []
+
+
 def write_report(out: Path, summary: dict[str, Any]) -> str:
     """Write ``report.md`` and return the table."""
     table = markdown_table(summary["metrics"])
@@ -310,6 +321,7 @@ def write_report(out: Path, summary: dict[str, Any]) -> str:
         "",
         table,
         "",
+        *_l0_on_target_lines(summary),
         "## SoftSAE's per-token k",
         "",
         f"k_hat over {k['count']} held-out tokens ({k['special_tokens_excluded']} special tokens "
