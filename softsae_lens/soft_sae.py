@@ -223,7 +223,7 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
         use_sparse_activations: TopK's sparse-COO training option; not supported (must stay
             False): the soft phase needs every pre-activation.
 
-    The paper's exact settings: ``k_loss_scale="absolute", alpha_scale="absolute",
+    The paper's exact settings: ``k_budget="penalty", k_loss_scale="absolute", alpha_scale="absolute",
     alpha_end=1e-4, soft_topk_grad_to_pre=True, k_rounding="floor", k_estimator_width=d_sae``
     (its hard phase also freezes the encoder, which is not reproduced).
     """
