@@ -9,14 +9,16 @@ against normalised-space residuals), its decoder-norm fold rules and its save-ti
 inherited unchanged. Depends on torch, SAELens and the operator (``soft_topk``) only: nothing
 here knows about CLIs, files, plots or processes.
 
-Inference: ``k_hat = k_max * sigmoid(MLP(x - b_dec))`` per input, rounded and clamped to
-``[1, k_max]``, then a hard top-k of the pre-activations. The prediction passes through the
+Inference: ``k_hat = min(k_max, k_scale * k_max * sigmoid(MLP(x - b_dec)))`` per input
+(``k_scale``: the running factor that held the training batches' mean k on ``k``; 1 for SAEs
+trained with the penalty), rounded and clamped to ``[1, k_max]``, then a hard top-k of the pre-activations. The prediction passes through the
 HookPoint ``hook_sae_k`` before rounding, so a hook can read or replace it.
 
 Training (``SoftTrainingSAE.training_forward_pass``): while the run is in its soft phase the
 activations are ``relu(pre) * soft_topk(relu(pre), k_hat, alpha)``, so the reconstruction loss
-reaches the k-estimator; a one-sided penalty keeps the batch-mean ``k_hat`` at or below a target
-that anneals from ``k_target_start`` down to ``k``; ``alpha`` anneals from ``alpha_start`` to
+reaches the k-estimator; the batch-mean ``k_hat`` is held on a target that anneals from
+``k_target_start`` down to ``k`` (``k_budget``: the predictions are rescaled to that mean, and
+inference uses the running factor; or the paper's one-sided penalty); ``alpha`` anneals from ``alpha_start`` to
 ``alpha_end``. The last ``hard_topk_fraction`` of the steps use the hard per-row top-k that
 inference uses, with the encoder and decoder still learning (the k-estimator is frozen there:
 hard top-k carries no gradient to k, and the k penalty alone would only push k down).
