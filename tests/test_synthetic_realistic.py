@@ -209,3 +209,13 @@ def test_straight_through_differs_from_the_soft_code_and_validates():
     assert not torch.allclose(_step(soft, x, 0).sae_out, _step(straight, x, 0).sae_out)
     with pytest.raises(ValueError, match="train_code must be"):
         _proto("hardest")
+
+
+def test_realistic_orthogonalize_reaches_sae_lens_config_and_the_stream_cache_key():
+    from softsae_lens.experiments.synthetic.realistic import RealisticRegime
+
+    plain = RealisticRegime("realistic", num_features=256, hidden_dim=32)
+    ortho = RealisticRegime("realistic", num_features=256, hidden_dim=32, orthogonalize=True)
+    assert plain.model_config(0).orthogonalization is None
+    assert ortho.model_config(0).orthogonalization is not None
+    assert "orthogonalised" in ortho.describe() and "orthogonalised" not in plain.describe()

@@ -9,6 +9,7 @@ Depends on every other module of this package; nothing depends on it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -95,6 +96,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--realistic-samples", type=int, default=None, help="default 1,024,000")
     p.add_argument(
+        "--realistic-lr", type=float, default=None, help="the realistic regime's lr (default 3e-3)"
+    )
+    p.add_argument(
+        "--realistic-orthogonalize",
+        action="store_true",
+        help="orthogonalise the true feature directions, as SynthSAEBench does (minutes at "
+        "thousands of features; cached with the stream)",
+    )
+    p.add_argument(
         "--cache",
         type=Path,
         default=Path("out") / "synthetic_cache",
@@ -122,6 +132,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.ablation and args.realistic_ablation:
         p.error("--ablation and --realistic-ablation: choose one")
+    if args.realistic_lr is not None and not args.realistic_lr > 0:
+        p.error(f"--realistic-lr must be > 0, got {args.realistic_lr}")
     if args.variants is not None:
         known = (
             ABLATION_VARIANTS
@@ -195,9 +207,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         realistic.seeds = list(args.realistic_seeds)
     if args.realistic_samples is not None:
         realistic.training_samples = args.realistic_samples
+    if args.realistic_lr is not None:
+        realistic.lr = args.realistic_lr
     if args.realistic_size is not None:
         features, dims = args.realistic_size
         realistic.regimes = [RealisticRegime("realistic", features, dims)]
+    if args.realistic_orthogonalize:
+        realistic.regimes = [dataclasses.replace(r, orthogonalize=True) for r in realistic.regimes]
     suffix = (
         "_ablation"
         if args.ablation

@@ -27,6 +27,7 @@ from sae_lens.synthetic import (
     HierarchyConfig,
     LinearMagnitudeConfig,
     LowRankCorrelationConfig,
+    OrthogonalizationConfig,
     SyntheticModel,
     SyntheticModelConfig,
     ZipfianFiringProbabilityConfig,
@@ -56,6 +57,9 @@ class RealisticRegime:
     correlation_rank: int = 25
     correlation_scale: float = 0.1
     bias: float = 0.5
+    # SynthSAEBench orthogonalises the feature directions (SAELens's default optimisation);
+    # off by default here because it costs minutes at thousands of features.
+    orthogonalize: bool = False
     kind: str = "realistic"
 
     def __post_init__(self) -> None:
@@ -100,7 +104,7 @@ class RealisticRegime:
             ),
             mean_firing_magnitudes=LinearMagnitudeConfig(start=5.0, end=4.0),
             std_firing_magnitudes=FoldedNormalMagnitudeConfig(mean=0.5, std=0.5),
-            orthogonalization=None,
+            orthogonalization=OrthogonalizationConfig() if self.orthogonalize else None,
             bias=self.bias,
             seed=seed,
         )
@@ -112,7 +116,8 @@ class RealisticRegime:
             f"p {self.min_prob:g}..{self.max_prob:g}), {self.roots} hierarchy roots x branching "
             f"{self.branching_factor} x depth {self.max_depth} with mutually exclusive children, "
             f"low-rank correlation (rank {self.correlation_rank}, scale {self.correlation_scale:g}), "
-            f"magnitudes mean 5..4, std folded-normal; d_sae = {self.d_sae}"
+            f"magnitudes mean 5..4, std folded-normal"
+            f"{', directions orthogonalised' if self.orthogonalize else ''}; d_sae = {self.d_sae}"
         )
 
 
