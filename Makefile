@@ -22,7 +22,7 @@ export SOFTSAE_REQUIRE_SMOLLM2 ?= 1
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install test test-fast demo sweep minilm lint bench docs-results clean
+.PHONY: install test test-fast demo sweep minilm lint bench docs-results docs clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -73,5 +73,10 @@ bench: install
 docs-results:
 	$(PYTHON) docs/gen_results.py
 
+# The static docs site in site/ (mkdocs, as SAELens uses). make test checks the links without it.
+docs: install
+	$(PIP) install -e ".[docs]"
+	$(PY) -m mkdocs build
+
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out site .pytest_cache

@@ -100,6 +100,19 @@ def test_every_docs_page_is_linked_from_the_index():
     assert not orphans, f"not linked from docs/index.md: {orphans}"
 
 
+def test_the_site_navigation_lists_every_page_and_only_pages_that_exist():
+    """``make docs`` builds the site from mkdocs.yml's ``nav``; read with a regex (no YAML needed)."""
+    nav = re.findall(r"^\s+- [^:]+: (\S+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.M)
+    missing = [p for p in nav if not (DOCS / p).is_file() and DOCS / p not in EXPECTED_LATER]
+    assert not missing, f"mkdocs.yml's nav names pages that do not exist: {missing}"
+    unlisted = sorted(
+        p.relative_to(DOCS).as_posix()
+        for p in DOCS.rglob("*.md")
+        if p.relative_to(DOCS).as_posix() not in nav
+    )
+    assert not unlisted, f"docs pages missing from mkdocs.yml's nav: {unlisted}"
+
+
 def _documented_commands() -> set[str]:
     """Every ``python -m softsae_lens...`` (or ``torchrun ... -m softsae_lens...``) module and
     every ``python examples/...py`` / ``python benchmarks/...py`` script the pages mention."""
