@@ -22,7 +22,7 @@ export SOFTSAE_REQUIRE_SMOLLM2 ?= 1
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install test test-fast demo sweep minilm lint bench clean
+.PHONY: install test test-fast demo sweep minilm lint bench docs-results docs clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,8 +58,8 @@ minilm: install
 	$(PY) -m softsae_lens.experiments.minilm_embeddings $(MINILM_ARGS)
 
 lint: install
-	$(PY) -m ruff check softsae_lens tests benchmarks examples setup.py softsae_lens_autoload.py
-	$(PY) -m ruff format --check softsae_lens tests benchmarks examples setup.py softsae_lens_autoload.py
+	$(PY) -m ruff check softsae_lens tests benchmarks examples docs/gen_results.py setup.py softsae_lens_autoload.py
+	$(PY) -m ruff format --check softsae_lens tests benchmarks examples docs/gen_results.py setup.py softsae_lens_autoload.py
 
 # Timings on a shared machine are noise: run `make bench` with nothing else busy.
 bench: install
@@ -68,5 +68,15 @@ bench: install
 	$(PY) benchmarks/bench_train_step.py --size small --threads 1 2 --load idle busy --no-memory
 	$(PY) benchmarks/bench_distributed.py
 
+# Each experiment's own report (out/<name>/results.md, the demo's report.md) into docs/results/<name>.md;
+# an experiment not yet run leaves its page as it is. Standard library only: no install needed.
+docs-results:
+	$(PYTHON) docs/gen_results.py
+
+# The static docs site in site/ (mkdocs, as SAELens uses). make test checks the links without it.
+docs: install
+	$(PIP) install -e ".[docs]"
+	$(PY) -m mkdocs build
+
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out site .pytest_cache

@@ -1,5 +1,5 @@
 """What a fresh clone relies on: declared dependencies, the Makefile's torch override, and a
-README that stands on its own."""
+README and docs that stand on their own."""
 
 import ast
 import re
@@ -18,6 +18,10 @@ except ModuleNotFoundError:  # Python 3.10: the dev extra installs tomli
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+# The pages a user's clone holds: the README and everything under docs/.
+USER_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+# The page that holds the defaults table and the paper's exact recipe.
+DEFAULTS_PAGE = "docs/architecture-and-defaults.md"
 
 # Declared for a reason other than an `import` in the package; each says why.
 USED_WITHOUT_IMPORT = {
@@ -88,22 +92,25 @@ def test_documented_torch_override_reaches_pip_as_separate_arguments(tmp_path):
     assert args[args.index("install") + 1 :] == expected
 
 
-def test_readme_stands_on_its_own():
+@pytest.mark.parametrize("page", USER_PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_readme_and_docs_stand_on_their_own(page):
+    text = page.read_text(encoding="utf-8")
     for private in ("NOTES", "../shared", "DESIGN.md"):
-        assert private not in README, f"the README cites {private!r}, which a user's clone lacks"
+        assert private not in text, f"{page.name} cites {private!r}, which a user's clone lacks"
 
 
 def _settings(text: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=([\w.\"']+)", text))
 
 
-@pytest.mark.parametrize("where", ["README.md"])
-def test_paper_recipe_in_the_readme_matches_the_config_docstring(where):
+@pytest.mark.parametrize("where", [DEFAULTS_PAGE])
+def test_paper_recipe_in_the_docs_matches_the_config_docstring(where):
     from softsae_lens import SoftTrainingSAEConfig
 
     doc = SoftTrainingSAEConfig.__doc__
     doc_recipe = doc[doc.index("The paper's exact settings:") :]
-    readme_recipe = README[README.index("The paper exactly:") :]
+    page = (ROOT / where).read_text(encoding="utf-8")
+    readme_recipe = page[page.index("The paper exactly:") :]
     readme_recipe = readme_recipe[: readme_recipe.index("`", readme_recipe.index("`") + 1)]
     expected = _settings(doc_recipe[: doc_recipe.index("(its hard phase")])
     assert "k_loss_scale" in expected
