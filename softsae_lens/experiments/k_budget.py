@@ -1,0 +1,188 @@
+"""The k budget's evidence page: held-out L0 against the target, from runs already made.
+
+Reads the ``results.json`` of sweeps (``python -m softsae_lens.experiments.sweep``) and of
+ground-truth runs (``python -m softsae_lens.experiments.synthetic``), trains nothing, and writes
+one ``results.md``: per run length and target, each SoftSAE's held-out mean L0 and how far it is
+from the target, its k_hat spread, and its scores against TopK at SoftSAE's own L0.
+
+    python -m softsae_lens.experiments.k_budget --sweeps out/l0/sweep_1x out/l0/sweep_2x \\
+        --synthetic out/l0/synth_1000 --out out/l0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from softsae_lens.experiments.sweep.report import PARETO_METRICS, matched_l0_rows
+
+__all__ = ["markdown", "main"]
+
+_SYNTHETIC_SAES = ("soft", "k_budget_penalty", "topk", "topk_plus1", "batchtopk")
+
+
+def _load(folder: Path) -> dict[str, Any]:
+    path = folder / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"error: {path} does not exist (run the experiment first)")
+    return json.loads(path.read_text())
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:+.1%}"
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
+
+
+def _soft_label(results: dict[str, Any]) -> str:
+    budget = results["config"].get("soft_k_budget", "penalty")
+    return f"SoftSAE ({budget})"
+
+
+def sweep_lines(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """One row per SoftSAE of every sweep: L0 on target, k_hat spread, TopK at its L0."""
+    lines = [
+        "| training tokens | SAE | target | held-out L0 | off target | k_hat p5 / p50 / p95 | "
+        + " | ".join(f"{label} (vs TopK at that L0)" for label in PARETO_METRICS.values())
+        + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(PARETO_METRICS),
+    ]
+    for results in runs:
+        tokens = results["config"]["tokens"]
+        matched = {(r["target_l0"], r["metric"]): r for r in matched_l0_rows(results)}
+        for run in results["runs"]:
+            m = run["metrics"]
+            if run["architecture"] == "soft":
+                k = run.get("k_hat") or {}
+                spread = (
+                    f"{k['p5']:.1f} / {k['median']:.1f} / {k['p95']:.1f}" if "p5" in k else "n/a"
+                )
+                scores = []
+                for metric in PARETO_METRICS:
+                    row = matched.get((run["target_l0"], metric), {})
+                    diff = row.get("difference")
+                    scores.append(
+                        f"{_num(m.get(metric))} ({'n/a' if diff is None else f'{diff:+.4f}'})"
+                    )
+                label = _soft_label(results)
+            elif run["architecture"] == "topk":
+                spread, label = "-", "TopK"
+                scores = [_num(m.get(metric)) for metric in PARETO_METRICS]
+            else:
+                continue
+            off = None if m["l0"] is None else (m["l0"] - run["target_l0"]) / run["target_l0"]
+            lines.append(
+                f"| {tokens:,} | {label} | {run['target_l0']} | {_num(m['l0'], 3)} | "
+                f"{_pct(off)} | {spread} | " + " | ".join(scores) + " |"
+            )
+    return lines
+
+
+def synthetic_lines(results: dict[str, Any]) -> list[str]:
+    """Mean ± std over seeds per SAE of the realistic regime: L0 against k, features, k tracking."""
+    per_seed = [r for r in results["per_seed"] if r["regime"] == "realistic"]
+    summary = results["summary"]["realistic"]
+    steps = results["realistic_settings"]["training_samples"] // results["realistic_settings"][
+        "batch_size"
+    ]
+    lines = []
+    for name in _SYNTHETIC_SAES:
+        if name not in summary:
+            continue
+        agg = summary[name]
+        offsets = [
+            (r["metrics"][name]["mean_l0"] - r["k"]) / r["k"]
+            for r in per_seed
+            if name in r["metrics"] and not name.startswith("topk")
+        ]
+        off = (
+            f"{_pct(sum(offsets) / len(offsets))} (worst {_pct(max(offsets, key=abs))})"
+            if offsets
+            else "-"
+        )
+
+        def ms(key: str, digits: int = 3, agg: dict[str, Any] = agg) -> str:
+            v = agg.get(key)
+            return "n/a" if v is None else f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}"
+
+        lines.append(
+            f"| {steps:,} | {results['labels'].get(name, name)} | {ms('mean_l0', 2)} | {off} | "
+            f"{ms('mcc')} | {ms('f1')} | {ms('explained_variance')} | "
+            f"{ms('spearman_k_hat') if 'spearman_k_hat' in agg else '-'} | "
+            f"{ms('dead_latents', 0)} |"
+        )
+    return lines
+
+
+def markdown(sweeps: Sequence[dict[str, Any]], synthetic: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "# The k budget: held-out L0 against the target",
+        "",
+        "Written by `python -m softsae_lens.experiments.k_budget` from the runs' own results.json.",
+        "",
+    ]
+    if sweeps:
+        lines += [
+            "## SmolLM2-135M (the sweep): SoftSAE and TopK at each run length",
+            "",
+            "Held-out `run_evals`, special tokens excluded. In brackets: SoftSAE's score minus "
+            "TopK's interpolated (linearly in log L0) to SoftSAE's held-out L0, n/a where that L0 "
+            "is outside TopK's runs.",
+            "",
+            *sweep_lines(sweeps),
+            "",
+            "Commands:",
+            "",
+            *(f"- `{s.get('command', 'python -m softsae_lens.experiments.sweep')}`" for s in sweeps),
+            "",
+        ]
+    if synthetic:
+        lines += [
+            "## Realistic ground truth (SynthSAEBench recipe), mean ± std over seeds",
+            "",
+            "| steps | SAE | mean L0 | off k (mean over seeds, worst seed) | MCC | F1 | EV | "
+            "Spearman(k_hat, true L0) | dead latents |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for results in synthetic:
+            lines += synthetic_lines(results)
+        lines += [
+            "",
+            "Commands:",
+            "",
+            *(f"- `{s['command']}` ({s['wall_s'] / 60:.0f} min)" for s in synthetic),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m softsae_lens.experiments.k_budget",
+        description="Write the k budget's results page from sweep and ground-truth results.",
+    )
+    p.add_argument("--sweeps", type=Path, nargs="*", default=[], help="sweep output folders")
+    p.add_argument(
+        "--synthetic", type=Path, nargs="*", default=[], help="ground-truth output folders"
+    )
+    p.add_argument("--out", type=Path, default=Path("out/l0"), help="where results.md goes")
+    args = p.parse_args(argv)
+    if not args.sweeps and not args.synthetic:
+        p.error("give --sweeps and/or --synthetic folders holding results.json")
+    sweeps = [_load(f) for f in args.sweeps]
+    for s, folder in zip(sweeps, args.sweeps):
+        s.setdefault("command", f"python -m softsae_lens.experiments.sweep (out {folder})")
+    text = markdown(sweeps, [_load(f) for f in args.synthetic])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
