@@ -1,0 +1,201 @@
+"""No run lost, no raw traceback (issue 25): data checked before training, resumable runs on
+arrays, checkpoints that are complete or refused, nothing overwritten, one-line errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_activations import D_IN, sparse_rows
+
+from softsae_lens import SoftTrainingSAEConfig
+from softsae_lens.checkpoints import (
+    COMPLETE_MARKER,
+    CheckpointError,
+    is_complete,
+    latest_complete,
+    resolve_checkpoint,
+)
+from softsae_lens.train_activations import ActivationsRunnerConfig, main, train_on_activations
+
+
+@pytest.fixture(scope="module")
+def npy_path(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("acts") / "acts.npy"
+    np.save(path, sparse_rows(3000))
+    return str(path)
+
+
+def _cfg(npy_path, tmp_path, **overrides) -> ActivationsRunnerConfig:
+    base = dict(
+        sae=SoftTrainingSAEConfig(
+            d_in=D_IN, d_sae=64, k=4, normalize_activations="expected_average_only_in"
+        ),
+        activations=npy_path,
+        eval_fraction=0.1,
+        train_batch_size=100,
+        # 60 steps of 100 over 2700 training rows: the run crosses two pass boundaries.
+        training_samples=100 * 60,
+        lr=3e-3,
+        output_path=str(tmp_path / "sae"),
+        seed=0,
+    )
+    base.update(overrides)
+    return ActivationsRunnerConfig(**base)
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "sae_weights.safetensors"))
+
+
+# --- item 1: NaN/inf rows are found before training ------------------------------------------
+
+
+def test_nonfinite_row_fails_before_training_and_skip_trains_without_it(tmp_path):
+    data = sparse_rows(3000)
+    data[2990, 5] = np.nan  # late in the file: drawn only near the end of a pass
+    data[17, 0] = np.inf
+    path = tmp_path / "bad.npy"
+    np.save(path, data)
+    cfg = _cfg(str(path), tmp_path, n_checkpoints=1, checkpoint_path=str(tmp_path / "ckpt"))
+    with pytest.raises(ValueError) as err:
+        train_on_activations(cfg, progress=False)
+    assert f"activations={path}: 2 of 3000 rows hold NaN or inf (rows 17, 2990)" in str(err.value)
+    assert "nothing was trained" in str(err.value)
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "sae").exists()
+
+    run = train_on_activations(
+        _cfg(str(path), tmp_path, nonfinite_rows="skip", output_path=None), progress=False
+    )
+    assert run.metrics["nonfinite_rows_left_out"] == 2
+    assert np.isfinite(run.metrics["explained_variance"])
+    with pytest.raises(ValueError, match="nonfinite_rows='drop': must be one of error, skip"):
+        _cfg(str(path), tmp_path, nonfinite_rows="drop")
+
+
+# --- item 2: resume --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(npy_path, tmp_path_factory):
+    """A run with two checkpoints (at 2100 and 4100 samples), trained to the end."""
+    root = tmp_path_factory.mktemp("whole")
+    cfg = _cfg(npy_path, root, n_checkpoints=2, checkpoint_path=str(root / "ckpt"))
+    run = train_on_activations(cfg, progress=False)
+    return root, run
+
+
+def test_resumed_run_equals_the_uninterrupted_one(npy_path, tmp_path, uninterrupted):
+    root, whole = uninterrupted
+    assert sorted(p.name for p in (root / "ckpt").iterdir()) == ["2100", "4100"]
+    assert all(is_complete(p) for p in (root / "ckpt").iterdir())
+    resumed = train_on_activations(
+        _cfg(
+            npy_path,
+            tmp_path,
+            n_checkpoints=2,
+            checkpoint_path=str(tmp_path / "ckpt"),
+            resume_from_checkpoint=str(root / "ckpt" / "2100"),
+        ),
+        progress=False,
+    )
+    # It wrote only the checkpoint still ahead of it.
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["4100"]
+    a, b = _weights(root / "sae"), _weights(tmp_path / "sae")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert resumed.metrics["explained_variance"] == whole.metrics["explained_variance"]
+
+
+def test_resume_from_a_folder_takes_its_latest_complete_checkpoint(uninterrupted, tmp_path):
+    root, _ = uninterrupted
+    assert resolve_checkpoint(root / "ckpt") == root / "ckpt" / "4100"
+    copy = tmp_path / "ckpt"
+    shutil.copytree(root / "ckpt", copy)
+    (copy / "4100" / COMPLETE_MARKER).unlink()
+    assert latest_complete(copy) == copy / "2100"
+
+
+def test_resume_with_other_arguments_is_refused(npy_path, uninterrupted, tmp_path):
+    root, _ = uninterrupted
+    cfg = _cfg(npy_path, tmp_path, lr=1e-3, resume_from_checkpoint=str(root / "ckpt" / "2100"))
+    with pytest.raises(
+        ValueError, match=r"lr=0.001: the checkpoint .*2100 was trained with lr=0.003"
+    ):
+        train_on_activations(cfg, progress=False)
+
+
+# --- item 3: incomplete checkpoints ----------------------------------------------------------
+
+
+def test_incomplete_checkpoints_are_refused_by_name(uninterrupted, tmp_path):
+    root, _ = uninterrupted
+    # Killed after SAELens's first file: only the weights.
+    only_weights = tmp_path / "a" / "4100"
+    only_weights.mkdir(parents=True)
+    shutil.copy(root / "ckpt" / "4100" / "sae_weights.safetensors", only_weights)
+    with pytest.raises(
+        CheckpointError, match="incomplete checkpoint: it has no checkpoint_complete"
+    ):
+        resolve_checkpoint(only_weights)
+    # A copy that lost files after the marker was written: the marker lists them.
+    lost = tmp_path / "b" / "4100"
+    shutil.copytree(root / "ckpt" / "4100", lost)
+    (lost / "activation_batches_state.json").unlink()
+    with pytest.raises(
+        CheckpointError, match="incomplete checkpoint: activation_batches_state.json is missing"
+    ):
+        resolve_checkpoint(lost)
+    shutil.copytree(root / "ckpt" / "2100", tmp_path / "b" / "2100")
+    with pytest.raises(CheckpointError, match="latest complete checkpoint beside it is .*2100"):
+        resolve_checkpoint(lost)
+    assert resolve_checkpoint(tmp_path / "b") == tmp_path / "b" / "2100"
+    with pytest.raises(CheckpointError, match="holds no complete checkpoint"):
+        resolve_checkpoint(tmp_path / "a")
+
+
+# --- item 6: no silent overwrites ------------------------------------------------------------
+
+
+def test_finished_sae_and_other_runs_checkpoints_are_not_overwritten(
+    npy_path, uninterrupted, tmp_path
+):
+    root, _ = uninterrupted
+    before = _weights(root / "sae")
+    with pytest.raises(ValueError, match=r"output_path=.*sae: already holds an SAE \(cfg.json\)"):
+        train_on_activations(_cfg(npy_path, root), progress=False)
+    assert all(torch.equal(v, _weights(root / "sae")[k]) for k, v in before.items())
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint_path=.*ckpt: already holds checkpoints of another run \(2100, 4100\)",
+    ):
+        train_on_activations(
+            _cfg(npy_path, tmp_path, checkpoint_path=str(root / "ckpt"), n_checkpoints=2),
+            progress=False,
+        )
+
+
+# --- item 10: bad files, one line ------------------------------------------------------------
+
+
+def test_bad_files_are_one_line_errors(tmp_path, capsys):
+    good = torch.from_numpy(sparse_rows(50))
+    torch.save(good, tmp_path / "whole.pt")
+    raw = (tmp_path / "whole.pt").read_bytes()
+    files = {
+        "empty.npy": b"",
+        "garbage.pt": b"this is not a torch file at all",
+        "truncated.pt": raw[: len(raw) // 2],
+        "empty.safetensors": b"",
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(SystemExit) as failed:
+            main(["--activations", str(tmp_path / name), "--output_path", str(tmp_path / "o")])
+        assert failed.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --activations={tmp_path / name}: not a"), err
+        assert "Traceback" not in err and err.count("\n") == 1, err
