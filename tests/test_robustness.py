@@ -199,3 +199,105 @@ def test_bad_files_are_one_line_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"error: --activations={tmp_path / name}: not a"), err
         assert "Traceback" not in err and err.count("\n") == 1, err
+
+
+# --- the language-model runner: markers, one-process local datasets, SIGTERM -------------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _readme_args(tmp_path, **overrides) -> list[str]:
+    """The README's tiny offline example (README: "Try it on a tiny model"), in ``tmp_path``."""
+    import runpy
+
+    example = runpy.run_path(str(REPO / "examples" / "tiny_cli_model.py"))
+    if not (tmp_path / "model").exists():
+        example["write_tiny_model"](tmp_path / "model")
+        example["write_token_dataset"](tmp_path / "tokens")
+    flags = {
+        "architecture": "soft", "d_in": "32", "d_sae": "128", "k": "8",
+        "model_class_name": "AutoModelForCausalLM", "model_name": str(tmp_path / "model"),
+        "hook_name": "transformer.h.0", "dataset_path": str(tmp_path / "tokens"),
+        "dataset_trust_remote_code": "false", "context_size": "16",
+        "training_tokens": "2560", "train_batch_size_tokens": "128",
+        "n_batches_in_buffer": "8", "store_batch_size_prompts": "8", "device": "cpu",
+        "log_to_wandb": "false", "checkpoint_path": str(tmp_path / "ckpt"),
+        "n_checkpoints": "1", "output_path": str(tmp_path / "sae"),
+        **overrides,
+    }  # fmt: skip
+    return [part for name, value in flags.items() for part in (f"--{name}", value)]
+
+
+def test_readme_offline_example_trains_in_one_process(tmp_path, monkeypatch):
+    """Item 4: SAELens 6.54 hands a local dataset_path to the hub client in one process."""
+    from sae_lens import SAE
+
+    from softsae_lens.train import main as train_main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    train_main(_readme_args(tmp_path))
+    assert SAE.load_from_disk(tmp_path / "sae").cfg.d_sae == 128
+    (checkpoint,) = [p for p in (tmp_path / "ckpt").glob("*/*") if p.is_dir()]
+    assert is_complete(checkpoint)  # item 3: the runner's checkpoints carry the marker too
+
+
+def test_lm_runner_refuses_an_incomplete_checkpoint(tmp_path, monkeypatch, capsys):
+    """Item 3: a folder with only the weights was taken for a 1-process checkpoint before."""
+    from softsae_lens.train import main as train_main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    partial = tmp_path / "killed" / "1280"
+    partial.mkdir(parents=True)
+    (partial / "sae_weights.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(SystemExit) as failed:
+        train_main(_readme_args(tmp_path, resume_from_checkpoint=str(partial)))
+    assert failed.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: resume_from_checkpoint={partial}: incomplete checkpoint"), err
+
+
+def test_sigterm_in_one_process_leaves_a_resumable_checkpoint(tiny_model, tmp_path, monkeypatch):
+    """SAELens 6.54's handler saves into a folder it never created; here the run stops between
+    two steps with a complete checkpoint, and resuming from it finishes the run."""
+    import os
+    import signal
+
+    from conftest import tiny_runner_cfg, token_dataset
+
+    from softsae_lens.distributed_runner import DistributedSAETrainingRunner, TrainingInterrupted
+    from softsae_lens.runner import configure_runner
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+    class SignalledAtBatch10(DistributedSAETrainingRunner):
+        def run_trainer_with_interruption_handling(self, trainer):
+            inner, count = trainer.data_provider, [0]
+
+            def provider():
+                while True:
+                    count[0] += 1
+                    if count[0] == 10:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                    yield next(inner)
+
+            trainer.data_provider = provider()
+            return super().run_trainer_with_interruption_handling(trainer)
+
+    cfg = configure_runner(tiny_runner_cfg(None, checkpoint_path=str(tmp_path / "ckpt")))
+    runner = SignalledAtBatch10(cfg, override_model=tiny_model, override_dataset=token_dataset())
+    with pytest.raises(TrainingInterrupted) as stopped:
+        runner.run()
+    checkpoint = stopped.value.checkpoint
+    assert stopped.value.signal_name == "SIGTERM" and is_complete(checkpoint)
+    assert "continue with --resume_from_checkpoint" in str(stopped.value)
+    assert signal.getsignal(signal.SIGTERM) is not runner  # handlers restored
+    resumed_cfg = configure_runner(
+        tiny_runner_cfg(
+            tmp_path / "sae", checkpoint_path=None, resume_from_checkpoint=str(checkpoint)
+        )
+    )
+    sae = DistributedSAETrainingRunner(
+        resumed_cfg, override_model=tiny_model, override_dataset=token_dataset()
+    ).run()
+    assert all(torch.isfinite(p).all() for p in sae.parameters())
+    assert (tmp_path / "sae" / "cfg.json").exists()
