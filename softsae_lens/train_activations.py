@@ -272,11 +272,18 @@ def _check_destinations(cfg: ActivationsRunnerConfig[Any], resume: Path | None) 
     root = Path(cfg.checkpoint_path)
     found = sorted(checkpoint_folders(root))
     if resume is None:
-        if found:
+        complete = [p.name for _, p in found if is_complete(p)]
+        if complete:
             raise ValueError(
                 f"checkpoint_path={root}: already holds checkpoints of another run "
-                f"({', '.join(p.name for _, p in found[:3])}{', ...' if len(found) > 3 else ''}); "
+                f"({', '.join(complete[:3])}{', ...' if len(complete) > 3 else ''}); "
                 f"continue that run with --resume_from_checkpoint {root}, or choose an empty folder"
+            )
+        if found:
+            raise ValueError(
+                f"checkpoint_path={root}: holds only incomplete checkpoints "
+                f"({', '.join(p.name for _, p in found[:3])}), left by a run stopped while "
+                "writing its first; remove them or choose an empty folder"
             )
         return
     resumed_at = _samples_of(resume)

@@ -301,3 +301,97 @@ def test_sigterm_in_one_process_leaves_a_resumable_checkpoint(tiny_model, tmp_pa
     ).run()
     assert all(torch.isfinite(p).all() for p in sae.parameters())
     assert (tmp_path / "sae" / "cfg.json").exists()
+
+
+# --- the kill test ---------------------------------------------------------------------------
+
+
+def _train_then_exit(cfg: ActivationsRunnerConfig, kill_in: str | None) -> None:
+    """A forked child: train (optionally SIGKILLing itself inside a checkpoint write), exit."""
+    import os
+    import signal
+    import traceback
+
+    try:
+        if kill_in is not None:
+            import sae_lens.training.sae_trainer as trainer_module
+
+            import softsae_lens.train_activations as runner_module
+
+            def die(*args, **kwargs):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            if kill_in == "sae_lens":  # after the weights, before the trainer state
+                trainer_module.SAETrainer.save_trainer_state = die
+            else:  # every file written, the marker not yet
+                runner_module.mark_complete = die
+        train_on_activations(cfg, progress=False)
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_never_takes_an_incomplete_checkpoint(npy_path, tmp_path):
+    """SIGKILL a run at random moments and twice inside a checkpoint write; every restart
+    resumes from the latest complete checkpoint (never an incomplete one) and the run ends
+    with exactly the SAE of an uninterrupted run."""
+    import multiprocessing
+    import os
+    import random
+    import signal
+    import time
+
+    from sae_lens import SAE
+
+    from softsae_lens.checkpoints import checkpoint_folders
+
+    # A checkpoint every 4 of 200 steps, so that random kills often land in a write.
+    settings = dict(training_samples=100 * 200, n_checkpoints=49)
+    whole = tmp_path / "whole"
+    train_on_activations(
+        _cfg(npy_path, whole, checkpoint_path=str(whole / "ckpt"), **settings), progress=False
+    )
+    ckpt, out = tmp_path / "ckpt", tmp_path / "killed"
+    fork = multiprocessing.get_context("fork")
+    moments = random.Random(25)
+    plan = ["sae_lens", None, "marker", None, None, None, None, None]
+    seen_incomplete, taken = 0, []
+    for attempt, kill_in in enumerate([*plan, *[None] * 12]):
+        latest = latest_complete(ckpt)
+        cfg = _cfg(
+            npy_path,
+            out,
+            checkpoint_path=str(ckpt),
+            resume_from_checkpoint=None if latest is None else str(ckpt),
+            **settings,
+        )
+        if latest is None and ckpt.exists():  # killed while writing the first: start over
+            shutil.rmtree(ckpt)
+        child = fork.Process(target=_train_then_exit, args=(cfg, kill_in))
+        child.start()
+        if kill_in is None and attempt < len(plan):
+            time.sleep(moments.uniform(0.02, 0.3))
+            if child.is_alive():
+                os.kill(child.pid, signal.SIGKILL)
+        child.join(120)
+        assert child.exitcode in (0, -signal.SIGKILL), f"attempt {attempt}: {child.exitcode}"
+        folders = checkpoint_folders(ckpt)
+        incomplete = [p for _, p in folders if not is_complete(p)]
+        seen_incomplete += len(incomplete)
+        after = latest_complete(ckpt)
+        assert after not in incomplete
+        if after is not None:
+            taken.append(after.name)
+            assert SAE.load_from_disk(after).cfg.d_sae == 64  # a complete one always loads
+            for folder in incomplete:
+                with pytest.raises(CheckpointError, match="incomplete checkpoint"):
+                    resolve_checkpoint(folder)
+        if child.exitcode == 0:
+            break
+    assert child.exitcode == 0, "the run never finished"
+    assert seen_incomplete >= 2, "no kill landed inside a checkpoint write"
+    a, b = _weights(whole / "sae"), _weights(out / "sae")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
