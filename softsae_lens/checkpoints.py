@@ -90,16 +90,26 @@ def is_complete(folder: Path | str) -> bool:
     return folder.is_dir() and _incomplete_reason(folder) is None
 
 
+def _holds_checkpoints(folder: Path) -> bool:
+    """A folder of checkpoints (or of run ids): it has sub-folders and no files of its own."""
+    entries = list(folder.iterdir())
+    return any(e.is_dir() for e in entries) and not any(e.is_file() for e in entries)
+
+
 def checkpoint_folders(root: Path) -> list[tuple[int, Path]]:
     """``(samples, folder)`` of the folders named like SAELens checkpoints under ``root`` and one
     level deeper (SAELens's runner adds a run id), complete or not."""
     found: list[tuple[int, Path]] = []
     if not root.is_dir():
         return found
-    for parent in [root, *(p for p in root.iterdir() if p.is_dir() and not _NAME.match(p.name))]:
-        for p in parent.iterdir():
+    for child in (p for p in root.iterdir() if p.is_dir()):
+        match = _NAME.match(child.name)
+        if match and not _holds_checkpoints(child):
+            found.append((int(match.group(1)), child))
+            continue
+        for p in (q for q in child.iterdir() if q.is_dir()):
             match = _NAME.match(p.name)
-            if match and p.is_dir():
+            if match:
                 found.append((int(match.group(1)), p))
     return found
 
@@ -127,7 +137,7 @@ def resolve_checkpoint(path: Path | str, argument: str = "resume_from_checkpoint
         raise CheckpointError(f"{argument}={path}: no such folder")
     if not path.is_dir():
         raise CheckpointError(f"{argument}={path}: a checkpoint is a folder, this is a file")
-    if any(path.glob("*.safetensors")) or (path / COMPLETE_MARKER).exists():
+    if not _holds_checkpoints(path) and (_NAME.match(path.name) or any(path.iterdir())):
         reason = _incomplete_reason(path)
         if reason is None:
             return path

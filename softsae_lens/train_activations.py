@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -55,6 +56,7 @@ from softsae_lens.checkpoints import (
     is_complete,
     mark_complete,
     resolve_checkpoint,
+    write_atomically,
 )
 from softsae_lens.heldout import HeldOutEvaluator, evaluate_on_rows
 from softsae_lens.runner import set_run_length
@@ -76,7 +78,21 @@ DATA_STATE_FILENAME = "activation_batches_state.json"
 TORCH_RNG_FILENAME = "torch_rng_state.pt"
 NONFINITE_POLICIES = ("error", "skip")
 # Config fields a resumed run may change: where things are written, not what is trained.
-_RESUMABLE_CHANGES = {"resume_from_checkpoint", "checkpoint_path", "output_path", "logger"}
+_RESUMABLE_CHANGES = {
+    "resume_from_checkpoint",
+    "checkpoint_path",
+    "output_path",
+    "overwrite",
+    "logger",
+}
+# What train_on_activations writes to output_path: all that --overwrite may replace.
+_OUTPUT_FILES = {
+    "cfg.json",
+    "sae_weights.safetensors",
+    SPARSITY_FILENAME,
+    RUNNER_CFG_FILENAME,
+    EVAL_METRICS_FILENAME,
+}
 
 
 @dataclass
@@ -119,7 +135,9 @@ class ActivationsRunnerConfig(Generic[T_TRAINING_SAE_CONFIG]):
             training: "error" stops before training and names them; "skip" leaves them out
             of training and the held-out rows.
         output_path: folder for the final inference SAE, its sparsity, this config and the
-            held-out metrics (None: keep nothing on disk); refused if it already holds an SAE.
+            held-out metrics (None: keep nothing on disk); written whole or not at all, and
+            refused if it already holds an SAE (unless ``overwrite``) or other files.
+        overwrite: replace an SAE already in ``output_path``.
         seed: seed of the SAE's initialisation, the held-out split and the shuffling.
         model_name: recorded in the SAE's metadata (what produced the activations).
         hook_name: recorded in the SAE's metadata (where the activations were read).
@@ -151,6 +169,7 @@ class ActivationsRunnerConfig(Generic[T_TRAINING_SAE_CONFIG]):
     resume_from_checkpoint: str | None = None
     nonfinite_rows: str = "error"
     output_path: str | None = None
+    overwrite: bool = False
     seed: int = 42
     model_name: str | None = None
     hook_name: str | None = None
@@ -261,11 +280,18 @@ def _check_destinations(cfg: ActivationsRunnerConfig[Any], resume: Path | None) 
         out = Path(cfg.output_path)
         if out.exists() and not out.is_dir():
             raise ValueError(f"output_path={out}: is a file; a folder (new or empty) is required")
-        held = [n for n in ("cfg.json", "sae_weights.safetensors") if (out / n).exists()]
-        if held:
+        entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        held = [n for n in ("cfg.json", "sae_weights.safetensors") if n in entries]
+        if held and not cfg.overwrite:
             raise ValueError(
-                f"output_path={out}: already holds an SAE ({held[0]}); choose another folder or "
-                "remove it (a finished run is never overwritten)"
+                f"output_path={out}: already holds an SAE ({held[0]}); choose another folder, "
+                "remove it, or pass --overwrite true to replace it"
+            )
+        others = [n for n in entries if n not in _OUTPUT_FILES]
+        if others:
+            raise ValueError(
+                f"output_path={out}: holds files that are not an SAE ({', '.join(others[:3])}); "
+                "the SAE is written to a new or empty folder"
             )
     if cfg.checkpoint_path is None:
         return
@@ -469,13 +495,26 @@ def train_on_activations(
     if resume is not None:
         _resume(trainer, provider, resume, cfg.train_batch_size)
     sae = trainer.fit()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(cfg.output_path) if cfg.output_path is not None else Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
+    final = None if cfg.output_path is None else Path(cfg.output_path)
+    if final is not None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    # The SAE is written into a hidden sibling folder and renamed into place once whole, so a
+    # run killed while saving leaves no half-written SAE (and can resume from its checkpoint).
+    with tempfile.TemporaryDirectory(
+        dir=None if final is None else final.parent,
+        prefix=None if final is None else f".{final.name}.partial-",
+        ignore_cleanup_errors=True,
+    ) as tmp:
+        folder = Path(tmp)
         sae.save_inference_model(folder)
         save_file({"sparsity": trainer.log_feature_sparsity}, folder / SPARSITY_FILENAME)
         _save_runner_cfg(cfg, folder)
         inference = SAE.load_from_disk(folder, device=cfg.sae.device)
+        if final is not None:
+            if final.exists():  # empty, or an SAE replaced under overwrite (checked first)
+                shutil.rmtree(final)
+            os.replace(folder, final)
+            folder = final
         metrics: dict[str, Any] = {}
         if len(eval_idx):
             metrics = evaluate_on_rows(
@@ -490,7 +529,7 @@ def train_on_activations(
             dead_latents_training_window=meta.num_dead_features,
             nonfinite_rows_left_out=n_nonfinite,
         )
-        (folder / EVAL_METRICS_FILENAME).write_text(json.dumps(metrics, indent=1))
+        write_atomically(folder / EVAL_METRICS_FILENAME, json.dumps(metrics, indent=1).encode())
     if cfg.logger.log_to_wandb:
         import wandb
 

@@ -155,6 +155,14 @@ def test_incomplete_checkpoints_are_refused_by_name(uninterrupted, tmp_path):
     assert resolve_checkpoint(tmp_path / "b") == tmp_path / "b" / "2100"
     with pytest.raises(CheckpointError, match="holds no complete checkpoint"):
         resolve_checkpoint(tmp_path / "a")
+    # Killed right after SAELens made the folder: empty, still a checkpoint by its name.
+    (tmp_path / "b" / "6100").mkdir()
+    with pytest.raises(CheckpointError, match="6100: incomplete checkpoint"):
+        resolve_checkpoint(tmp_path / "b" / "6100")
+    # A run id made only of digits (SAELens draws 8 hex characters) is a folder of checkpoints.
+    shutil.copytree(root / "ckpt", tmp_path / "runs" / "12345678")
+    assert resolve_checkpoint(tmp_path / "runs" / "12345678").name == "4100"
+    assert resolve_checkpoint(tmp_path / "runs").name == "4100"
 
 
 # --- item 6: no silent overwrites ------------------------------------------------------------
@@ -168,6 +176,17 @@ def test_finished_sae_and_other_runs_checkpoints_are_not_overwritten(
     with pytest.raises(ValueError, match=r"output_path=.*sae: already holds an SAE \(cfg.json\)"):
         train_on_activations(_cfg(npy_path, root), progress=False)
     assert all(torch.equal(v, _weights(root / "sae")[k]) for k, v in before.items())
+    # --overwrite replaces an SAE, and only an SAE; the folder appears whole, at once.
+    other = tmp_path / "other"
+    shutil.copytree(root / "sae", other)
+    train_on_activations(
+        _cfg(npy_path, tmp_path, output_path=str(other), overwrite=True, seed=1), progress=False
+    )
+    assert not torch.equal(before["W_dec"], _weights(other)["W_dec"])  # another seed
+    assert not list(tmp_path.glob(".other.partial-*"))
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"output_path=.*other: holds files that are not an SAE"):
+        train_on_activations(_cfg(npy_path, tmp_path, output_path=str(other), overwrite=True))
     with pytest.raises(
         ValueError,
         match=r"checkpoint_path=.*ckpt: already holds checkpoints of another run \(2100, 4100\)",
