@@ -414,3 +414,28 @@ def test_sigkill_at_random_moments_never_takes_an_incomplete_checkpoint(npy_path
     a, b = _weights(whole / "sae"), _weights(out / "sae")
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+# --- item 7: alpha outside float32's range ---------------------------------------------------
+
+
+def test_alpha_outside_float32_range_is_refused_at_the_config():
+    from conftest import train_step_input
+    from sae_lens import TrainingSAE
+
+    for alpha, scale in [(1e39, "absolute"), (1e-39, "absolute"), (1e39, "relative")]:
+        with pytest.raises(ValueError, match=r"alpha_start must be in \[5.88e-39, 2.48e\+37\]"):
+            SoftTrainingSAEConfig(
+                d_in=D_IN, d_sae=64, k=4, alpha_start=alpha, alpha_end=alpha, alpha_scale=scale
+            )
+    # A relative alpha near the top of the range on large activations: the alpha formed from
+    # the batch is kept inside the range, so the loss and every gradient stay finite.
+    cfg = SoftTrainingSAEConfig(
+        d_in=D_IN, d_sae=64, k=4, alpha_start=1e37, alpha_end=1e37, total_training_steps=100
+    )
+    torch.manual_seed(0)
+    sae = TrainingSAE.from_dict(cfg.to_dict())
+    out = sae.training_forward_pass(train_step_input(torch.randn(32, D_IN) * 1e3))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(torch.isfinite(p.grad).all() for p in sae.parameters() if p.grad is not None)
