@@ -3,6 +3,7 @@ arrays, checkpoints that are complete or refused, nothing overwritten, one-line 
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -439,3 +440,34 @@ def test_alpha_outside_float32_range_is_refused_at_the_config():
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert all(torch.isfinite(p.grad).all() for p in sae.parameters() if p.grad is not None)
+
+
+# --- item 11: save_for_hub writes all or nothing ---------------------------------------------
+
+
+def test_save_for_hub_writes_nothing_when_one_sae_fails_and_the_retry_works(tmp_path):
+    from sae_lens import SAE
+
+    from softsae_lens.hub import save_for_hub
+
+    good = SAE.from_dict(
+        SoftTrainingSAEConfig(d_in=D_IN, d_sae=64, k=4).get_inference_sae_cfg_dict()
+    )
+    good.save_model(tmp_path / "good")
+    bad = tmp_path / "bad"
+    shutil.copytree(tmp_path / "good", bad)
+    cfg = json.loads((bad / "cfg.json").read_text())
+    (bad / "cfg.json").write_text(json.dumps({**cfg, "architecture": "nobody"}))
+    tree = tmp_path / "tree"
+    with pytest.raises(
+        ValueError, match="sae_id='second': the SAE does not load.*Nothing was written"
+    ):
+        save_for_hub({"first": tmp_path / "good", "second": bad}, tree)
+    assert not tree.exists() or not any(tree.iterdir())  # the first SAE was not left behind
+    save_for_hub({"first": tmp_path / "good", "second": tmp_path / "good"}, tree)  # the retry
+    assert {p.name for p in tree.iterdir()} == {"first", "second", "README.md"}
+    for sae_id, ref in [(3, good), ("t", torch.zeros(3))]:
+        with pytest.raises(
+            ValueError, match=r"^(sae_id=3: must be a string|saes\['t'\]=Tensor: must be an SAE)"
+        ):
+            save_for_hub({sae_id: ref}, tmp_path / "other")
