@@ -248,17 +248,94 @@ def _readme_args(tmp_path, **overrides) -> list[str]:
     return [part for name, value in flags.items() for part in (f"--{name}", value)]
 
 
-def test_readme_offline_example_trains_in_one_process(tmp_path, monkeypatch):
-    """Item 4: SAELens 6.54 hands a local dataset_path to the hub client in one process."""
-    from sae_lens import SAE
+@pytest.fixture(scope="module")
+def readme_run(tmp_path_factory):
+    """The README's tiny offline example trained in one process (item 4: SAELens 6.54 hands a
+    local dataset_path to the hub client there, HFValidationError before the fix)."""
+    import os
 
     from softsae_lens.train import main as train_main
 
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    train_main(_readme_args(tmp_path))
-    assert SAE.load_from_disk(tmp_path / "sae").cfg.d_sae == 128
-    (checkpoint,) = [p for p in (tmp_path / "ckpt").glob("*/*") if p.is_dir()]
+    root = tmp_path_factory.mktemp("readme")
+    world = os.environ.pop("WORLD_SIZE", None)
+    try:
+        train_main(_readme_args(root))
+    finally:
+        if world is not None:
+            os.environ["WORLD_SIZE"] = world
+    return root
+
+
+def test_readme_offline_example_trains_in_one_process(readme_run):
+    from sae_lens import SAE
+
+    assert SAE.load_from_disk(readme_run / "sae").cfg.d_sae == 128
+    (checkpoint,) = [p for p in (readme_run / "ckpt").glob("*/*") if p.is_dir()]
     assert is_complete(checkpoint)  # item 3: the runner's checkpoints carry the marker too
+
+
+# --- items 5 and 9: analyze ------------------------------------------------------------------
+
+
+def _analyze(*args):
+    from softsae_lens.analyze import main as analyze_main
+
+    return analyze_main([*args, "--no-png"])
+
+
+def test_analyze_opens_an_sae_trained_on_a_hugging_face_module_name(readme_run, tmp_path):
+    """Item 5: hook transformer.h.0 (SAELens's AutoModelForCausalLM path) on the bridge."""
+    stats = _analyze("--sae", str(readme_run / "sae"), "--text", "t1 t2 t3 t4 t5 t6",
+                     "--out", str(tmp_path / "a"))  # fmt: skip
+    assert stats["hook_name_resolved"] == "blocks.0.hook_out"
+    assert stats["n_tokens"] >= 6 and stats["k_hat_mean"] is not None
+
+
+def test_analyze_rough_edges_are_one_line_errors(readme_run, tmp_path, capsys, monkeypatch):
+    """Item 9: empty text, a missing file, ids outside the vocabulary, a width mismatch, a
+    relative model path, an unknown model name."""
+    sae = str(readme_run / "sae")
+    out = ["--out", str(tmp_path / "o")]
+    for args, message in [
+        (["--text", ""], "--text '': empty"),
+        (["--text-file", str(tmp_path / "nope.txt")], "nope.txt: no such file"),
+    ]:
+        with pytest.raises(SystemExit):
+            _analyze("--sae", sae, *args, *out)
+        assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no token to analyse: the 1 token.* all special"):
+        _analyze("--sae", sae, "--text", "<|endoftext|>", *out)
+    assert not (tmp_path / "o" / "corpus_stats.json").exists()
+    with pytest.raises(
+        ValueError,
+        match=r"--token-ids: \[500\] outside the model's vocabulary; ids must be in \[0, 97\)",
+    ):
+        _analyze("--sae", sae, "--token-ids", "1 2 500", *out)
+    wide = tmp_path / "wide"
+    from sae_lens import SAE
+
+    from softsae_lens.soft_sae import SoftSAEConfig
+
+    wide_sae = SAE.from_dict(SoftSAEConfig(d_in=48, d_sae=96, k=4).to_dict())
+    wide_sae.cfg.metadata.hook_name = "transformer.h.0"
+    wide_sae.cfg.metadata.model_name = str(readme_run / "model")
+    wide_sae.save_model(wide)
+    with pytest.raises(
+        ValueError, match="d_in=48 does not match the model's width 32 at hook 'blocks.0.hook_out'"
+    ):
+        _analyze("--sae", str(wide), "--text", "t1 t2", *out)
+    # The runner records model_name as given: relative to the folder training ran in.
+    moved = readme_run / "relative_sae"
+    if not moved.exists():
+        shutil.copytree(readme_run / "sae", moved)
+        cfg = json.loads((moved / "cfg.json").read_text())
+        cfg["metadata"]["model_name"] = "model"
+        (moved / "cfg.json").write_text(json.dumps(cfg))
+    monkeypatch.chdir(tmp_path)
+    assert _analyze("--sae", str(moved), "--text", "t1 t2 t3", *out)["n_tokens"] >= 3
+    with pytest.raises(RuntimeError) as unknown:
+        _analyze("--sae", sae, "--model", "no-such-model-xyz", "--text", "t1", *out)
+    assert len(str(unknown.value)) < 800, len(str(unknown.value))
 
 
 def test_lm_runner_refuses_an_incomplete_checkpoint(tmp_path, monkeypatch, capsys):
