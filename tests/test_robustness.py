@@ -548,3 +548,22 @@ def test_save_for_hub_writes_nothing_when_one_sae_fails_and_the_retry_works(tmp_
             ValueError, match=r"^(sae_id=3: must be a string|saes\['t'\]=Tensor: must be an SAE)"
         ):
             save_for_hub({sae_id: ref}, tmp_path / "other")
+
+
+# --- item 8: too small to shard, streamed too ------------------------------------------------
+
+
+def test_a_streamed_dataset_too_small_to_shard_is_refused(tmp_path):
+    """The CLI's default streaming=True gives an IterableDataset, which had no length check: a
+    10-row dataset trained silently on 2 ranks, a 1-row one hung a rank."""
+    from conftest import token_dataset
+    from datasets import load_dataset
+
+    from softsae_lens.distributed import DistributedContext, shard_dataset
+
+    token_dataset(10).to_parquet(str(tmp_path / "train.parquet"))
+    streamed = load_dataset(str(tmp_path), split="train", streaming=True)
+    with pytest.raises(ValueError, match="has 10 rows, too few to shard over WORLD_SIZE=2"):
+        shard_dataset(streamed, DistributedContext(0, 2, 0), min_rows_per_rank=8)
+    shard = shard_dataset(streamed, DistributedContext(1, 2, 1), min_rows_per_rank=5)
+    assert len(list(shard)) == 5
