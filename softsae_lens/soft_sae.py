@@ -707,6 +707,12 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        if step_input.sae_in.numel() == 0:
+            # Every statistic of the step (k_hat's min, the batch means) needs one row.
+            raise ValueError(
+                f"sae_in: an empty batch (shape {tuple(step_input.sae_in.shape)}); a training "
+                "step needs at least one row"
+            )
         schedule, hidden_pre, k_hat = self.training_inputs(step_input)
         # One sorted top-k serves the hard selection (its first hard_width columns) and the soft
         # phase's candidates.

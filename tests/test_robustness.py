@@ -567,3 +567,25 @@ def test_a_streamed_dataset_too_small_to_shard_is_refused(tmp_path):
         shard_dataset(streamed, DistributedContext(0, 2, 0), min_rows_per_rank=8)
     shard = shard_dataset(streamed, DistributedContext(1, 2, 1), min_rows_per_rank=5)
     assert len(list(shard)) == 5
+
+
+# --- item 12: an empty batch, an empty ae.pt -------------------------------------------------
+
+
+def test_empty_training_batch_is_a_clear_error():
+    from conftest import train_step_input
+    from sae_lens import TrainingSAE
+
+    cfg = SoftTrainingSAEConfig(d_in=D_IN, d_sae=64, k=4, total_training_steps=10)
+    sae = TrainingSAE.from_dict(cfg.to_dict())
+    with pytest.raises(ValueError, match=r"sae_in: an empty batch \(shape \(0, 16\)\)"):
+        sae.training_forward_pass(train_step_input(torch.zeros(0, D_IN)))
+
+
+def test_convert_on_an_empty_ae_pt_says_it_is_empty(tmp_path, capsys):
+    from softsae_lens.convert.cli import main as convert_main
+
+    (tmp_path / "ae.pt").write_bytes(b"")
+    assert convert_main([str(tmp_path / "ae.pt"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("as a torch checkpoint: the file is empty (0 bytes)"), err
