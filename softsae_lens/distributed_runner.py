@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from softsae_lens.distributed import (
     init_distributed,
     shard_dataset,
 )
+from softsae_lens.interrupt import fit_until_signalled
 
 DISTRIBUTED_STATE_FILENAME = "distributed_state.json"
 
@@ -288,69 +288,8 @@ class DistributedSAETrainingRunner(LanguageModelSAETrainingRunner):
         mark_complete(checkpoint_path)
 
     def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
-        """Train in one process; SIGINT/SIGTERM stop at the next step boundary with a checkpoint.
-
-        SAELens 6.54's version raises from inside whatever the signal interrupted (possibly an
-        optimizer step) and then saves only the runner's files into a folder it never created,
-        which crashes. Here the signal only sets a flag; the trainer stops when it asks for its
-        next batch, between two steps, and writes a complete checkpoint the SAELens way
-        (``trainer.save_checkpoint``, which calls :meth:`save_checkpoint`). A second signal
-        stops at once. Raises :class:`TrainingInterrupted` naming the checkpoint.
+        """Train in one process; SIGINT/SIGTERM stop between two steps with a complete
+        checkpoint and raise :class:`~softsae_lens.interrupt.TrainingInterrupted` (SAELens
+        6.54's version saves into a folder it never created; see :mod:`softsae_lens.interrupt`).
         """
-        stop = _StopAtStepBoundary(trainer.data_provider)
-        trainer.data_provider = stop
-        previous = {
-            sig: signal.signal(sig, stop.request) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
-        try:
-            return trainer.fit()
-        except _StopRequested:
-            checkpoint = None
-            if self.cfg.checkpoint_path is not None:
-                name = str(trainer.n_training_samples)
-                trainer.save_checkpoint(checkpoint_name=name)
-                checkpoint = Path(self.cfg.checkpoint_path) / name
-            raise TrainingInterrupted(
-                stop.signal_name, trainer.n_training_steps, checkpoint
-            ) from None
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-
-class TrainingInterrupted(Exception):
-    """A one-process run stopped by SIGINT/SIGTERM between two steps (see
-    :meth:`DistributedSAETrainingRunner.run_trainer_with_interruption_handling`)."""
-
-    def __init__(self, signal_name: str, steps: int, checkpoint: Path | None):
-        self.signal_name, self.steps, self.checkpoint = signal_name, steps, checkpoint
-        where = (
-            f"checkpoint written to {checkpoint}; continue with --resume_from_checkpoint {checkpoint}"
-            if checkpoint is not None
-            else "no checkpoint written (checkpoint_path is None)"
-        )
-        super().__init__(f"{signal_name} received: stopped after {steps} steps; {where}")
-
-
-class _StopRequested(Exception):
-    pass
-
-
-class _StopAtStepBoundary:
-    """The trainer's data provider, raising at the next batch once a stop has been requested."""
-
-    def __init__(self, provider: Any):
-        self.provider, self.signal_name = provider, ""
-
-    def request(self, signum: int, frame: Any) -> None:  # noqa: ARG002
-        if self.signal_name:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-
-    def __iter__(self) -> _StopAtStepBoundary:
-        return self
-
-    def __next__(self) -> Any:
-        if self.signal_name:
-            raise _StopRequested
-        return next(self.provider)
+        return fit_until_signalled(trainer, self.cfg.checkpoint_path)

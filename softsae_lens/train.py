@@ -11,7 +11,6 @@ the SoftSAE schedule (``configure_runner``) before training. The runner is
 
 from __future__ import annotations
 
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -19,7 +18,8 @@ import torch.distributed as dist
 from sae_lens.llm_sae_training_runner import _parse_cfg_args
 
 from softsae_lens.checkpoints import CheckpointError
-from softsae_lens.distributed_runner import DistributedSAETrainingRunner, TrainingInterrupted
+from softsae_lens.distributed_runner import DistributedSAETrainingRunner
+from softsae_lens.interrupt import TrainingInterrupted
 from softsae_lens.runner import configure_runner
 
 
@@ -42,7 +42,7 @@ def main(args: Sequence[str] | None = None) -> None:
         DistributedSAETrainingRunner(cfg=cfg).run()
     except TrainingInterrupted as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
-        raise SystemExit(128 + signal.Signals[stop.signal_name].value) from None
+        raise SystemExit(stop.exit_code) from None
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -59,6 +59,7 @@ from softsae_lens.checkpoints import (
     write_atomically,
 )
 from softsae_lens.heldout import HeldOutEvaluator, evaluate_on_rows
+from softsae_lens.interrupt import TrainingInterrupted, fit_until_signalled
 from softsae_lens.runner import set_run_length
 
 __all__ = [
@@ -494,7 +495,8 @@ def train_on_activations(
     )
     if resume is not None:
         _resume(trainer, provider, resume, cfg.train_batch_size)
-    sae = trainer.fit()
+    # SIGINT/SIGTERM: stop between two steps with a checkpoint (TrainingInterrupted).
+    sae = fit_until_signalled(trainer, cfg.checkpoint_path)
     final = None if cfg.output_path is None else Path(cfg.output_path)
     if final is not None:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -611,6 +613,9 @@ def main(argv: Sequence[str] | None = None) -> ActivationsRun:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except TrainingInterrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
     print(_format_metrics(run.metrics))
     if run.output_path is not None:
         print(f"saved to {run.output_path}")

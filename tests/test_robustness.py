@@ -361,7 +361,8 @@ def test_sigterm_in_one_process_leaves_a_resumable_checkpoint(tiny_model, tmp_pa
 
     from conftest import tiny_runner_cfg, token_dataset
 
-    from softsae_lens.distributed_runner import DistributedSAETrainingRunner, TrainingInterrupted
+    from softsae_lens.distributed_runner import DistributedSAETrainingRunner
+    from softsae_lens.interrupt import TrainingInterrupted
     from softsae_lens.runner import configure_runner
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -589,3 +590,42 @@ def test_convert_on_an_empty_ae_pt_says_it_is_empty(tmp_path, capsys):
     assert convert_main([str(tmp_path / "ae.pt"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("as a torch checkpoint: the file is empty (0 bytes)"), err
+
+
+def test_sigterm_stops_a_run_on_arrays_with_a_checkpoint_that_resumes_exactly(
+    npy_path, tmp_path, uninterrupted, monkeypatch, capsys
+):
+    """A signal (a scheduler's SIGTERM, Ctrl-C) stops train_activations between two steps with
+    a complete checkpoint; resuming from it ends with the uninterrupted run's SAE."""
+    import os
+    import signal
+
+    from softsae_lens.activations import ActivationBatches
+
+    root, _ = uninterrupted
+    real_next, served = ActivationBatches.__next__, [0]
+
+    def next_then_signal(self):
+        served[0] += 1
+        if served[0] == 2 + 30:  # the norm estimate reads 27 batches first
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_next(self)
+
+    monkeypatch.setattr(ActivationBatches, "__next__", next_then_signal)
+    args = ["--activations", npy_path, "--d_sae", "64", "--k", "4", "--train_batch_size", "100",
+            "--training_samples", "6000", "--lr", "0.003", "--eval_fraction", "0.1", "--seed", "0",
+            "--normalize_activations", "expected_average_only_in", "--n_checkpoints", "2",
+            "--checkpoint_path", str(tmp_path / "ckpt"), "--output_path", str(tmp_path / "sae")]  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "interrupted: SIGTERM received: stopped after 5 steps; checkpoint written" in err, err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    checkpoint = latest_complete(tmp_path / "ckpt")
+    assert checkpoint is not None and not (tmp_path / "sae").exists()
+    monkeypatch.setattr(ActivationBatches, "__next__", real_next)
+    main([*args, "--resume_from_checkpoint", str(tmp_path / "ckpt")])
+    a, b = _weights(root / "sae"), _weights(tmp_path / "sae")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
