@@ -32,6 +32,7 @@ __all__ = [
     "SUFFIXES",
     "ActivationBatches",
     "ActivationRows",
+    "find_nonfinite_rows",
     "iter_row_batches",
     "open_activations",
     "split_rows",
@@ -192,6 +193,12 @@ def _open_npy(path: Path, argument: str) -> ActivationRows:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
         raise _fail(argument, path, f"not a plain numeric .npy array ({err})") from err
+    except (EOFError, OSError) as err:
+        raise _fail(
+            argument,
+            path,
+            f"not a readable .npy file (empty or truncated: {err or type(err).__name__})",
+        ) from err
     _check_float(array.dtype, str(path), argument)
     return _NumpyRows(array, str(path), argument)
 
@@ -200,8 +207,10 @@ def _open_safetensors(path: Path, key: str | None, argument: str) -> ActivationR
     with path.open("rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
         try:
-            header = json.loads(f.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            header = json.loads(f.read(min(header_len, 100_000_000)))
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
+        except (ValueError, UnicodeDecodeError) as err:
             raise _fail(argument, path, "not a safetensors file (unreadable header)") from err
     header.pop("__metadata__", None)
     name = _pick_key(list(header), key, str(path), argument)
@@ -227,10 +236,18 @@ def _open_safetensors(path: Path, key: str | None, argument: str) -> ActivationR
 
 def _open_pt(path: Path, key: str | None, argument: str) -> ActivationRows:
     try:
-        obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError:
-        # Files written by torch.save(_use_new_zipfile_serialization=False) cannot be mapped.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError:
+            # Files written by torch.save(_use_new_zipfile_serialization=False) cannot be mapped.
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many types for a damaged file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise _fail(
+            argument,
+            path,
+            f"not a readable .pt file written by torch.save (empty, truncated or damaged: {reason})",
+        ) from err
     source = str(path)
     if isinstance(obj, dict):
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -383,21 +400,79 @@ class ActivationBatches(Iterator[torch.Tensor]):
                 f"must be at most the {len(self.indices)} training rows of {self.rows.source}",
             )
         self._rng = np.random.default_rng(self.seed)
-        self._order = self._rng.permutation(self.indices)
+        self._new_pass()
         self._position = 0
         self.passes = 0
+
+    def _new_pass(self) -> None:
+        # The generator's state before drawing this pass's order: the order is redrawn from it
+        # on resume instead of being stored (it has one entry per row).
+        self._pass_rng_state = self._rng.bit_generator.state
+        self._order = self._rng.permutation(self.indices)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the iterator stands (JSON-ready): enough to continue with the same batches."""
+        return {
+            "n_indices": len(self.indices),
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "passes": self.passes,
+            "position": self._position,
+            "pass_rng_state": self._pass_rng_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of an iterator over the same rows and indices."""
+        for name, value in (
+            ("n_indices", len(self.indices)),
+            ("batch_size", self.batch_size),
+            ("seed", self.seed),
+        ):
+            if state.get(name) != value:
+                raise _fail(
+                    name,
+                    value,
+                    f"the saved data position was taken with {name}={state.get(name)}; they must match",
+                )
+        self._rng.bit_generator.state = state["pass_rng_state"]
+        self._new_pass()
+        self._position, self.passes = int(state["position"]), int(state["passes"])
 
     def __next__(self) -> torch.Tensor:
         take = self._order[self._position : self._position + self.batch_size]
         self._position += len(take)
         if len(take) < self.batch_size:
-            self._order = self._rng.permutation(self.indices)
+            self._new_pass()
             self.passes += 1
             self._position = self.batch_size - len(take)
             take = np.concatenate([take, self._order[: self._position]])
         # Sorted reads touch the file in order; row order inside a batch does not matter.
         take = np.sort(take)
         return _checked(self.rows.rows(take).to(self.dtype), self.rows, take)
+
+
+def find_nonfinite_rows(
+    rows: ActivationRows,
+    indices: np.ndarray | None = None,
+    batch_size: int = 4096,
+    progress: bool = True,
+    desc: str = "checking activations",
+) -> np.ndarray:
+    """The rows among ``indices`` (default: all) that hold NaN or inf, in one streaming pass
+    (``batch_size`` rows at a time, a progress bar unless ``progress`` is False)."""
+    from tqdm.auto import tqdm
+
+    if indices is None:
+        indices = np.arange(rows.n_rows)
+    bad = []
+    with tqdm(total=len(indices), desc=desc, unit="rows", disable=not progress) as bar:
+        for start in range(0, len(indices), batch_size):
+            take = indices[start : start + batch_size]
+            finite = torch.isfinite(rows.rows(take)).all(dim=-1).numpy()
+            if not finite.all():
+                bad.append(take[~finite])
+            bar.update(len(take))
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
 
 def iter_row_batches(

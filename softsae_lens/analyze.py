@@ -121,6 +121,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not (args.text or args.text_file or args.token_ids):
         parser.error("give at least one of --text, --text-file or --token-ids")
+    for path in args.text_file:
+        if not path.is_file():
+            parser.error(f"--text-file {path}: no such file (a UTF-8 text file is expected)")
+    for text in args.text:
+        if not text.strip():
+            parser.error("--text '': empty; give text to analyse")
     if not (args.sae / "cfg.json").is_file():
         parser.error(
             f"--sae {args.sae}: no cfg.json there (expected a folder written by "
@@ -185,6 +191,7 @@ def load_model_for_sae(
     device: str = "cpu",
     *,
     model_path: str | os.PathLike[str] | None = None,
+    sae_path: str | os.PathLike[str] | None = None,
 ) -> tuple[Any, str]:
     """The model to analyse ``sae`` in, and its name (see the module docstring for the rules).
 
@@ -201,6 +208,9 @@ def load_model_for_sae(
     meta_name = sae.cfg.metadata.model_name
     if model_name is None and models.local_model_path(meta_name) is not None:
         return models.load_bridge(meta_name, device=device), meta_name
+    beside = _relative_to_sae(meta_name, sae_path)
+    if model_name is None and beside is not None:
+        return models.load_bridge(beside, device=device), str(beside)
     name = model_name or meta_name
     if _is_smollm2(name):
         return smollm2.load_smollm2_bridge(device=device), smollm2.DEFAULT_MODEL_NAME
@@ -211,7 +221,7 @@ def load_model_for_sae(
             where = "--model" if model_name is not None else "the SAE's metadata (model_name)"
             raise RuntimeError(
                 f"could not load the model {name!r} named by {where} ({type(err).__name__}: "
-                f"{err}); pass --model-path with {_LOCAL_MODEL}, or --model with a "
+                f"{_first_line(err)}); pass --model-path with {_LOCAL_MODEL}, or --model with a "
                 "TransformerLens model name"
             ) from err
         logger.warning(
@@ -222,6 +232,59 @@ def load_model_for_sae(
             sae.cfg.d_in,
         )
         return smollm2.load_smollm2_bridge(device=device), smollm2.DEFAULT_MODEL_NAME
+
+
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    """An error's first line, at most ``limit`` characters (TransformerLens lists every model
+    name it knows, ~7 KB, when a name is unknown)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return text if len(text) <= limit else text[:limit] + " [...]"
+
+
+def _relative_to_sae(name: str | None, sae_path: str | os.PathLike[str] | None) -> Path | None:
+    """A relative model path from the SAE's metadata, looked up from the SAE folder's parents.
+
+    SAELens's runner records ``model_name`` as given, so a relative path is relative to the
+    folder training ran in; the SAE is usually saved under that folder.
+    """
+    from softsae_lens import models
+
+    if not name or sae_path is None or Path(name).expanduser().is_absolute():
+        return None
+    for parent in Path(sae_path).resolve().parents:
+        found = models.local_model_path(parent / name)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_width(model: Any, sae: Any, hook_name: str) -> None:
+    """The SAE's d_in must be the width of the model's activations at its hook."""
+    import torch
+
+    d_in = sae.cfg.d_in
+    width = getattr(getattr(model, "cfg", None), "d_model", None)
+    try:
+        _, cache = model.run_with_cache(
+            torch.zeros(1, 2, dtype=torch.long), names_filter=[hook_name]
+        )
+        width = int(cache[hook_name].shape[-1])
+    except Exception:  # the probe is only for the message; the analysis will say what fails
+        pass
+    if width is not None and width != d_in:
+        raise ValueError(
+            f"--sae: the SAE's d_in={d_in} does not match the model's width {width} at hook "
+            f"{hook_name!r}; pass the model the SAE was trained on (--model-path / --model)"
+        )
+
+
+def _check_ids(ids: list[int], model: Any) -> None:
+    vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    bad = [i for i in ids if i < 0 or (vocab is not None and i >= vocab)]
+    if bad:
+        raise ValueError(
+            f"--token-ids: {bad[:5]} outside the model's vocabulary; ids must be in [0, {vocab})"
+        )
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -261,7 +324,7 @@ def main(argv: Sequence[str] | None = None, *, model: Any | None = None) -> dict
         )
     else:
         model, model_name = load_model_for_sae(
-            sae, args.model, args.device, model_path=args.model_path
+            sae, args.model, args.device, model_path=args.model_path, sae_path=args.sae
         )
 
     hook_name = sae.cfg.metadata.hook_name
@@ -269,9 +332,20 @@ def main(argv: Sequence[str] | None = None, *, model: Any | None = None) -> dict
     if resolved != hook_name:
         sae.cfg.metadata.hook_name = resolved
 
+    _check_width(model, sae, resolved)
     texts: list[Any] = list(args.text)
-    texts += [path.read_text(encoding="utf-8") for path in args.text_file]
-    texts += [torch.tensor(_parse_ids(t), dtype=torch.long) for t in args.token_ids]
+    for path in args.text_file:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"--text-file {path}: not a readable UTF-8 text file ({err})") from err
+        if not text.strip():
+            raise ValueError(f"--text-file {path}: empty; give a file with text to analyse")
+        texts.append(text)
+    for t in args.token_ids:
+        ids = _parse_ids(t)
+        _check_ids(ids, model)
+        texts.append(torch.tensor(ids, dtype=torch.long))
 
     excluded_ids = [] if args.include_special_tokens else special_token_ids(model, True)
     records = analysis.token_k_report(
@@ -282,6 +356,16 @@ def main(argv: Sequence[str] | None = None, *, model: Any | None = None) -> dict
         max_tokens=args.max_tokens,
         exclude_special_tokens=excluded_ids,
     )
+    if not any(not r.excluded for r in records):
+        given = (
+            f"the {len(records)} token(s) given are all special tokens (ids {excluded_ids}), "
+            "which are left out"
+            if records
+            else "the input holds no token"
+        )
+        raise ValueError(
+            f"no token to analyse: {given}; give more text, or pass --include-special-tokens"
+        )
     meta: dict[str, Any] = {
         "model": model_name,
         "sae_path": str(args.sae),

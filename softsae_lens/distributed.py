@@ -18,6 +18,7 @@ hook and buffer names, so this works for every SAELens training architecture).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -139,8 +140,8 @@ def shard_dataset(
 
     A map-style ``Dataset`` is cut into ``world_size`` contiguous chunks that together hold every
     row once. An ``IterableDataset`` is split by its files when their number is a multiple of the
-    world size, otherwise every rank keeps one example in ``world_size``. A map-style dataset
-    with fewer than ``min_rows_per_rank`` rows per rank raises.
+    world size, otherwise every rank keeps one example in ``world_size``. A dataset with fewer
+    than ``min_rows_per_rank`` rows per rank raises (a streamed one is read just that far).
     """
     if isinstance(dataset, DatasetDict):
         raise ValueError(
@@ -151,15 +152,20 @@ def shard_dataset(
         raise TypeError(
             f"can only shard a datasets.Dataset or IterableDataset across ranks, got {type(dataset).__name__}"
         )
-    if isinstance(dataset, Dataset):
-        needed = context.world_size * min_rows_per_rank
-        if len(dataset) < needed:
-            raise ValueError(
-                f"the dataset has {len(dataset)} rows, too few to shard over WORLD_SIZE="
-                f"{context.world_size}: each rank needs at least {min_rows_per_rank} rows "
-                f"(store_batch_size_prompts for a tokenized dataset), {needed} in all; use a larger "
-                "dataset or fewer processes"
-            )
+    needed = context.world_size * min_rows_per_rank
+    # A streamed dataset has no length: read just enough of its head to know it is not too small.
+    rows = (
+        len(dataset)
+        if isinstance(dataset, Dataset)
+        else sum(1 for _ in itertools.islice(iter(dataset), needed))
+    )
+    if rows < needed:
+        raise ValueError(
+            f"the dataset has {rows} rows, too few to shard over WORLD_SIZE="
+            f"{context.world_size}: each rank needs at least {min_rows_per_rank} rows "
+            f"(store_batch_size_prompts for a tokenized dataset), {needed} in all; use a larger "
+            "dataset or fewer processes"
+        )
     return split_dataset_by_node(dataset, rank=context.rank, world_size=context.world_size)
 
 

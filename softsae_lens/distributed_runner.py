@@ -40,6 +40,7 @@ from sae_lens.training.prefetch import PrefetchingIterator
 from safetensors.torch import save_file
 from transformer_lens import HookedRootModule
 
+from softsae_lens.checkpoints import CheckpointError, mark_complete, resolve_checkpoint
 from softsae_lens.distributed import (
     DistributedContext,
     DistributedSAETrainer,
@@ -47,6 +48,7 @@ from softsae_lens.distributed import (
     init_distributed,
     shard_dataset,
 )
+from softsae_lens.interrupt import fit_until_signalled
 
 DISTRIBUTED_STATE_FILENAME = "distributed_state.json"
 
@@ -68,7 +70,7 @@ def _check_resume_world_size(checkpoint_path: str | None, world_size: int) -> No
         return
     saved = checkpoint_world_size(checkpoint_path)
     if saved != world_size:
-        raise ValueError(
+        raise CheckpointError(
             f"resume_from_checkpoint={checkpoint_path} was written by {saved} process(es) but this "
             f"run has WORLD_SIZE={world_size}; resume with {saved} (torchrun --nproc_per_node ...): "
             "each rank continues from its own position in its own shard of the dataset, and the "
@@ -89,6 +91,36 @@ class _DropOverrideDatasetWarning(logging.Filter):
     # a shard of the configured dataset is not such a dataset.
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("You just passed in a dataset")
+
+
+@contextlib.contextmanager
+def _drop_override_warning(drop: bool):
+    """Silence the runner's "you passed in a dataset" warning when we loaded the dataset."""
+    warning_filter = _DropOverrideDatasetWarning()
+    if drop:
+        sae_lens_logger.addFilter(warning_filter)
+    try:
+        yield
+    finally:
+        sae_lens_logger.removeFilter(warning_filter)
+
+
+def _is_local_dataset(cfg: LanguageModelSAERunnerConfig[Any]) -> bool:
+    return (
+        not cfg.use_cached_activations
+        and bool(cfg.dataset_path)
+        and Path(cfg.dataset_path).exists()
+    )
+
+
+def _load_configured_dataset(cfg: LanguageModelSAERunnerConfig[Any]) -> Any:
+    """``cfg.dataset_path`` loaded with the call SAELens's ``ActivationsStore`` makes."""
+    return load_dataset(
+        cfg.dataset_path,
+        split="train",
+        streaming=cfg.streaming,
+        trust_remote_code=cfg.dataset_trust_remote_code,
+    )
 
 
 @contextlib.contextmanager
@@ -123,7 +155,14 @@ class DistributedSAETrainingRunner(LanguageModelSAETrainingRunner):
     ):
         self.distributed = context = init_distributed(cfg.device)
         if context is None:
-            super().__init__(cfg, override_dataset, override_model, override_sae)
+            dataset, ours = override_dataset, False
+            if dataset is None and _is_local_dataset(cfg):
+                # SAELens 6.54's store hands a dataset_path string to the hub client to check its
+                # tokenizer, which fails offline for a local folder; a dataset passed in skips
+                # that check. The same call the store would make, as under torchrun below.
+                dataset, ours = _load_configured_dataset(cfg), True
+            with _drop_override_warning(ours):
+                super().__init__(cfg, dataset, override_model, override_sae)
             return
         per_rank_batch = context.per_rank_batch(cfg.train_batch_size_tokens)
         # The checkpoint folder name ends in a random id drawn by each process; use rank 0's.
@@ -138,25 +177,11 @@ class DistributedSAETrainingRunner(LanguageModelSAETrainingRunner):
         dataset, ours = override_dataset, False
         if dataset is None and not cfg.use_cached_activations:
             # The same call SAELens's ActivationsStore makes, so that it can be sharded first.
-            dataset, ours = (
-                load_dataset(
-                    cfg.dataset_path,
-                    split="train",
-                    streaming=cfg.streaming,
-                    trust_remote_code=cfg.dataset_trust_remote_code,
-                ),
-                True,
-            )
+            dataset, ours = _load_configured_dataset(cfg), True
         if dataset is not None and not cfg.use_cached_activations:
             dataset = shard_dataset(dataset, context, self._min_rows_per_rank(cfg, dataset))
-        warning_filter = _DropOverrideDatasetWarning()
-        if ours:
-            sae_lens_logger.addFilter(warning_filter)
-        try:
-            with _quiet_unless(context.is_main):
-                super().__init__(cfg, dataset, override_model, override_sae)
-        finally:
-            sae_lens_logger.removeFilter(warning_filter)
+        with _drop_override_warning(ours), _quiet_unless(context.is_main):
+            super().__init__(cfg, dataset, override_model, override_sae)
         store = self.activations_store
         if store.cached_activation_dataset is not None:
             store.cached_activation_dataset = shard_dataset(  # type: ignore[assignment]
@@ -174,6 +199,12 @@ class DistributedSAETrainingRunner(LanguageModelSAETrainingRunner):
     def run(self):
         """Train; under torchrun, data-parallel with rank 0 doing the logging and writing."""
         context = self.distributed
+        if self.cfg.resume_from_checkpoint is not None:
+            # A folder of checkpoints resumes from its latest complete one; an incomplete
+            # checkpoint (killed mid-write) is refused by name.
+            self.cfg.resume_from_checkpoint = str(
+                resolve_checkpoint(self.cfg.resume_from_checkpoint)
+            )
         if context is None:
             _check_resume_world_size(self.cfg.resume_from_checkpoint, 1)
             return super().run()
@@ -241,6 +272,8 @@ class DistributedSAETrainingRunner(LanguageModelSAETrainingRunner):
         context = self.distributed
         if context is None:
             super().save_checkpoint(checkpoint_path)
+            if checkpoint_path is not None:
+                mark_complete(checkpoint_path)
             return
         states = context.all_gather_object(self.activations_store.state_dict())
         if checkpoint_path is None:
@@ -252,3 +285,11 @@ class DistributedSAETrainingRunner(LanguageModelSAETrainingRunner):
         (checkpoint_path / DISTRIBUTED_STATE_FILENAME).write_text(
             json.dumps({"world_size": context.world_size, "n_dataset_processed": positions})
         )
+        mark_complete(checkpoint_path)
+
+    def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
+        """Train in one process; SIGINT/SIGTERM stop between two steps with a complete
+        checkpoint and raise :class:`~softsae_lens.interrupt.TrainingInterrupted` (SAELens
+        6.54's version saves into a folder it never created; see :mod:`softsae_lens.interrupt`).
+        """
+        return fit_until_signalled(trainer, self.cfg.checkpoint_path)

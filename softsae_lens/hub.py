@@ -20,6 +20,7 @@ Must not depend on: CLIs, plots, training code.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -43,7 +44,12 @@ MODEL_CARD_FILENAME = "README.md"
 SaeRef = SAE[Any] | str | Path
 
 
-def _check_sae_id(sae_id: str) -> None:
+def _check_sae_id(sae_id: Any) -> None:
+    if not isinstance(sae_id, str):
+        raise ValueError(
+            f"sae_id={sae_id!r}: must be a string (a folder name in the repository), "
+            f"got {type(sae_id).__name__}"
+        )
     parts = sae_id.split("/")
     if not sae_id or "\\" in sae_id or any(p in ("", ".", "..") for p in parts):
         raise ValueError(
@@ -134,23 +140,44 @@ def save_for_hub(
     if not saes:
         raise ValueError("saes={}: give at least one sae_id -> SAE (or folder)")
     folder = Path(folder)
-    loaded: dict[str, SAE[Any]] = {}
     for sae_id, ref in saes.items():
         _check_sae_id(sae_id)
-        dest = folder / sae_id
-        if (dest / SAE_CFG_FILENAME).exists():
-            raise FileExistsError(f"sae_id={sae_id!r}: {dest} already holds an SAE")
-        _write_one(ref, dest)
-        try:
-            loaded[sae_id] = SAE.load_from_disk(dest)
-        except Exception as err:
+        if not isinstance(ref, (SAE, str, Path)):
             raise ValueError(
-                f"sae_id={sae_id!r}: the SAE written to {dest} does not load with SAE.load_from_disk "
-                f"({type(err).__name__}: {err}); is its architecture's package installed?"
-            ) from err
-    readme = folder / MODEL_CARD_FILENAME
-    if card and not readme.exists():
-        readme.write_text(model_card(repo_id or "<owner>/<name>", loaded))
+                f"saes[{sae_id!r}]={type(ref).__name__}: must be an SAE, a TrainingSAE or the "
+                "folder of an SAE saved by SAELens"
+            )
+        if (folder / sae_id).exists() and any((folder / sae_id).iterdir()):
+            held = "an SAE" if (folder / sae_id / SAE_CFG_FILENAME).exists() else "files"
+            raise FileExistsError(f"sae_id={sae_id!r}: {folder / sae_id} already holds {held}")
+    folder.mkdir(parents=True, exist_ok=True)
+    # Built beside the destination and moved into place only once every SAE loads back, so a
+    # failure leaves nothing behind and a retry is not refused.
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".save_for_hub-") as tmp:
+        staging = Path(tmp)
+        loaded: dict[str, SAE[Any]] = {}
+        for sae_id, ref in saes.items():
+            dest = staging / sae_id
+            _write_one(ref, dest)
+            try:
+                loaded[sae_id] = SAE.load_from_disk(dest)
+            except Exception as err:
+                raise ValueError(
+                    f"sae_id={sae_id!r}: the SAE does not load with SAE.load_from_disk "
+                    f"({type(err).__name__}: {err}); is its architecture's package installed? "
+                    "Nothing was written"
+                ) from err
+        if card and not (folder / MODEL_CARD_FILENAME).exists():
+            (staging / MODEL_CARD_FILENAME).write_text(
+                model_card(repo_id or "<owner>/<name>", loaded)
+            )
+            os.replace(staging / MODEL_CARD_FILENAME, folder / MODEL_CARD_FILENAME)
+        for sae_id in saes:
+            target = folder / sae_id
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                target.rmdir()  # empty (checked above)
+            os.replace(staging / sae_id, target)
     return folder
 
 

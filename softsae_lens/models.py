@@ -232,6 +232,23 @@ def _alias_table(model: Any) -> dict[str, str | list[str]]:
     return table
 
 
+def _hf_module_hook(model: Any, module_name: str) -> str | None:
+    """The bridge hook on the output of the Hugging Face module ``module_name``, or None.
+
+    SAELens's ``AutoModelForCausalLM`` path (``HookedProxyLM``) names hooks after Hugging Face
+    modules (``transformer.h.0``, ``model.layers.5``) and reads each module's output; a bridge
+    component records the module it wraps as ``name``, and its ``hook_out`` is that output.
+    """
+    hooks = getattr(model, "hook_dict", {})
+    named = getattr(model, "named_modules", None)
+    if not callable(named):
+        return None
+    for path, module in named():
+        if path and getattr(module, "name", None) == module_name and f"{path}.hook_out" in hooks:
+            return f"{path}.hook_out"
+    return None
+
+
 def resolve_hook_name(model: Any, hook_name: str) -> str:
     """Return the name under which ``model.hook_dict`` really holds the hook ``hook_name``.
 
@@ -239,7 +256,9 @@ def resolve_hook_name(model: Any, hook_name: str) -> str:
     ``blocks.5.hook_resid_post`` silently matches nothing: ``run_with_cache`` returns an empty
     cache, ``run_with_hooks`` ignores the hook and SAELens's ``ActivationsStore`` fails with a
     ``KeyError``. This maps an alias to its target (``blocks.5.hook_out``) using the bridge's
-    own alias table. A name already in ``hook_dict`` is returned unchanged, so it is also safe
+    own alias table, and a Hugging Face module name (``transformer.h.0``, what SAELens's
+    ``AutoModelForCausalLM`` path hooks) to the hook on that module's output
+    (``blocks.0.hook_out``). A name already in ``hook_dict`` is returned unchanged, so it is also safe
     on a plain ``TransformerBridge``, a ``HookedTransformer`` or a ``HookedProxyLM``.
 
     Raises:
@@ -258,6 +277,9 @@ def resolve_hook_name(model: Any, hook_name: str) -> str:
     for candidate in candidates:
         if candidate in hooks:
             return candidate
+    module_hook = _hf_module_hook(model, hook_name)
+    if module_hook is not None:
+        return module_hook
     registry = getattr(model, "_hook_registry", None) or {}
     attached = [name for name in [*candidates, hook_name] if name in registry]
     if attached:

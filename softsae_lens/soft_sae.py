@@ -54,7 +54,7 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 from typing_extensions import override
 
-from softsae_lens.soft_topk import SoftTopKFunction, candidate_count
+from softsae_lens.soft_topk import SoftTopKFunction, alpha_range, candidate_count
 
 logger = logging.getLogger(__name__)
 
@@ -285,6 +285,17 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
                 f"<= alpha_start={self.alpha_start} (alpha anneals down)",
             )
         _check_choice(self, "alpha_scale", ("absolute", "relative"))
+        # The training step computes in float32: outside this range 1/alpha or the threshold
+        # overflow and the run trains to NaN (the operator's own check is not on this path).
+        low, high = alpha_range(torch.float32, self.d_sae)
+        for name in ("alpha_start", "alpha_end"):
+            if not low <= getattr(self, name) <= high:
+                unit = "activation units" if self.alpha_scale == "absolute" else "x the RMS"
+                _fail(
+                    name,
+                    getattr(self, name),
+                    f"in [{low:.3g}, {high:.3g}] ({unit}; float32's range for d_sae={self.d_sae})",
+                )
         _check_choice(self, "soft_topk_grad_to_pre", (True, False))
         if not 0.0 <= _number(self, "hard_topk_fraction") < 1.0:
             _fail("hard_topk_fraction", self.hard_topk_fraction, "in [0, 1)")
@@ -672,7 +683,9 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
             (pre > 0).sum().to(torch.float32),
         )
         rms = (squares / count.clamp(min=1)).sqrt()
-        return (alpha * rms).clamp(min=torch.finfo(torch.float32).tiny)
+        # Kept inside float32's usable range for the operator (no device read: a clamp).
+        low, high = alpha_range(torch.float32, self.cfg.d_sae)
+        return (alpha * rms).clamp(min=low, max=high)
 
     def _soft_weights(
         self, pre: torch.Tensor, k_hat: torch.Tensor, alpha: torch.Tensor, rows_sorted: bool
@@ -783,6 +796,12 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        if step_input.sae_in.numel() == 0:
+            # Every statistic of the step (k_hat's min, the batch means) needs one row.
+            raise ValueError(
+                f"sae_in: an empty batch (shape {tuple(step_input.sae_in.shape)}); a training "
+                "step needs at least one row"
+            )
         schedule, hidden_pre, k_hat, k_raw, k_scale = self.training_inputs(step_input)
         # One sorted top-k serves the hard selection (its first hard_width columns) and the soft
         # phase's candidates.

@@ -17,7 +17,9 @@ from collections.abc import Sequence
 import torch.distributed as dist
 from sae_lens.llm_sae_training_runner import _parse_cfg_args
 
+from softsae_lens.checkpoints import CheckpointError
 from softsae_lens.distributed_runner import DistributedSAETrainingRunner
+from softsae_lens.interrupt import TrainingInterrupted
 from softsae_lens.runner import configure_runner
 
 
@@ -29,10 +31,21 @@ def parse_args(args: Sequence[str]):
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Parse the arguments and train with SAELens's runner (data-parallel under torchrun)."""
+    """Parse the arguments and train with SAELens's runner (data-parallel under torchrun).
+
+    A signal in one process stops the run between two steps with a checkpoint, says where,
+    and exits with 128 + the signal's number; a checkpoint that cannot be resumed (incomplete,
+    missing, written by another number of processes) is a one-line error, exit 2.
+    """
     cfg = parse_args(sys.argv[1:] if args is None else args)
     try:
         DistributedSAETrainingRunner(cfg=cfg).run()
+    except TrainingInterrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -277,6 +277,28 @@ def test_resume_with_another_number_of_processes_is_refused(two_ranks, tiny_mode
         runner.run()
 
 
+def test_a_two_process_checkpoint_missing_its_last_files_is_incomplete(
+    two_ranks, tiny_model, tmp_path
+):
+    """Issue 25.3: a copy without rank 1's position and distributed_state.json was resumed by
+    one process silently, applying rank 0's shard position to the whole dataset."""
+    import shutil
+
+    from softsae_lens.checkpoints import CheckpointError
+
+    _, results = two_ranks
+    copy = tmp_path / "copy" / Path(results[0]["resume"]["checkpoint"]).name
+    shutil.copytree(results[0]["resume"]["checkpoint"], copy)
+    for name in ("activations_store_state.rank1.safetensors", "distributed_state.json"):
+        (copy / name).unlink()
+    cfg = runner_cfg("soft", resume_from_checkpoint=str(copy), checkpoint_path=None)
+    runner = DistributedSAETrainingRunner(
+        cfg, override_model=tiny_model, override_dataset=token_dataset(ROWS)
+    )
+    with pytest.raises(CheckpointError, match="incomplete checkpoint: .* is missing"):
+        runner.run()
+
+
 # One process --------------------------------------------------------------------------------
 
 

@@ -118,7 +118,9 @@ def read_paper_state_dict(path: str | Path, *, unsafe_pickle: bool = False) -> d
             ) from e
         loaded = torch.load(path, map_location="cpu", weights_only=False)
     except (OSError, RuntimeError, EOFError) as e:
-        raise PaperCheckpointError(f"could not read {path} as a torch checkpoint: {e}") from e
+        empty = path.is_file() and path.stat().st_size == 0
+        reason = "the file is empty (0 bytes)" if empty else str(e).strip() or type(e).__name__
+        raise PaperCheckpointError(f"could not read {path} as a torch checkpoint: {reason}") from e
     if isinstance(loaded, nn.Module):
         loaded = loaded.state_dict()
     if not isinstance(loaded, Mapping):

@@ -88,9 +88,10 @@ def synthetic_lines(results: dict[str, Any]) -> list[str]:
     """Mean ± std over seeds per SAE of the realistic regime: L0 against k, features, k tracking."""
     per_seed = [r for r in results["per_seed"] if r["regime"] == "realistic"]
     summary = results["summary"]["realistic"]
-    steps = results["realistic_settings"]["training_samples"] // results["realistic_settings"][
-        "batch_size"
-    ]
+    steps = (
+        results["realistic_settings"]["training_samples"]
+        // results["realistic_settings"]["batch_size"]
+    )
     lines = []
     for name in _SYNTHETIC_SAES:
         if name not in summary:
@@ -139,7 +140,10 @@ def markdown(sweeps: Sequence[dict[str, Any]], synthetic: Sequence[dict[str, Any
             "",
             "Commands:",
             "",
-            *(f"- `{s.get('command', 'python -m softsae_lens.experiments.sweep')}`" for s in sweeps),
+            *(
+                f"- `{s.get('command', 'python -m softsae_lens.experiments.sweep')}`"
+                for s in sweeps
+            ),
             "",
         ]
     if synthetic:
@@ -176,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.sweeps and not args.synthetic:
         p.error("give --sweeps and/or --synthetic folders holding results.json")
     sweeps = [_load(f) for f in args.sweeps]
-    for s, folder in zip(sweeps, args.sweeps):
+    for s, folder in zip(sweeps, args.sweeps, strict=True):
         s.setdefault("command", f"python -m softsae_lens.experiments.sweep (out {folder})")
     text = markdown(sweeps, [_load(f) for f in args.synthetic])
     args.out.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,7 @@ def train_both(settings: Settings, emb_path: Path, n_rows: int) -> dict[str, Any
                 training_samples=steps * settings.batch_size,
                 lr=settings.lr,
                 output_path=str(settings.out / name),
+                overwrite=True,  # a rerun regenerates its results
                 seed=settings.seed,
                 model_name="sentence-transformers/all-MiniLM-L6-v2",
                 hook_name="mean_pooled_normalized",

@@ -142,7 +142,7 @@ def interpolate_at_l0(points: list[tuple[float, float]], l0: float) -> float | N
     """The value at ``l0`` on the line through ``points`` (L0, value), linear in log L0;
     None outside their range (no extrapolation)."""
     points = sorted(p for p in points if p[0] is not None and p[0] > 0 and p[1] is not None)
-    for (l0_a, v_a), (l0_b, v_b) in zip(points, points[1:]):
+    for (l0_a, v_a), (l0_b, v_b) in zip(points, points[1:], strict=False):
         if l0_a <= l0 <= l0_b:
             if l0_b == l0_a:
                 return v_a
