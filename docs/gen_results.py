@@ -49,6 +49,14 @@ EXPERIMENTS = (
         "synthetic.md",
     ),
     Experiment(
+        "k-budget",
+        "l0/results.md",
+        "python -m softsae_lens.experiments.k_budget --sweeps out/l0/sweep_1x out/l0/sweep_2x "
+        "out/l0/sweep_4x out/l0/sweep_4x_penalty --synthetic out/l0/synth_1000 out/l0/synth_2000",
+        "Results of the k budget: held-out L0 against the target",
+        "k-budget.md",
+    ),
+    Experiment(
         "minilm",
         "minilm/results.md",
         "make minilm",

@@ -192,7 +192,8 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
             price per latent, so the mean settles above the target wherever one more latent
             buys more reconstruction than the price (it drifts up as the dictionary improves).
         k_scale_decay: decay of the running average of the normalising factor that inference
-            uses (``k_budget="normalize"``); it starts once the k target has annealed to ``k``.
+            uses (``k_budget="normalize"``); it starts once the k target has annealed to ``k``,
+            and restarts as a plain mean when the hard phase freezes the estimator.
         k_loss_coefficient: weight of the k term. With ``k_budget="penalty"`` the one-sided
             penalty ``softplus_beta(mean_batch(k_hat) - k_target)``; with ``"normalize"`` a
             two-sided pin ``log(mean_batch(k_raw) / k)^2`` that keeps the raw predictions'
@@ -342,6 +343,7 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
             alpha=alpha,
             hard=step >= total - hard_steps,
             steps_at_k=max(0, step - math.ceil(self.k_anneal_fraction * total)),
+            steps_in_hard=max(0, step - (total - hard_steps)),
         )
 
 
@@ -365,6 +367,9 @@ class SoftSchedule:
     # Steps since the k target reached k (0 while it anneals): the running average of the
     # k normalising factor only averages these.
     steps_at_k: int = 0
+    # Steps since the hard phase began (0 before): there the estimator is frozen, and the
+    # k factor's running average restarts as a plain mean of the frozen estimator's factors.
+    steps_in_hard: int = 0
 
 
 # ---------------------------------------------------------------- shared encoder parts
@@ -773,10 +778,17 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
         # k_raw > 0 (a sigmoid), but float32 can round a saturated one to 0.
         scale = schedule.k_target / (k_sum / count).clamp(min=_K_MARGIN)
         if schedule.k_target <= self.cfg.k:
-            # Bias-corrected start (TensorFlow's ExponentialMovingAverage rule): the first
-            # steps at k are not averaged with the buffer's initial 1.
-            n = schedule.steps_at_k
-            decay = min(self.cfg.k_scale_decay, (1 + n) / (10 + n))
+            if schedule.hard:
+                # The estimator is frozen: a mean of this phase's factors (then a running
+                # average) is unbiased, where one carried over from the soft phase would lag
+                # behind the level the estimator ended at.
+                n = schedule.steps_in_hard
+                decay = min(self.cfg.k_scale_decay, n / (n + 1))
+            else:
+                # Bias-corrected start (TensorFlow's ExponentialMovingAverage rule): the first
+                # steps at k are not averaged with the buffer's initial 1.
+                n = schedule.steps_at_k
+                decay = min(self.cfg.k_scale_decay, (1 + n) / (10 + n))
             with torch.no_grad():
                 self.k_scale.lerp_(scale.detach().to(self.k_scale.dtype), 1.0 - decay)
         return self._scale_k(k_raw, scale), scale

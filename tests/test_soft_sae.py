@@ -928,3 +928,14 @@ def test_k_budget_penalty_keeps_the_factor_at_one():
     sae = make_training_sae(total_training_steps=100, k_anneal_fraction=0.0, k_budget="penalty")
     out = sae.training_forward_pass(train_step_input(torch.randn(32, D_MODEL), step=10))
     assert out.metrics["softsae/k_scale_batch"].item() == 1.0 and sae.k_scale.item() == 1.0
+
+
+def test_k_budget_hard_phase_restarts_the_running_factor_as_a_plain_mean():
+    sae = make_training_sae(total_training_steps=100, hard_topk_fraction=0.1)
+    sae.k_scale.fill_(5.0)  # what a lagging soft-phase average might hold
+    factors = []
+    for i, step in enumerate(range(90, 94)):
+        x = torch.randn(32, D_MODEL) * (1 + i)
+        factors.append(sae.training_forward_pass(train_step_input(x, step=step)).metrics)
+    mean = sum(m["softsae/k_scale_batch"].item() for m in factors) / len(factors)
+    assert sae.k_scale.item() == pytest.approx(mean, rel=1e-5)
