@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
+from urllib.parse import quote
 
 import pytest
 import torch
@@ -340,6 +341,12 @@ def test_pages_render_in_headless_chromium(built, tmp_path):
     assert 'class="sorted-desc"' in dom and "density" in dom
     rows = re.findall(r'<tr data-latent="(\d+)"(?![^>]*hidden)', dom)
     assert rows == [str(first)]
+    # a search for a token the latent promotes keeps that latent's row
+    word = max(dash.latents[0]["logits"]["pos"][0][0].split(), key=len, default="")
+    if word:
+        dom = _browse(f"{index.as_uri()}#q={quote(word)}", tmp_path, "--dump-dom")
+        rows = re.findall(r'<tr data-latent="(\d+)"(?![^>]*hidden)', dom)
+        assert str(first) in rows and len(rows) <= len(dash.latents)
     # the whole index sorted by density: visible order follows the densities
     dom = _browse(f"{index.as_uri()}#sort=density", tmp_path, "--dump-dom")
     order = [int(i) for i in re.findall(r'<tr data-latent="(\d+)"', dom)]

@@ -362,13 +362,15 @@ def latent_data(
         )
         if g >= 0
     ]
+    # Interval samples: the random firing positions, minus those already shown as top ones.
+    shown = {int(g) for g in top.index[row].tolist() if g >= 0}
     rnd = collector.random
     pool = [
         (int(g), float(v), rnd.window[row, j])
         for j, (g, v) in enumerate(
             zip(rnd.index[row].tolist(), rnd.value[row].tolist(), strict=True)
         )
-        if g >= 0
+        if g >= 0 and g not in shown
     ]
     intervals = []
     if vmax > 0 and n_intervals > 0:

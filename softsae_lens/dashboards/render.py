@@ -128,19 +128,20 @@ def render_latent(latent: dict[str, Any], info: dict[str, Any], title_prefix: st
             verdict = "never fires"
         else:
             diff = fired - overall
-            verdict = (
-                f"{diff:+.2f}: fires with "
-                + ("longer" if diff > 0 else "shorter")
-                + " explanations than average"
-            )
+            if abs(diff) < 0.05 * abs(overall):
+                verdict = f"{diff:+.2f}: about average"
+            else:
+                longer = "longer" if diff > 0 else "shorter"
+                verdict = f"{diff:+.2f}: fires on tokens given {longer} explanations than average"
+
         k_hat = {"fired": _num(fired, 2), "overall": _num(overall, 2), "verdict": verdict}
     logits = latent.get("logits")
     logit_view = None
     logit_svg = ""
     if logits:
         logit_view = {
-            "pos": [(_visible(t), f"{v:+.3f}") for t, v in logits["pos"]],
-            "neg": [(_visible(t), f"{v:+.3f}") for t, v in logits["neg"]],
+            "pos": [(_visible(t) or "\u2205", f"{v:+.3f}") for t, v in logits["pos"]],
+            "neg": [(_visible(t) or "\u2205", f"{v:+.3f}") for t, v in logits["neg"]],
         }
         hist = logits["hist"]
         logit_svg = '<div class="hint">Logit effect over the whole vocabulary:</div>' + _svg_hist(
