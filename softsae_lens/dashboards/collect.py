@@ -65,15 +65,28 @@ class Heap:
             window=torch.full((n, size, width), math.nan),
         )
 
-    def merge(self, key: torch.Tensor, value: torch.Tensor, index: torch.Tensor, window) -> None:
+    def merge_rows(
+        self,
+        rows: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        index: torch.Tensor,
+        window: torch.Tensor,
+    ) -> None:
+        """Merge ``[len(rows), k]`` new entries into heap rows ``rows``, keeping the best
+        ``size`` of old and new by key, best first."""
         size = self.key.shape[1]
-        all_key = torch.cat([self.key, key], dim=1)
-        best = all_key.topk(min(size, all_key.shape[1]), dim=1).indices
-        self.key = all_key.gather(1, best)
-        self.value = torch.cat([self.value, value], dim=1).gather(1, best)
-        self.index = torch.cat([self.index, index], dim=1).gather(1, best)
-        all_win = torch.cat([self.window, window], dim=1)
-        self.window = all_win.gather(1, best.unsqueeze(-1).expand(-1, -1, all_win.shape[-1]))
+        all_key = torch.cat([self.key[rows], key], dim=1)
+        best = all_key.topk(size, dim=1).indices
+        self.key[rows] = all_key.gather(1, best)
+        self.value[rows] = torch.cat([self.value[rows], value], dim=1).gather(1, best)
+        self.index[rows] = torch.cat([self.index[rows], index], dim=1).gather(1, best)
+        all_win = torch.cat([self.window[rows], window], dim=1)
+        self.window[rows] = all_win.gather(1, best.unsqueeze(-1).expand(-1, -1, self.width))
+
+    @property
+    def width(self) -> int:
+        return self.window.shape[-1]
 
 
 class LatentCollector:
@@ -106,6 +119,9 @@ class LatentCollector:
         self.before, self.after = before, after
         self.width = before + after + 1
         n = len(self.tracked)
+        # latent -> its row among the tracked ones (-1: not tracked)
+        self._row_of = torch.full((d_sae,), -1, dtype=torch.long)
+        self._row_of[self.tracked] = torch.arange(n)
         self.n_tokens = 0  # counted (not excluded) tokens
         self.n_positions = 0  # every position streamed, excluded ones included
         self.n_rows = 0
@@ -136,7 +152,11 @@ class LatentCollector:
     ) -> None:
         """Fold one batch in: ``tokens`` ``[batch, pos]``, ``acts`` ``[batch, pos, d_sae]``,
         ``k_hat`` ``[batch, pos]`` (SAEs that predict k), ``excluded`` ``[batch, pos]`` (positions
-        left out of every statistic and never chosen as a context, e.g. special tokens)."""
+        left out of every statistic and never chosen as a context, e.g. special tokens).
+
+        Works on the nonzero activations only (an SAE's are sparse): per-latent sums with
+        ``index_add``, and each heap merged only for the latents with a candidate that beats the
+        heap's current minimum."""
         batch, n_pos = tokens.shape
         n = batch * n_pos
         acts = acts.detach().float().reshape(n, self.d_sae).cpu()
@@ -145,39 +165,50 @@ class LatentCollector:
             if excluded is None
             else ~excluded.reshape(n).bool().cpu()
         )
-        acts = acts * keep.unsqueeze(1)  # excluded positions never fire
-        fired = acts > 0
-        self.count += fired.sum(0)
-        self.act_sum += acts.clamp(min=0).sum(0, dtype=torch.float64)
-        self.act_max = torch.maximum(self.act_max, acts.max(0).values)
+        if excluded is not None:
+            acts = acts * keep.unsqueeze(1)  # excluded positions never fire
+        pos, lat = (acts > 0).nonzero(as_tuple=True)
+        vals = acts[pos, lat]
+        self.count += torch.bincount(lat, minlength=self.d_sae)
+        self.act_sum.index_add_(0, lat, vals.double())
+        self.act_max.scatter_reduce_(0, lat, vals, reduce="amax")
         k_flat = None
         if k_hat is not None:
             self.has_k_hat = True
             k_flat = k_hat.detach().float().reshape(n).cpu()
-            k_kept = k_flat * keep
-            self.k_hat_sum += float(k_kept.sum(dtype=torch.float64))
-            self.k_hat_sum_fired += (fired.T.float() @ k_kept).double()
+            self.k_hat_sum += float((k_flat * keep).sum(dtype=torch.float64))
+            self.k_hat_sum_fired.index_add_(0, lat, k_flat[pos].double())
 
+        row = self._row_of[lat]
+        mine = row >= 0
+        pos, lat, row, vals = pos[mine], lat[mine], row[mine], vals[mine]
+        self._histogram(row, vals)
         base = self.n_positions
-        sub = acts[:, self.tracked].T.contiguous()  # [n_tracked, n]
-        self._histogram(sub)
-        size = min(self.top.key.shape[1], n)
-        val, idx = sub.topk(size, dim=1)
-        self.top.merge(
-            torch.where(val > 0, val, -math.inf),
-            val,
-            torch.where(val > 0, idx + base, -1),
-            self._windows(sub, idx, n_pos),
+        beats = vals > self.top.key[:, -1][row]
+        self._merge(
+            self.top,
+            acts,
+            row[beats],
+            lat[beats],
+            pos[beats],
+            vals[beats],
+            vals[beats],
+            base,
+            n_pos,
         )
         if self.random.key.shape[1]:
-            keys = torch.rand(sub.shape, generator=self.generator)
-            keys = torch.where(sub > 0, keys, -math.inf)
-            rk, ridx = keys.topk(min(self.random.key.shape[1], n), dim=1)
-            self.random.merge(
-                rk,
-                sub.gather(1, ridx),
-                torch.where(rk > -math.inf, ridx + base, -1),
-                self._windows(sub, ridx, n_pos),
+            keys = torch.rand(vals.shape, generator=self.generator)
+            beats = keys > self.random.key[:, -1][row]
+            self._merge(
+                self.random,
+                acts,
+                row[beats],
+                lat[beats],
+                pos[beats],
+                vals[beats],
+                keys[beats],
+                base,
+                n_pos,
             )
 
         self._tokens.append(tokens.detach().reshape(n).to(torch.int64).cpu())
@@ -193,26 +224,64 @@ class LatentCollector:
         self.n_positions += n
         self.n_rows += batch
 
-    def _histogram(self, sub: torch.Tensor) -> None:
-        rows, cols = (sub > 0).nonzero(as_tuple=True)
-        if rows.numel() == 0:
+    def _merge(
+        self,
+        heap: Heap,
+        acts: torch.Tensor,
+        row: torch.Tensor,
+        lat: torch.Tensor,
+        pos: torch.Tensor,
+        value: torch.Tensor,
+        key: torch.Tensor,
+        base: int,
+        n_pos: int,
+    ) -> None:
+        """Merge candidate entries (tracked row, latent, flat position, value, key) into
+        ``heap``: the best ``size`` candidates of each affected row, then a top-k merge of those
+        rows with what the heap holds."""
+        if row.numel() == 0:
             return
-        values = sub[rows, cols]
+        size = heap.key.shape[1]
+        affected, local = torch.unique(row, return_inverse=True)
+        # Group the candidates by row, best key first, and rank them within their row.
+        order = torch.argsort(key, descending=True, stable=True)
+        order = order[torch.argsort(local[order], stable=True)]
+        local_sorted = local[order]
+        counts = torch.bincount(local_sorted, minlength=len(affected))
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(order)) - starts[local_sorted]
+        keep = rank < size
+        order, local_sorted, rank = order[keep], local_sorted[keep], rank[keep]
+        shape = (len(affected), size)
+        new_key = torch.full(shape, -math.inf)
+        new_val = torch.zeros(shape)
+        new_idx = torch.full(shape, -1, dtype=torch.long)
+        new_win = torch.full((*shape, self.width), math.nan)
+        new_key[local_sorted, rank] = key[order]
+        new_val[local_sorted, rank] = value[order]
+        new_idx[local_sorted, rank] = pos[order] + base
+        new_win[local_sorted, rank] = self._windows(acts, pos[order], lat[order], n_pos)
+        heap.merge_rows(affected, new_key, new_val, new_idx, new_win)
+
+    def _histogram(self, row: torch.Tensor, values: torch.Tensor) -> None:
+        if row.numel() == 0:
+            return
         n_bins = self.hist.shape[1]
         lo = LOG_BIN_RANGE[0]
         bins = ((values.log10() - lo) * _BINS_PER_DECADE).floor().long().clamp(0, n_bins - 1)
-        flat = rows * n_bins + bins
-        counts = torch.bincount(flat, minlength=self.hist.numel())
-        self.hist += counts.view_as(self.hist).to(torch.int32)
+        flat = row * n_bins + bins
+        self.hist.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
 
-    def _windows(self, sub: torch.Tensor, idx: torch.Tensor, n_pos: int) -> torch.Tensor:
-        """The tracked latents' activations at offsets ``-before..after`` around ``idx`` (flat
-        batch positions), NaN where the window leaves the row."""
+    def _windows(
+        self, acts: torch.Tensor, pos: torch.Tensor, lat: torch.Tensor, n_pos: int
+    ) -> torch.Tensor:
+        """Latent ``lat``'s activations at offsets ``-before..after`` around flat batch position
+        ``pos`` (``acts`` is ``[n, d_sae]``), NaN where the window leaves the row."""
         offsets = torch.arange(-self.before, self.after + 1)
-        pos = (idx % n_pos).unsqueeze(-1) + offsets
-        inside = (pos >= 0) & (pos < n_pos)
-        flat = (idx - idx % n_pos).unsqueeze(-1) + pos.clamp(0, n_pos - 1)
-        win = sub.gather(1, flat.reshape(sub.shape[0], -1)).reshape(flat.shape)
+        in_row = (pos % n_pos).unsqueeze(-1) + offsets
+        inside = (in_row >= 0) & (in_row < n_pos)
+        flat = (pos - pos % n_pos).unsqueeze(-1) + in_row.clamp(0, n_pos - 1)
+        win = acts[flat, lat.unsqueeze(-1).expand_as(flat)]
         return torch.where(inside, win, math.nan)
 
     # ------------------------------------------------------------ after the stream
