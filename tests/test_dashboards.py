@@ -71,13 +71,18 @@ def built(request, bridge, tmp_path_factory):
     return request.param, sae, cfg, result
 
 
+def _rows(bridge, cfg):
+    from softsae_lens.dashboards.build import token_rows
+
+    return token_rows(bridge, cfg.text, context_size=cfg.context_size)
+
+
 def _direct(bridge, sae, cfg):
     """acts [N, d_sae], k_hat [N], kept [N] over every streamed position, computed directly."""
-    from softsae_lens.dashboards.build import _batches, token_rows
+    from softsae_lens.dashboards.build import _batches
 
-    rows = token_rows(bridge, cfg.text, context_size=cfg.context_size)
     acts, k_hats, kept = [], [], []
-    for tokens in _batches(rows, cfg.batch_rows):
+    for tokens in _batches(_rows(bridge, cfg), cfg.batch_rows):
         _, cache = bridge.run_with_cache(tokens, names_filter=[HOOK])
         x = cache[HOOK]
         acts.append(sae.encode(x).reshape(-1, sae.cfg.d_sae))
@@ -112,6 +117,8 @@ def test_numbers_match_direct_computation(built, bridge):
     hf = bridge.original_model
     w_u = hf.lm_head.weight.detach().T.float()
     scale = hf.model.norm.weight.detach().float()
+    lengths = [len(r) for r in _rows(bridge, cfg)]
+    row_starts = [sum(lengths[:j]) for j in range(len(lengths))]
     for lat in dash.latents:
         i = lat["index"]
         col = acts[:, i]
@@ -122,8 +129,12 @@ def test_numbers_match_direct_computation(built, bridge):
         want = want[want > 0]
         got = torch.tensor([c["value"] for c in lat["top"]])
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-        for c in lat["top"]:
+        for c in lat["top"] + [e for g in lat["intervals"] for e in g["examples"]]:
             assert c["acts"][c["index"]] == pytest.approx(c["value"], rel=1e-5)
+            # the whole window is this latent's activations around the token, in its row
+            start = row_starts[c["row"]] + c["pos"] - c["index"]
+            want_window = col[start : start + len(c["acts"])]
+            torch.testing.assert_close(torch.tensor(c["acts"]), want_window, atol=1e-5, rtol=1e-5)
         effect = (sae.W_dec[i].float() * scale) @ w_u
         top_v, top_i = effect.topk(cfg.n_logits)
         assert lat["logits"]["pos_ids"] == top_i.tolist()
