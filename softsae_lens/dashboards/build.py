@@ -528,9 +528,11 @@ def build_dashboards(
             )
 
     excluded = special_token_ids(model, exclude_special_tokens)
+    cpu_start = time.process_time()
     seconds = stream(
         model, sae, batches, collector, hook, excluded, progress=progress, on_first=estimate
     )
+    cpu_seconds = time.process_time() - cpu_start
     chosen = select_latents(collector, latents, top_by, seed)
     arrays = collector.finish()
     decode = _Decoder(model)
@@ -568,6 +570,9 @@ def build_dashboards(
         "context_size": max(len(r) for r in rows),
         "seconds": seconds,
         "tokens_per_second": n_positions / max(seconds, 1e-9),
+        # CPU time of this process (all its threads): what a shared machine disturbs least
+        "cpu_seconds": cpu_seconds,
+        "tokens_per_cpu_second": n_positions / max(cpu_seconds, 1e-9),
         "excluded_token_ids": excluded,
         "logit_effects": unembedding(model) is not None,
         "final_norm_scale": final_norm_scale(model) is not None,
@@ -577,7 +582,8 @@ def build_dashboards(
     if log is not None:
         log(
             f"dashboards: {n_positions:,} positions in {seconds:.1f} s "
-            f"({info['tokens_per_second']:,.0f} tokens/s); {len(summary['dead']):,} dead, "
+            f"({info['tokens_per_second']:,.0f} tokens/s, {cpu_seconds:.1f} CPU s); "
+            f"{len(summary['dead']):,} dead, "
             f"{len(summary['dense']):,} dense (> {dense_threshold:g}) of {d_sae:,} latents"
         )
     return Dashboards(out_latents, summary, info)
