@@ -111,10 +111,13 @@ def _context_view(c: dict[str, Any], vmax: float) -> dict[str, Any]:
                 "title": title,
             }
         )
+    q = c["index"]
     return {
         "value": _num(c["value"]),
         "k_hat": None if c.get("k_hat") is None else f"{c['k_hat']:.2f}",
-        "tokens": tokens,
+        "before": tokens[:q],
+        "token": tokens[q],
+        "after": tokens[q + 1 :],
     }
 
 
