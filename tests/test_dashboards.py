@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from urllib.parse import quote
 
@@ -45,9 +46,13 @@ def _topk_sae(d_sae=64, k=4):
 
 
 @pytest.fixture(scope="module")
-def bridge(tmp_path_factory):
-    folder = build_tiny_hf_model(tmp_path_factory.mktemp("tiny_hf"))
-    return boot_plain_bridge(folder)
+def tiny_folder(tmp_path_factory):
+    return build_tiny_hf_model(tmp_path_factory.mktemp("tiny_hf"))
+
+
+@pytest.fixture(scope="module")
+def bridge(tiny_folder):
+    return boot_plain_bridge(tiny_folder)
 
 
 @pytest.fixture(scope="module", params=["soft", "topk"])
@@ -258,6 +263,55 @@ def test_neuronpedia_export_fields_and_types(built):
     skipped = json.loads(files[-1].read_text())
     assert files[-1].name == "skipped_indexes.json"
     assert len(skipped["skipped_indexes"]) == sae.cfg.d_sae - LATENTS
+
+
+def test_cli_runs_offline_in_a_fresh_process(tiny_folder, tmp_path):
+    """``python -m softsae_lens.dashboards`` with --model-path: loads, prints the cost, writes."""
+    sae = _topk_sae()
+    sae.save_model(tmp_path / "sae")
+    (tmp_path / "notes.txt").write_text(MORE_TEXT[1], encoding="utf-8")
+    args = ["--sae", str(tmp_path / "sae"), "--model-path", str(tiny_folder)]
+    args += ["--text", TEXTS[0], TEXTS[1], "--text-file", str(tmp_path / "notes.txt")]
+    args += ["--latents", "3", "--top-by", "max", "--out", str(tmp_path / "out")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "softsae_lens.dashboards", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "token positions in" in done.stdout and "MiB" in done.stdout  # the cost, up front
+    assert "tokens/s" in done.stdout and "wrote" in done.stdout
+    assert len(list((tmp_path / "out" / "latents").glob("latent_*.html"))) == 3
+    data = json.loads((tmp_path / "out" / "dashboards.json").read_text())
+    maxima = sorted(data["summary"]["max"], reverse=True)[:3]
+    assert sorted((lat["max"] for lat in data["latents"]), reverse=True) == maxima
+
+
+@pytest.mark.slow
+@pytest.mark.smollm2
+def test_smollm2_soft_sae_from_its_metadata_on_the_held_out_corpus(tmp_path):
+    """The SAE's metadata names SmolLM2: the command finds the model offline by itself."""
+    from softsae_lens import SoftSAE, SoftSAEConfig
+    from softsae_lens.smollm2 import D_MODEL, DEFAULT_MODEL_NAME
+
+    torch.manual_seed(0)
+    sae = SoftSAE(SoftSAEConfig(d_in=D_MODEL, d_sae=1024, k=16))
+    sae.cfg.metadata.hook_name = "blocks.3.hook_resid_post"
+    sae.cfg.metadata.model_name = DEFAULT_MODEL_NAME
+    sae.save_model(tmp_path / "sae")
+    result = main(
+        ["--sae", str(tmp_path / "sae"), "--corpus", "pydoc", "--max-tokens", "512"]
+        + ["--latents", "4", "--out", str(tmp_path / "out")]
+    )
+    info = result["info"]
+    assert info["model"] == DEFAULT_MODEL_NAME and info["hook_name"] == "blocks.3.hook_out"
+    assert info["n_positions"] == 512 and info["final_norm_scale"] and info["has_k_hat"]
+    assert info["dataset"].startswith("pydoc")
+    assert len(result["dashboards"].latents) == 4
+    assert all(lat["logits"] is not None for lat in result["dashboards"].latents)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
