@@ -55,10 +55,21 @@ def bridge(tiny_folder):
     return boot_plain_bridge(tiny_folder)
 
 
-@pytest.fixture(scope="module", params=["soft", "topk"])
+def _standard_sae(d_sae=64):
+    """SAELens's plain ReLU SAE: dense activations (about half the latents fire on a token)."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    torch.manual_seed(2)
+    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=d_sae))
+    sae.cfg.metadata.hook_name = HOOK
+    return sae.eval()
+
+
+@pytest.fixture(scope="module", params=["soft", "topk", "standard"])
 def built(request, bridge, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"dash_{request.param}")
-    sae = random_soft_sae(HOOK) if request.param == "soft" else _topk_sae()
+    make = {"soft": lambda: random_soft_sae(HOOK), "topk": _topk_sae, "standard": _standard_sae}
+    sae = make[request.param]()
     sae.save_model(root / "sae")
     cfg = DashboardsConfig(
         sae=root / "sae",
@@ -426,8 +437,10 @@ def test_pages_render_in_headless_chromium(built, tmp_path):
     assert f"latent {lat['index']}" in text
     assert "Top activations" in text and "Logit effect" in text and "promoted" in text
     assert "Activation density" in text and f"({lat['count']:,} of" in text
-    top_token = lat["top"][0]["tokens"][lat["top"][0]["index"]]
-    assert top_token.strip() and top_token.replace("\n", "\u21b5") in text
+    shown = [c["tokens"][c["index"]] for c in lat["top"]]
+    words = [t.replace("\n", "\u21b5") for t in shown if t.strip()]
+    assert all(w in text for w in words)  # every visible top token is on the page
+    assert len(re.findall(r'class="t q', dom)) >= len(lat["top"])  # each one outlined
     assert lat["logits"]["pos"][0][0].replace("\n", "\u21b5") in text
     assert dom.count('class="ctx') >= len(lat["top"])
     if arch == "soft":
