@@ -63,7 +63,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from softsae_lens.dashboards import DashboardsConfig
     from softsae_lens.dashboards.__main__ import run
-    from softsae_lens.dashboards.build import _batches, encode_batch, token_rows
+    from softsae_lens.dashboards.stream import batches_of, encode_batch, token_rows
     from softsae_lens.smollm2 import load_smollm2_bridge
 
     t0 = time.perf_counter()
@@ -101,7 +101,7 @@ def main() -> None:
             from softsae_lens.dashboards.__main__ import _documents
 
             docs, _ = _documents(cfg)
-            batches = _batches(token_rows(model, (), docs, max_tokens=args.tokens), 8)
+            batches = batches_of(token_rows(model, (), docs, max_tokens=args.tokens), 8)
             t1, c1 = time.perf_counter(), time.process_time()
             with torch.no_grad():
                 for tokens in batches:

@@ -88,17 +88,17 @@ def built(request, bridge, tmp_path_factory):
 
 
 def _rows(bridge, cfg):
-    from softsae_lens.dashboards.build import token_rows
+    from softsae_lens.dashboards.stream import token_rows
 
     return token_rows(bridge, cfg.text, context_size=cfg.context_size)
 
 
 def _direct(bridge, sae, cfg):
     """acts [N, d_sae], k_hat [N], kept [N] over every streamed position, computed directly."""
-    from softsae_lens.dashboards.build import _batches
+    from softsae_lens.dashboards.stream import batches_of
 
     acts, k_hats, kept = [], [], []
-    for tokens in _batches(_rows(bridge, cfg), cfg.batch_rows):
+    for tokens in batches_of(_rows(bridge, cfg), cfg.batch_rows):
         _, cache = bridge.run_with_cache(tokens, names_filter=[HOOK])
         x = cache[HOOK]
         acts.append(sae.encode(x).reshape(-1, sae.cfg.d_sae))

@@ -12,8 +12,10 @@ Modules, each importing only those above it:
 
 - :mod:`~softsae_lens.dashboards.config`: :class:`DashboardsConfig` (the CLI's flags).
 - :mod:`~softsae_lens.dashboards.collect`: :class:`LatentCollector`, the streaming state.
-- :mod:`~softsae_lens.dashboards.build`: :func:`token_rows`, :func:`build_dashboards`,
-  :func:`logit_effects`.
+- :mod:`~softsae_lens.dashboards.stream`: :func:`token_rows`, :func:`encode_batch`, :func:`stream`.
+- :mod:`~softsae_lens.dashboards.latents`: :func:`logit_effects`, :func:`select_latents`,
+  :func:`latent_data` (one latent's dict).
+- :mod:`~softsae_lens.dashboards.build`: :func:`build_dashboards` (all of the above).
 - :mod:`~softsae_lens.dashboards.render`: the pages (jinja2 templates in ``templates/``).
 - :mod:`~softsae_lens.dashboards.neuronpedia`: the Neuronpedia batches.
 - :mod:`~softsae_lens.dashboards.write`: :func:`write_dashboards`, all files at once.
@@ -23,18 +25,18 @@ Modules, each importing only those above it:
 Must not depend on the demo or the experiments.
 """
 
-from softsae_lens.dashboards.build import (
-    Dashboards,
-    build_dashboards,
-    final_norm_scale,
-    logit_effects,
-    select_latents,
-    token_rows,
-)
+from softsae_lens.dashboards.build import Dashboards, build_dashboards
 from softsae_lens.dashboards.collect import LatentCollector
 from softsae_lens.dashboards.config import DashboardsConfig, parse_latents
+from softsae_lens.dashboards.latents import (
+    final_norm_scale,
+    latent_data,
+    logit_effects,
+    select_latents,
+)
 from softsae_lens.dashboards.neuronpedia import neuronpedia_batches, write_neuronpedia
 from softsae_lens.dashboards.render import latent_page_name, render_index, render_latent
+from softsae_lens.dashboards.stream import encode_batch, stream, token_rows
 from softsae_lens.dashboards.write import write_dashboards
 
 __all__ = [
@@ -42,7 +44,9 @@ __all__ = [
     "DashboardsConfig",
     "LatentCollector",
     "build_dashboards",
+    "encode_batch",
     "final_norm_scale",
+    "latent_data",
     "latent_page_name",
     "logit_effects",
     "neuronpedia_batches",
@@ -50,6 +54,7 @@ __all__ = [
     "render_index",
     "render_latent",
     "select_latents",
+    "stream",
     "token_rows",
     "write_dashboards",
     "write_neuronpedia",

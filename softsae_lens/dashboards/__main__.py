@@ -61,7 +61,8 @@ def run(cfg: DashboardsConfig, *, model: Any | None = None, progress: bool = Tru
     from sae_lens import SAE
 
     import softsae_lens  # noqa: F401  (registers "soft")
-    from softsae_lens.dashboards.build import build_dashboards, token_rows
+    from softsae_lens.dashboards.build import build_dashboards
+    from softsae_lens.dashboards.stream import token_rows
     from softsae_lens.dashboards.write import write_dashboards
 
     sae = SAE.load_from_disk(str(cfg.sae), device=cfg.device)
