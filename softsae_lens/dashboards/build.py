@@ -157,6 +157,9 @@ def build_dashboards(
             )
     stats = summary(collector, dense_threshold)
     info = {
+        # the CLI overwrites these two with the name it loaded and the text's description
+        "model": getattr(getattr(model, "cfg", None), "model_name", None) or type(model).__name__,
+        "dataset": f"{len(rows):,} rows of token ids",
         "hook_name": hook,
         "layer": hook_layer(hook),
         "d_sae": d_sae,
