@@ -162,6 +162,8 @@ def test_numbers_match_direct_computation(built, bridge):
             torch.tensor([v for _, v in lat["logits"]["neg"]]), -bottom_v, atol=1e-5, rtol=1e-5
         )
         assert sum(lat["hist"]["counts"]) == lat["count"]
+        tops = [c["tokens"][c["index"]] for c in lat["top"][:5]]
+        assert dash.summary["top_tokens"][i] == list(dict.fromkeys(tops))
         for group in lat["intervals"]:
             for c in group["examples"]:
                 assert group["lo"] - 1e-6 <= c["value"] <= group["hi"] + 1e-6
@@ -422,7 +424,17 @@ def test_pages_render_in_headless_chromium(built, tmp_path):
     if word:
         dom = _browse(f"{index.as_uri()}#q={quote(word)}", tmp_path, "--dump-dom")
         rows = re.findall(r'<tr data-latent="(\d+)"(?![^>]*hidden)', dom)
-        assert str(first) in rows and len(rows) <= len(dash.latents)
+        assert str(first) in rows
+    # every tracked latent is searchable by its top activating tokens, pages or not
+    no_page = [
+        i
+        for i, toks in enumerate(dash.summary["top_tokens"])
+        if i not in {lat["index"] for lat in dash.latents} and any(len(t.strip()) > 2 for t in toks)
+    ]
+    if no_page:
+        word = next(t.strip() for t in dash.summary["top_tokens"][no_page[0]] if len(t.strip()) > 2)
+        dom = _browse(f"{index.as_uri()}#q={quote(word)}", tmp_path, "--dump-dom")
+        assert str(no_page[0]) in re.findall(r'<tr data-latent="(\d+)"(?![^>]*hidden)', dom)
     # the whole index sorted by density: visible order follows the densities
     dom = _browse(f"{index.as_uri()}#sort=density", tmp_path, "--dump-dom")
     order = [int(i) for i in re.findall(r'<tr data-latent="(\d+)"', dom)]

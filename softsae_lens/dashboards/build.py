@@ -155,7 +155,7 @@ def build_dashboards(
                     w_dec_row=w_dec[latent],
                 )
             )
-    stats = summary(collector, dense_threshold)
+    stats = summary(collector, dense_threshold, arrays, decode)
     info = {
         # the CLI overwrites these two with the name it loaded and the text's description
         "model": getattr(getattr(model, "cfg", None), "model_name", None) or type(model).__name__,

@@ -256,7 +256,16 @@ def latent_data(
     return out
 
 
-def summary(collector: LatentCollector, dense_threshold: float) -> dict[str, Any]:
+def summary(
+    collector: LatentCollector,
+    dense_threshold: float,
+    arrays: dict[str, torch.Tensor] | None = None,
+    decode: TokenDecoder | None = None,
+    n_top_tokens: int = 5,
+) -> dict[str, Any]:
+    """Every latent's density, count, max and mean activation, the dead and dense ones, and
+    (given the per-token ``arrays`` and a ``decode``) the distinct tokens of each tracked latent's
+    top ``n_top_tokens`` activations (``top_tokens``: the index page's search runs over them)."""
     density = collector.density()
     count = collector.count
     mean = torch.where(count > 0, collector.act_sum / count.clamp(min=1).double(), 0.0)
@@ -277,4 +286,12 @@ def summary(collector: LatentCollector, dense_threshold: float) -> dict[str, Any
     if fired is not None:
         out["mean_k_hat"] = collector.mean_k_hat()
         out["mean_k_hat_fired"] = [None if math.isnan(v) else v for v in fired.tolist()]
+    if arrays is not None and decode is not None:
+        top_tokens: list[list[str]] = [[] for _ in range(collector.d_sae)]
+        index = collector.top.index[:, :n_top_tokens]
+        ids = arrays["tokens"][index.clamp(min=0)].tolist()
+        for row, latent in enumerate(collector.tracked.tolist()):
+            found = [i for i, g in zip(ids[row], index[row].tolist(), strict=True) if g >= 0]
+            top_tokens[latent] = list(dict.fromkeys(decode(found)))
+        out["top_tokens"] = top_tokens
     return out

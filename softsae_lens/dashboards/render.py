@@ -202,22 +202,22 @@ def render_index(
     max_listed: int = 400,
 ) -> str:
     """The index page: every latent's density, max and mean activation (and mean k_hat when it
-    fires), sortable by column, a search box over latent indices and top tokens, and the dead
-    and dense latents. ``latents`` are the ones with pages."""
+    fires), sortable by column, a search box over latent indices and top tokens (the top
+    activating ones of every tracked latent, and the promoted ones of latents with pages), and
+    the dead and dense latents. ``latents`` are the ones with pages."""
     pages = {lat["index"]: lat for lat in latents}
     has_k = "mean_k_hat_fired" in summary
     rows = []
     for i in range(summary["n_latents"]):
         lat = pages.get(i)
-        words = ""
-        if lat is not None:
-            acts = [c["tokens"][c["index"]] for c in lat["top"][:5]]
-            promoted = [t for t, _ in (lat.get("logits") or {}).get("pos", [])[:5]]
-            words = (
-                " ".join(repr(t)[1:-1] for t in dict.fromkeys(acts))
-                + " \u00b7 "
-                + " ".join(repr(t)[1:-1] for t in promoted)
-            )
+        # the top activating tokens (every tracked latent) and, with a page, the promoted ones
+        acts = (summary.get("top_tokens") or [[]] * summary["n_latents"])[i]
+        if lat is not None and not acts:
+            acts = list(dict.fromkeys(c["tokens"][c["index"]] for c in lat["top"][:5]))
+        promoted = [t for t, _ in ((lat or {}).get("logits") or {}).get("pos", [])[:5]]
+        words = " ".join(repr(t)[1:-1] for t in acts)
+        if promoted:
+            words += " \u00b7 " + " ".join(repr(t)[1:-1] for t in promoted)
         k = summary["mean_k_hat_fired"][i] if has_k else None
         rows.append(
             {
@@ -231,7 +231,7 @@ def render_index(
                 "mean_v": f"{summary['mean'][i]:.6g}",
                 "k": _num(k, 2) if k is not None else "",
                 "k_v": "" if k is None else f"{k:.6g}",
-                "tokens": words if lat is not None else "",
+                "tokens": words,
                 "search": words.lower(),
                 "dead": summary["count"][i] == 0,
             }
