@@ -261,6 +261,7 @@ def test_matched_l0_rows_interpolate_topk_in_log_l0():
 
     assert interpolate_at_l0([(16, 0.7), (64, 0.9)], 32) == pytest.approx(0.8)
     assert interpolate_at_l0([(16, 0.7), (64, 0.9)], 70) is None  # never extrapolated
+    assert interpolate_at_l0([(16, 0.7), (64, 0.9)], 65) == 0.9  # within 3% of the last run
     metrics = {"explained_variance": 0.8, "ce_loss_score": 0.9, "kl_div_score": 0.85}
     runs = [
         {"architecture": "topk", "target_l0": 16, "metrics": {**metrics, "l0": 16.0}},

@@ -133,8 +133,8 @@ def markdown(sweeps: Sequence[dict[str, Any]], synthetic: Sequence[dict[str, Any
             "## SmolLM2-135M (the sweep): SoftSAE and TopK at each run length",
             "",
             "Held-out `run_evals`, special tokens excluded. In brackets: SoftSAE's score minus "
-            "TopK's interpolated (linearly in log L0) to SoftSAE's held-out L0, n/a where that L0 "
-            "is outside TopK's runs.",
+            "TopK's interpolated (linearly in log L0) to SoftSAE's held-out L0 (TopK's outermost "
+            "run where that L0 is within 3% beyond it; n/a further out).",
             "",
             *sweep_lines(sweeps),
             "",

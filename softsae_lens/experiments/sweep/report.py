@@ -114,7 +114,8 @@ def markdown(results: dict[str, Any]) -> str:
             "## SoftSAE against TopK at SoftSAE's own L0",
             "",
             "TopK interpolated (linearly in log L0) between its two runs around SoftSAE's "
-            "held-out L0; n/a where SoftSAE's L0 lies outside TopK's range.",
+            "held-out L0; TopK's outermost run where SoftSAE's L0 is within 3% beyond it; n/a "
+            "further out.",
             "",
             "| target | SoftSAE L0 | metric | SoftSAE score | TopK score at that L0 | difference |",
             "|---|---|---|---|---|---|",
@@ -138,10 +139,20 @@ def _signed(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.4f}"
 
 
+# An L0 this close beyond TopK's outermost run is compared with that run rather than left out
+# (a target's own run: SoftSAE's L0 is held within a few percent of it).
+EDGE_TOLERANCE = 0.03
+
+
 def interpolate_at_l0(points: list[tuple[float, float]], l0: float) -> float | None:
-    """The value at ``l0`` on the line through ``points`` (L0, value), linear in log L0;
-    None outside their range (no extrapolation)."""
+    """The value at ``l0`` on the line through ``points`` (L0, value), linear in log L0; the
+    outermost point's value within ``EDGE_TOLERANCE`` beyond the range; None further out
+    (no extrapolation)."""
     points = sorted(p for p in points if p[0] is not None and p[0] > 0 and p[1] is not None)
+    if points and points[-1][0] < l0 <= points[-1][0] * (1 + EDGE_TOLERANCE):
+        return points[-1][1]
+    if points and points[0][0] * (1 - EDGE_TOLERANCE) <= l0 < points[0][0]:
+        return points[0][1]
     for (l0_a, v_a), (l0_b, v_b) in zip(points, points[1:], strict=False):
         if l0_a <= l0 <= l0_b:
             if l0_b == l0_a:
