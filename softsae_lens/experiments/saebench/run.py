@@ -26,10 +26,10 @@ from softsae_lens.experiments.saebench.config import (
 __all__ = ["discover_saes", "plan", "run"]
 
 DEFAULT_SAES = Path("out/sweep/saes")
-# Seconds on this 2-core machine (one thread), measured in quick mode and on SmolLM2 (NOTES
-# section 3: ~3,400 tokens/s of activations at layer 5; the full 30-layer forward ~6x slower).
-SMOLLM2_TOKENS_PER_S_LAYER5 = 3400.0
-SMOLLM2_TOKENS_PER_S_FULL = 600.0
+# SmolLM2 throughput on this 2-core machine, one thread, measured by the sweep's --plan-only
+# (December 2026, machine busy): 0.47 s per 1k tokens to blocks.5, 2.72 s for the full forward.
+SMOLLM2_TOKENS_PER_S_LAYER5 = 2100.0
+SMOLLM2_TOKENS_PER_S_FULL = 370.0
 PROBE_ROWS = 1500  # sae-probes' MAX_AMT
 PROBE_MEAN_TOKENS = 60  # mean prompt length of the chosen datasets (SmolLM2 tokens, measured)
 ABSORPTION_WORDS = 30_000  # alphabetic tokens of SmolLM2's vocabulary (get_alpha_tokens)
@@ -47,34 +47,29 @@ def discover_saes(paths: list[Path]) -> dict[str, Path]:
 
 
 def plan(cfg: SaebenchConfig, n_saes: int | None = None) -> dict[str, Any]:
-    """Predicted seconds of each piece for SmolLM2 on this machine (not for --quick)."""
+    """Predicted seconds of each piece for SmolLM2 on this machine (not for --quick): model
+    forwards from NOTES' measured throughput, per-SAE probe/meta costs scaled from quick mode
+    (sae-probes ~0.4 s per dataset and k; meta_structure ~3.5 ms per step at 256 latents, ~9x at
+    2,304), absorption from its two passes over SmolLM2's alphabetic vocabulary."""
     n = n_saes if n_saes is not None else len(ARCHITECTURES) * len(TARGETS)
-    ctx = cfg.context_size
-    core_tokens = cfg.batch_prompts * ctx
-    core = (
-        3 * cfg.core_reconstruction_batches * core_tokens / SMOLLM2_TOKENS_PER_S_FULL
-        + cfg.core_variance_batches * core_tokens / SMOLLM2_TOKENS_PER_S_FULL
-    )
-    probe_model = len(cfg.probe_datasets) * PROBE_ROWS * PROBE_MEAN_TOKENS
-    probe_model_s = probe_model / SMOLLM2_TOKENS_PER_S_LAYER5
-    probe_per_sae = 6.0 * len(cfg.probe_datasets) * len(cfg.probe_ks)
-    absorption_per_sae = 2 * ABSORPTION_WORDS * 12 / SMOLLM2_TOKENS_PER_S_LAYER5 + 120
-    meta = cfg.meta_train_steps * 0.02
-    mdl = 20.0 * len(cfg.mdl_num_bins) * len(cfg.mdl_k_values)
-    pieces = {
-        "model load": 20.0,
-        "core (per SAE)": core,
-        "sae-probes model activations (once)": probe_model_s,
-        "sae-probes probes (per SAE)": probe_per_sae,
-        "absorption (per SAE)": absorption_per_sae,
-        "meta_structure (per SAE)": meta,
-        "mdl (per SAE)": mdl,
+    core_tokens = cfg.batch_prompts * cfg.context_size
+    per_sae = {
+        # clean, spliced and zero-ablated forwards, then the variance/L0 batches
+        "core": (3 * cfg.core_reconstruction_batches + cfg.core_variance_batches)
+        * core_tokens
+        / SMOLLM2_TOKENS_PER_S_FULL,
+        "sparse_probing_sae_probes": 0.5 * len(cfg.probe_datasets) * len(cfg.probe_ks),
+        "absorption": 2 * ABSORPTION_WORDS * 7 / SMOLLM2_TOKENS_PER_S_LAYER5 + 60,
+        "meta_structure": cfg.meta_train_steps * 0.03,
+        "mdl": 20.0 * len(cfg.mdl_num_bins) * len(cfg.mdl_k_values),
     }
-    total = (
-        pieces["model load"]
-        + probe_model_s
-        + n * (core + probe_per_sae + absorption_per_sae + meta + mdl)
-    )
+    once = {"model load and k_hat activations": 20.0 + 20_000 / SMOLLM2_TOKENS_PER_S_LAYER5}
+    if "sparse_probing_sae_probes" in cfg.evals:
+        once["sae-probes model activations"] = (
+            len(cfg.probe_datasets) * 4000 * PROBE_MEAN_TOKENS / SMOLLM2_TOKENS_PER_S_LAYER5
+        )
+    pieces = {**once, **{f"{k} (per SAE)": v for k, v in per_sae.items() if k in cfg.evals}}
+    total = sum(once.values()) + n * sum(v for k, v in per_sae.items() if k in cfg.evals)
     return {"n_saes": n, "pieces_s": pieces, "total_s": total}
 
 
