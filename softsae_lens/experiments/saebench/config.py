@@ -16,14 +16,16 @@ EVALS = ("core", "sparse_probing_sae_probes", "absorption", "meta_structure", "m
 # hub. Providing the global would be patching SAEBench at run time, so it is opt-in (--evals ...
 # mdl) and reports the error.
 DEFAULT_EVALS = ("core", "sparse_probing_sae_probes", "absorption", "meta_structure")
-# sae-probes datasets (the wheel's cleaned_data/*.csv.zst): short prompts whose label is carried
-# by the words themselves (programming language, spam, sentiment, topic), so that even a small
-# model's last-token residual separates them; 1,500 rows each at most (sae-probes' MAX_AMT).
+# sae-probes datasets (the wheel's cleaned_data/*.csv.zst): binary tasks whose label is carried
+# by the words themselves (spam, sentiment, a name's gender, HTML or not, sports news or not), so
+# that even a small model's last-token residual separates them; three have short prompts (cheap
+# on CPU: sae-probes embeds every row), two long ones are cut to the context length; 1,500 rows
+# each are probed (sae-probes' MAX_AMT).
 PROBE_DATASETS = (
-    "158_code_C",
-    "160_code_HTML",
     "96_spam_is",
     "113_movie_sent",
+    "5_hist_fig_ismale",
+    "160_code_HTML",
     "161_agnews_0",
 )
 QUICK_PROBE_DATASETS = ("160_code_HTML", "96_spam_is")

@@ -26,12 +26,23 @@ from softsae_lens.experiments.saebench.config import (
 __all__ = ["discover_saes", "plan", "run"]
 
 DEFAULT_SAES = Path("out/sweep/saes")
-# SmolLM2 throughput on this 2-core machine, one thread, measured by the sweep's --plan-only
-# (December 2026, machine busy): 0.47 s per 1k tokens to blocks.5, 2.72 s for the full forward.
+# SmolLM2 on this 2-core machine, one thread (December 2026, machine busy with other jobs): the
+# sweep's --plan-only measured 0.47 s per 1k tokens to blocks.5; this runner measured core at
+# 60 s per SAE for its 16k token-forwards (270 tokens/s), and sae-probes' padded, batched
+# activations of 96_spam_is (1,494 rows) at ~70 s (~570 tokens/s).
 SMOLLM2_TOKENS_PER_S_LAYER5 = 2100.0
-SMOLLM2_TOKENS_PER_S_FULL = 370.0
-PROBE_ROWS = 1500  # sae-probes' MAX_AMT
-PROBE_MEAN_TOKENS = 60  # mean prompt length of the chosen datasets (SmolLM2 tokens, measured)
+SMOLLM2_TOKENS_PER_S_FULL = 270.0
+SAE_PROBES_TOKENS_PER_S = 570.0
+# sae-probes embeds every row of a dataset (it keeps 1,500): rows x mean tokens (capped by the
+# context) per dataset, from the wheel's csv files; others are assumed 4,000 x 60
+PROBE_DATASET_TOKENS = {
+    "96_spam_is": 1494 * 27,
+    "113_movie_sent": 5000 * 29,
+    "5_hist_fig_ismale": 5000 * 6,
+    "158_code_C": 4000 * 128,
+    "160_code_HTML": 4000 * 128,
+    "161_agnews_0": 4000 * 128,
+}
 ABSORPTION_WORDS = 30_000  # alphabetic tokens of SmolLM2's vocabulary (get_alpha_tokens)
 
 
@@ -65,9 +76,8 @@ def plan(cfg: SaebenchConfig, n_saes: int | None = None) -> dict[str, Any]:
     }
     once = {"model load and k_hat activations": 20.0 + 20_000 / SMOLLM2_TOKENS_PER_S_LAYER5}
     if "sparse_probing_sae_probes" in cfg.evals:
-        once["sae-probes model activations"] = (
-            len(cfg.probe_datasets) * 4000 * PROBE_MEAN_TOKENS / SMOLLM2_TOKENS_PER_S_LAYER5
-        )
+        tokens = sum(PROBE_DATASET_TOKENS.get(d, 4000 * 60) for d in cfg.probe_datasets)
+        once["sae-probes model activations"] = tokens / SAE_PROBES_TOKENS_PER_S
     pieces = {**once, **{f"{k} (per SAE)": v for k, v in per_sae.items() if k in cfg.evals}}
     total = sum(once.values()) + n * sum(v for k, v in per_sae.items() if k in cfg.evals)
     return {"n_saes": n, "pieces_s": pieces, "total_s": total}
