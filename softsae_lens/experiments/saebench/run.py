@@ -9,6 +9,7 @@ pipeline (:func:`softsae_lens.train_activations.train_on_activations` on activat
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,10 @@ PROBE_DATASET_TOKENS = {
     "160_code_HTML": 4000 * 128,
     "161_agnews_0": 4000 * 128,
 }
-ABSORPTION_WORDS = 30_000  # alphabetic tokens of SmolLM2's vocabulary (get_alpha_tokens)
+# absorption's ground-truth probe embeds 47,078 spelling prompts (~8 tokens) of SmolLM2's
+# alphabetic vocabulary with full forwards (measured: 37,662 train + 9,416 test prompts)
+ABSORPTION_PROMPTS = 47_078
+ABSORPTION_WORDS = 30_000
 
 
 def discover_saes(paths: list[Path]) -> dict[str, Path]:
@@ -75,6 +79,8 @@ def plan(cfg: SaebenchConfig, n_saes: int | None = None) -> dict[str, Any]:
         "mdl": 20.0 * len(cfg.mdl_num_bins) * len(cfg.mdl_k_values),
     }
     once = {"model load and k_hat activations": 20.0 + 20_000 / SMOLLM2_TOKENS_PER_S_LAYER5}
+    if "absorption" in cfg.evals:
+        once["absorption first-letter probe"] = ABSORPTION_PROMPTS * 8 / SMOLLM2_TOKENS_PER_S_FULL
     if "sparse_probing_sae_probes" in cfg.evals:
         tokens = sum(PROBE_DATASET_TOKENS.get(d, 4000 * 60) for d in cfg.probe_datasets)
         once["sae-probes model activations"] = tokens / SAE_PROBES_TOKENS_PER_S
@@ -116,10 +122,12 @@ def cache_activations(
         return path
     folder.mkdir(parents=True, exist_ok=True)
     toks = _tokens(model.tokenizer, docs, ctx, n_tokens)
+    layer = re.match(r"blocks\.(\d+)\.", hook)
+    stop = {"stop_at_layer": int(layer.group(1)) + 1} if layer else {}  # as sae-probes does
     chunks = []
     with torch.no_grad():
         for start in range(0, len(toks), 8):
-            _, cache = model.run_with_cache(toks[start : start + 8], names_filter=[hook])
+            _, cache = model.run_with_cache(toks[start : start + 8], names_filter=[hook], **stop)
             chunks.append(cache[hook].reshape(-1, cache[hook].shape[-1]).float().cpu())
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, torch.cat(chunks).numpy())
