@@ -4,7 +4,7 @@
   local text (:func:`tiny_tokenizer`) and first-letter directions planted in its token embedding,
   so that a linear probe for "starts with letter L" must succeed (absorption's precondition) and
   last-token residuals carry the prompt's words (sae-probes' precondition);
-* :func:`smollm2_model`: SmolLM2-135M-Instruct from the local GGUF as the package's bridge;
+* :func:`smollm2_model`: SmolLM2-135M-Instruct from the local GGUF as a plain TransformerBridge;
 * :func:`local_text`: documents from the package's local corpora (pydoc topics at least).
 """
 
@@ -102,12 +102,21 @@ def tiny_model(
 
 
 def smollm2_model(device: str = "cpu") -> Any:
-    """SmolLM2-135M-Instruct from the wheel's GGUF as the package's SAE bridge (TransformerLens
-    names through :func:`softsae_lens.models.resolve_hook_name`); SmolLM2 is not among
-    TransformerLens's official HookedTransformer names, so the bridge is the local route."""
-    from softsae_lens.smollm2 import load_smollm2_bridge
+    """SmolLM2-135M-Instruct from the wheel's GGUF (de-quantised once, locally) as a plain
+    TransformerLens ``TransformerBridge``. SmolLM2 is not among TransformerLens's official
+    HookedTransformer names, so the bridge is the local route; a plain one, not the package's SAE
+    bridge, because SAEBench's absorption builds ``blocks.{layer}.hook_resid_post`` itself and the
+    SAE bridge's ``hook_dict`` drops that alias (``run_with_cache`` then returns an empty cache and
+    absorption fails with ``KeyError: 'blocks.5.hook_resid_post'``, as measured here)."""
+    from transformer_lens.model_bridge import TransformerBridge
 
-    return load_smollm2_bridge(device=device)
+    from softsae_lens import smollm2
+
+    bridge = TransformerBridge.boot_transformers(
+        str(smollm2.dequantized_folder()), device=device, dtype=torch.float32
+    )
+    bridge.eval()
+    return bridge
 
 
 def local_text(min_chars: int = 0) -> list[str]:
