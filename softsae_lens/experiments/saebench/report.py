@@ -78,7 +78,7 @@ def _markdown(results: dict[str, Any]) -> str:
         f"Mode: {'quick (tiny random model)' if cfg.get('quick') else 'SmolLM2-135M-Instruct'}; "
         f"sae-probes datasets: {', '.join(cfg.get('probe_datasets', []))}."
     )
-    lines += ["", ABSORPTION_CAVEAT, ""]
+    lines += ["", ABSORPTION_CAVEAT, "", "![SAEBench metrics against L0](plot.png)", ""]
     if rows:
         headers = list(dict.fromkeys(k for r in rows for k in r))
         lines.append("| " + " | ".join(headers) + " |")
