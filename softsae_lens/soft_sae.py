@@ -487,7 +487,10 @@ class _SoftEncoderMixin:
         values, indices = hidden_pre.topk(self.hard_width, dim=-1, sorted=True)
         values = self._hard_values(values, k_hat)
         feature_acts = torch.zeros_like(hidden_pre).scatter_(-1, indices, values)
-        setattr(feature_acts, _ACTIVE_ATTR, (feature_acts._version, indices))
+        # Under torch.inference_mode (sae-probes encodes there) tensors keep no version counter,
+        # so an in-place change could not void the marker: decode searches for the nonzeros then.
+        if not feature_acts.is_inference():
+            setattr(feature_acts, _ACTIVE_ATTR, (feature_acts._version, indices))
         return feature_acts
 
     def predict_k(self, x: torch.Tensor) -> torch.Tensor:

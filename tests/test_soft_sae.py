@@ -490,6 +490,20 @@ def test_decode_of_sparse_activations_equals_the_dense_product(tmp_path):
     torch.testing.assert_close(sae.decode(acts), sae.decode_dense(acts), atol=1e-12, rtol=1e-12)
 
 
+def test_encode_and_decode_work_under_inference_mode(tmp_path):
+    # sae-probes (SAEBench's sparse probing) encodes under torch.inference_mode, where tensors
+    # keep no version counter: encode must not read one, and decode must still be exact.
+    sae = inference_copy(make_training_sae(d_sae=512, k=8), tmp_path).double()
+    x = torch.randn(5, D_MODEL, dtype=torch.float64) * 3
+    with torch.no_grad():
+        expected = sae.encode(x)
+    with torch.inference_mode():
+        acts = sae.encode(x)
+        assert not hasattr(acts, "_softsae_active")
+        torch.testing.assert_close(acts, expected)
+        torch.testing.assert_close(sae.decode(acts), sae.decode_dense(acts), atol=1e-12, rtol=1e-12)
+
+
 def test_decode_reuses_encodes_indices_only_for_untouched_activations(tmp_path):
     sae = inference_copy(make_training_sae(d_sae=512, k=8), tmp_path).double()
     x = torch.randn(5, D_MODEL, dtype=torch.float64) * 3
