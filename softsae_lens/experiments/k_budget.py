@@ -181,7 +181,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.error("give --sweeps and/or --synthetic folders holding results.json")
     sweeps = [_load(f) for f in args.sweeps]
     for s, folder in zip(sweeps, args.sweeps, strict=True):
-        s.setdefault("command", f"python -m softsae_lens.experiments.sweep (out {folder})")
+        c = s["config"]
+        s.setdefault(
+            "command",
+            f"python -m softsae_lens.experiments.sweep --architectures {','.join(c['architectures'])}"
+            f" --targets {','.join(str(t) for t in c['targets'])} --tokens {c['tokens']}"
+            f" --soft-k-budget {c.get('soft_k_budget', 'penalty')} --out {folder}",
+        )
     text = markdown(sweeps, [_load(f) for f in args.synthetic])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(text)
