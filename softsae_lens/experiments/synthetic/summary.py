@@ -18,6 +18,8 @@ _SCALAR_KEYS = (
     "mse",
     "rel_err",
     "mean_l0",
+    "target_l0",
+    "l0_off_target_pct",
     "l0_std",
     "mcc",
     "f1",
@@ -39,7 +41,7 @@ _CORRELATION_KEYS = (
     "pearson_l0",
     "spearman_k_hat_width",
 )
-_BUCKET_KEYS = ("true_l0", "mse", "rel_err", "l0", "k_hat")
+_BUCKET_KEYS = ("true_l0", "mse", "rel_err", "l0", "l0_spread", "k_hat")
 
 
 class _SeedMetrics(Protocol):
