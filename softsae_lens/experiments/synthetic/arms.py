@@ -234,6 +234,7 @@ def build_sae(
         mp_cfg = MatchingPursuitTrainingSAEConfig(
             max_iterations=_max_iterations(k, regime, settings),
             residual_threshold=start,
+            decoder_init_norm=1.0,  # what SAELens sets (with a warning) for matching pursuit
             **common,
             **overrides,
         )
