@@ -83,6 +83,9 @@ def test_quick_run_acceptance_follows_the_summary(quick_run):
         mcc_s, mcc_t = soft["mcc"]["mean"], topk["mcc"]["mean"]
         rho = soft["spearman_k_hat"]["mean"]
         assert checks["mean_l0"]["soft"] == soft["mean_l0"]["mean"]
+        rhos = checks["info_spearman_l0_vs_true_l0"]
+        assert rhos["soft"] == soft["spearman_l0"]["mean"]
+        assert {"jumprelu", "matching_pursuit", "batchtopk"} <= set(rhos)
         if regime == "realistic":
             f1_s, f1_t = soft["f1"]["mean"], topk["f1"]["mean"]
             assert checks["spearman_k_hat_ge_0.85"] == {"value": rho, "pass": rho >= 0.85}
