@@ -150,7 +150,12 @@ def tiny_sweep(tmp_path_factory):
         out=tmp_path_factory.mktemp("sweep"),
     )
     results = run_sweep(cfg, model=model, hook_name=HOOK, model_name="tiny", text=text)
+    # The model and text ride along for tests that recompute a statistic from scratch.
+    tiny_sweep_inputs.update(model=model, text=text)
     return cfg, results
+
+
+tiny_sweep_inputs: dict = {}
 
 
 def test_sweep_trains_and_scores_every_architecture_at_every_target(tiny_sweep):
@@ -189,6 +194,41 @@ def test_sweep_trains_and_scores_every_architecture_at_every_target(tiny_sweep):
     assert set(plan["step_cpu_seconds"]) == {r["name"] for r in results["runs"]}
 
 
+def test_sweep_reports_every_architectures_per_token_l0(tiny_sweep):
+    """Every SAE gets SoftSAE's per-token report for its L0: the L0 distribution and its
+    Spearman with the token's surprisal and the next-token loss, on the k_hat report's tokens."""
+    from sae_lens import SAE
+
+    from softsae_lens.analysis import token_k_report
+    from softsae_lens.analysis.stats import counted
+
+    cfg, results = tiny_sweep
+    for run in results["runs"]:
+        t = run["l0_tokens"]
+        assert t["count"] > 0 and t["special_tokens_excluded"] >= 2, run["name"]
+        assert t["min"] <= t["p5"] <= t["median"] <= t["p95"] <= t["max"], run["name"]
+        for key in ("spearman_with_token_surprisal", "spearman_with_next_token_loss"):
+            rho = t[key]["rho"]
+            assert rho is None or -1 <= rho <= 1, (run["name"], key)
+            assert t[key]["n"] <= t["count"]
+        if run["architecture"] == "topk":
+            assert t["max"] <= run["target_l0"]  # TopK fires at most k on every token
+        if run["architecture"] == "matching_pursuit":
+            assert t["max"] <= run["knob"]["max_iterations"]
+        if run["architecture"] == "soft":
+            # The same tokens as the k_hat report, and the same L0 as a spliced-in SoftSAE
+            # fires there (token_k_report's own count), recomputed from scratch.
+            assert t["count"] == run["k_hat"]["count"]
+            assert t["special_tokens_excluded"] == run["k_hat"]["special_tokens_excluded"]
+            sae = SAE.load_from_disk(cfg.out / "saes" / run["name"])
+            model, text = tiny_sweep_inputs["model"], tiny_sweep_inputs["text"]
+            docs = [d for d in text.heldout_documents if d.strip()][: cfg.k_report_docs]
+            kept = counted(token_k_report(model, sae, docs, max_tokens=cfg.context_size))
+            assert t["mean"] == pytest.approx(sum(r.l0 for r in kept) / len(kept))
+            loss = t["spearman_with_next_token_loss"]
+            assert loss["n"] == sum(1 for r in kept if r.loss is not None and r.position > 0)
+
+
 def test_sweep_writes_its_files_and_replots(tiny_sweep):
     from sae_lens import SAE
 
@@ -208,15 +248,18 @@ def test_sweep_writes_its_files_and_replots(tiny_sweep):
     table = [
         line for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")
     ]
-    # header + one row per SAE, the SoftSAE k_hat header + one row per target, then the
-    # matched-L0 header + one row per target and metric
-    assert len(table) == 1 + len(saved["runs"]) + 1 + len(TARGETS) + 1 + 3 * len(TARGETS)
+    # header + one row per SAE, the SoftSAE k_hat header + one row per target, every SAE's
+    # per-token L0 header + one row per SAE, then the matched-L0 header + one row per target
+    # and metric
+    n_runs = len(saved["runs"])
+    assert len(table) == 1 + n_runs + 1 + len(TARGETS) + 1 + n_runs + 1 + 3 * len(TARGETS)
     assert type(SAE.load_from_disk(out / "saes" / "soft-4")).__name__ == "SoftSAE"
 
     (out / "results.md").unlink()
     (out / "pareto.png").unlink()
     sweep_main(["--replot", str(out / "results.json")])
-    assert (out / "results.md").read_text().count("| SoftSAE |") == len(TARGETS)
+    # SoftSAE's rows: one per target in the main table and one in the per-token L0 table
+    assert (out / "results.md").read_text().count("| SoftSAE |") == 2 * len(TARGETS)
     assert (out / "pareto.png").stat().st_size > 0
 
 

@@ -13,12 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 from sae_lens.saes.jumprelu_sae import JumpReLUSAE
+from sae_lens.saes.matching_pursuit_sae import MatchingPursuitSAE
 from sae_lens.saes.topk_sae import TopKSAE
+from scipy.stats import spearmanr
 
 from softsae_lens import SoftSAE, SoftTrainingSAEConfig
 from softsae_lens.experiments import synthetic as S
+from softsae_lens.experiments.synthetic.jobs import pilot_inputs
+from softsae_lens.experiments.synthetic.metrics import sample_inputs
 
-PLOTS = ("k_hat_vs_true_l0.png", "error_by_true_l0.png", "true_l0_hist.png")
+PLOTS = S.PLOT_FILES
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +83,9 @@ def test_quick_run_acceptance_follows_the_summary(quick_run):
         mcc_s, mcc_t = soft["mcc"]["mean"], topk["mcc"]["mean"]
         rho = soft["spearman_k_hat"]["mean"]
         assert checks["mean_l0"]["soft"] == soft["mean_l0"]["mean"]
+        rhos = checks["info_spearman_l0_vs_true_l0"]
+        assert rhos["soft"] == soft["spearman_l0"]["mean"]
+        assert {"jumprelu", "matching_pursuit", "batchtopk"} <= set(rhos)
         if regime == "realistic":
             f1_s, f1_t = soft["f1"]["mean"], topk["f1"]["mean"]
             assert checks["spearman_k_hat_ge_0.85"] == {"value": rho, "pass": rho >= 0.85}
@@ -235,9 +242,19 @@ def test_inference_forms_are_the_ones_saelens_saves():
     settings = S.default_settings(quick=True)
     torch.manual_seed(0)
     x = torch.randn(64, regime.d_in)
-    expected = {"topk": TopKSAE, "batchtopk": JumpReLUSAE, "soft": SoftSAE}
+    feature_dict, generator = S.build_data(regime, seed=0)
+    pilot = pilot_inputs(feature_dict, generator, seed=0)
+    expected = {
+        "topk": TopKSAE,
+        "batchtopk": JumpReLUSAE,
+        "soft": SoftSAE,
+        "matryoshka_batchtopk": JumpReLUSAE,
+        "jumprelu": JumpReLUSAE,
+        "matching_pursuit": MatchingPursuitSAE,
+    }
+    assert set(expected) == set(S.SAE_KINDS)
     for kind, cls in expected.items():
-        sae = S.build_sae(kind, regime, true_mean_l0=6.4, settings=settings)
+        sae = S.build_sae(kind, regime, true_mean_l0=6.4, settings=settings, pilot=pilot)
         inference = S.to_inference(sae)
         assert type(inference) is cls
         assert not inference.training
@@ -249,6 +266,88 @@ def test_inference_forms_are_the_ones_saelens_saves():
             assert torch.allclose(
                 inference.threshold, sae.topk_threshold.float().expand_as(inference.threshold)
             )
+        if kind == "jumprelu":
+            # Started at the target: an untrained JumpReLU fires about k = 6 latents on the pilot.
+            l0 = (inference.encode(pilot) != 0).sum(-1).float().mean()
+            assert float(l0) == pytest.approx(6, rel=0.1)
+        if kind == "matching_pursuit":
+            # The per-input ceiling is SoftSAE's k_max; the threshold saved is the steered one.
+            assert inference.cfg.max_iterations == settings.k_max_factor * 6
+            assert inference.cfg.residual_threshold == sae.cfg.residual_threshold > 0
+
+
+def test_thresholded_kinds_need_a_pilot_batch():
+    regime = S.default_regimes(quick=True)[0]
+    settings = S.default_settings(quick=True)
+    for kind in ("jumprelu", "matching_pursuit"):
+        with pytest.raises(ValueError, match="pilot"):
+            S.build_sae(kind, regime, true_mean_l0=6.4, settings=settings)
+
+
+def test_bucket_l0_is_the_encode_l0_of_the_evaluation_inputs():
+    """The calibration table's L0 per true-L0 bucket and Spearman(L0, true L0) come from the
+    inference SAE's own ``encode`` on the very inputs SAELens's eval scores; recomputed here
+    from scratch for the architectures whose L0 varies per input."""
+    regime = S.default_regimes(quick=True)[1]
+    settings = S.default_settings(quick=True)
+    feature_dict, generator = S.build_data(regime, seed=0)
+    pilot = pilot_inputs(feature_dict, generator, seed=0)
+    true_l0, _ = S.sample_true_l0(generator, 4096, seed=3)
+    edges = S.bucket_edges(true_l0)
+    for kind in ("jumprelu", "matching_pursuit", "soft"):
+        torch.manual_seed(0)
+        sae = S.build_sae(kind, regime, true_mean_l0=6.4, settings=settings, pilot=pilot)
+        inference = S.to_inference(sae)
+        metrics, _ = S.evaluate(inference, feature_dict, generator, 7, 2048, edges)
+        torch.manual_seed(7)
+        feats, x, _ = sample_inputs(feature_dict, generator, 2048, 2048)
+        truth = (feats != 0).sum(-1)
+        with torch.no_grad():
+            l0 = (inference.encode(x) != 0).sum(-1)
+        assert metrics["mean_l0"] == pytest.approx(float(l0.double().mean()), rel=1e-6)
+        rho = metrics["corr_l0_vs_true"]["spearman"]
+        assert -1 <= rho <= 1
+        assert rho == pytest.approx(spearmanr(l0.numpy(), truth.numpy()).statistic, abs=1e-9)
+        assert sum(b["n"] for b in metrics["buckets"]) == 2048
+        for b in metrics["buckets"]:
+            hi = b["hi"] if b["hi"] is not None else 10**9
+            sel = (truth >= b["lo"]) & (truth < hi)
+            assert b["n"] == int(sel.sum())
+            assert b["l0"] == pytest.approx(float(l0[sel].double().mean()), rel=1e-9)
+            spread = float(l0[sel].double().std()) if b["n"] > 1 else 0.0
+            assert b["l0_spread"] == pytest.approx(spread, rel=1e-9, abs=1e-12)
+
+
+def test_quick_run_scores_every_architecture_against_the_true_l0(quick_run):
+    out, result = quick_run
+    md = (out / "results.md").read_text()
+    assert md.count("Which SAE's L0 follows complexity") == len(result["regimes"])
+    adaptive = [n for n, v in S.MAIN_VARIANTS.items() if v["kind"] in S.ADAPTIVE_KINDS]
+    assert {"jumprelu", "matryoshka_batchtopk", "matching_pursuit"} <= set(adaptive)
+    for regime in ("bimodal", "spread", "realistic"):
+        agg = result["summary"][regime]
+        assert list(agg) == list(S.MAIN_VARIANTS)  # every architecture, in the table's order
+        for name in adaptive:
+            rho = agg[name]["spearman_l0"]
+            assert all(-1 <= v <= 1 for v in rho["per_seed"]), (regime, name)
+            assert f"| {result['labels'][name]} |" in md
+    for run in result["per_seed"]:
+        for name, m in run["metrics"].items():
+            # L0 off target is the signed distance of the mean L0 from the SAE's own target.
+            assert m["l0_off_target_pct"] == pytest.approx(
+                100 * (m["mean_l0"] / m["target_l0"] - 1)
+            )
+            assert m["kind"] == S.MAIN_VARIANTS[name]["kind"]
+        m = run["metrics"]
+        assert m["jumprelu"]["target_l0"] == m["matching_pursuit"]["target_l0"] == run["k"]
+        assert m["matryoshka_batchtopk"]["target_l0"] == pytest.approx(run["true_mean_l0"])
+        # Steered toward the target during training, matching pursuit lands near it even in
+        # the quick run (measured within 3%); so does JumpReLU's quadratic L0 loss (within 10%).
+        assert abs(m["matching_pursuit"]["l0_off_target_pct"]) < 25, run["regime"]
+        assert abs(m["jumprelu"]["l0_off_target_pct"]) < 40, run["regime"]
+        # TopK cannot fire more than its k on any input; the matching pursuit no more than its cap.
+        assert m["topk"]["l0_max"] <= m["topk"]["k"]
+        assert m["matching_pursuit"]["l0_max"] <= m["matching_pursuit"]["max_iterations"]
 
 
 def test_correlations_handle_constant_inputs():

@@ -1,8 +1,8 @@
 """Corpus statistics over token records, on numpy and scipy.
 
 Holds :func:`quantile_summary` (the package's one summary of a distribution: count, mean, std,
-min, p5, p25, median, p75, p95, max), :func:`k_stats_by_class`, :func:`k_loss_spearman`
-(``scipy.stats.spearmanr``) and :func:`corpus_stats` (everything ``corpus_stats.json`` holds).
+min, p5, p25, median, p75, p95, max), :func:`k_stats_by_class`, :func:`spearman` (paired
+values, ``scipy.stats.spearmanr``), :func:`k_loss_spearman` (``k_hat`` against a token field) and :func:`corpus_stats` (everything ``corpus_stats.json`` holds).
 Records marked ``excluded`` (special tokens the SAE was not spliced at) count in no statistic.
 Must not depend on models, splicing, pages, plots or files: it reads records and numbers only.
 """
@@ -26,6 +26,7 @@ __all__ = [
     "k_loss_spearman",
     "k_stats_by_class",
     "quantile_summary",
+    "spearman",
 ]
 
 # The keys of quantile_summary's result, in order.
@@ -127,18 +128,26 @@ def k_loss_spearman(
         for r in counted(records)
         if getattr(r, target) is not None and (include_first or r.position > 0)
     ]
-    out: dict[str, Any] = {"target": target, "rho": None, "p_value": None, "n": len(pairs)}
-    if len(pairs) >= 3:
-        x = np.array([p[0] for p in pairs], dtype=np.float64)
-        y = np.array([float(p[1]) for p in pairs], dtype=np.float64)
-        if np.ptp(x) == 0 or np.ptp(y) == 0:
-            return out  # spearmanr would warn and return NaN
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            result = scipy_stats.spearmanr(x, y)
-        rho = _finite_or_none(float(result.statistic))
-        if rho is not None:
-            out["rho"], out["p_value"] = rho, _finite_or_none(float(result.pvalue))
+    return {"target": target, **spearman([p[0] for p in pairs], [float(p[1]) for p in pairs])}
+
+
+def spearman(x: Sequence[float] | Any, y: Sequence[float] | Any) -> dict[str, Any]:
+    """``{"rho", "p_value", "n"}`` of ``scipy.stats.spearmanr`` on paired values (ties share
+    their average rank; the p-value is its two-sided t approximation). ``rho`` and ``p_value``
+    are None when there are fewer than 3 pairs or either side is constant."""
+    xs = np.asarray(x, dtype=np.float64).ravel()
+    ys = np.asarray(y, dtype=np.float64).ravel()
+    if xs.shape != ys.shape:
+        raise ValueError(f"spearman needs paired values, got {xs.size} and {ys.size}")
+    out: dict[str, Any] = {"rho": None, "p_value": None, "n": int(xs.size)}
+    if xs.size < 3 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
+        return out  # spearmanr would warn and return NaN
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = scipy_stats.spearmanr(xs, ys)
+    rho = _finite_or_none(float(result.statistic))
+    if rho is not None:
+        out["rho"], out["p_value"] = rho, _finite_or_none(float(result.pvalue))
     return out
 
 

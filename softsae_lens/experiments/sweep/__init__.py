@@ -8,8 +8,9 @@ rate, steps, normalisation and data, SoftSAE with its package defaults. JumpReLU
 pursuit have no k: their sparsity knobs are set toward each target (see :mod:`.calibrate`)
 and the table reports where L0 actually landed. Every SAE is then scored by
 ``sae_lens.evals.run_evals`` on held-out documents (explained variance, MSE, CE-loss score,
-KL-div score, L0, dead latents), and each SoftSAE's per-token k_hat is compared with the
-token's surprisal and the next-token loss.
+KL-div score, L0, dead latents), each SoftSAE's per-token k_hat is compared with the
+token's surprisal and the next-token loss, and so is every SAE's per-token L0 (does any
+architecture's L0 follow the token's complexity?).
 
 Before training it prints what the run will cost, from one timed step of every SAE and one
 timed model forward (``--plan-only`` stops there). Writes ``out/sweep/``: ``results.json``,

@@ -107,6 +107,28 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{_fmt(k['spearman_with_token_surprisal']['rho'], 3)} | "
                 f"{_fmt(k['spearman_with_next_token_loss']['rho'], 3)} |"
             )
+    with_l0 = [run for run in results["runs"] if "l0_tokens" in run]
+    if with_l0:
+        lines += [
+            "",
+            "## Every SAE's per-token L0 on held-out text (special tokens excluded)",
+            "",
+            "Does an architecture's L0 follow the token's complexity? The L0 of each held-out "
+            "token at inference (what `encode` gives) against the token's surprisal and the "
+            "next-token loss under the clean model, on the same tokens as SoftSAE's k_hat above.",
+            "",
+            "| architecture | target L0 | tokens | mean | p5 | p50 | p95 | "
+            "Spearman with surprisal | Spearman with next-token loss |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for run in sorted(with_l0, key=lambda r: (r["target_l0"], r["name"])):
+            t = run["l0_tokens"]
+            lines.append(
+                f"| {LABELS.get(run['architecture'], run['architecture'])} | {run['target_l0']} | "
+                f"{t['count']:,} | {t['mean']:.2f} | {t['p5']:.1f} | {t['median']:.1f} | "
+                f"{t['p95']:.1f} | {_fmt(t['spearman_with_token_surprisal']['rho'], 3)} | "
+                f"{_fmt(t['spearman_with_next_token_loss']['rho'], 3)} |"
+            )
     matched = matched_l0_rows(results)
     if matched:
         lines += [

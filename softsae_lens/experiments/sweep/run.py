@@ -36,6 +36,7 @@ from softsae_lens.evaluation import (
     measure_forward_seconds,
     multi_runner_config,
     soft_k_statistics,
+    token_l0_statistics,
 )
 from softsae_lens.experiments.sweep.calibrate import (
     L0SteeredMatchingPursuit,
@@ -187,7 +188,9 @@ def _plan(
     stream_s = needed * forward["partial"] / forward["tokens"]
     budget = _budget(cfg)
     n_soft = sum(1 for _, arch, _ in cfg.runs() if arch == "soft")
-    cost = eval_cost(budget, n_saes=len(saes), n_soft=n_soft, forward=forward)
+    cost = eval_cost(
+        budget, n_saes=len(saes), n_soft=n_soft, forward=forward, l0_report=budget.k_report_docs > 0
+    )
     per_token = {
         name: _encode_decode_cpu_seconds(sae, batch) / batch.shape[0] for name, sae in saes.items()
     }
@@ -352,6 +355,15 @@ def run_sweep(
                 model, inference[entry["name"]], text.heldout_documents, budget
             )
     clock.lap("k_hat statistics")
+
+    if budget.k_report_docs > 0:
+        # Every architecture's per-token L0 against the token's surprisal and next-token loss,
+        # on the k_hat report's tokens: does its L0 follow complexity as SoftSAE's k_hat does?
+        print("[sweep] per-token L0 of every SAE", flush=True)
+        l0_stats = token_l0_statistics(model, inference, text.heldout_documents, budget)
+        for entry in runs:
+            entry["l0_tokens"] = l0_stats[entry["name"]]
+    clock.lap("per-token L0 statistics")
 
     results = {
         **header,

@@ -11,7 +11,17 @@ batches), with the same steps and learning rate:
 * SAELens TopK with ``k`` = the true mean L0 (rounded), and TopK with ``k + 1``: TopK's
   realised L0 ends below its k (ReLU zeroes some of its top-k entries) while SoftSAE's ends
   near k, so the two TopKs bracket SoftSAE's L0 and the comparison is made at matched L0;
-* SAELens BatchTopK with ``k`` = the true mean L0 (a float).
+* SAELens BatchTopK with ``k`` = the true mean L0 (a float);
+* the other SAELens architectures whose per-input L0 varies: Matryoshka BatchTopK (the same k as
+  BatchTopK, nested widths ``d_sae/16, d_sae/4, d_sae``), JumpReLU (quadratic L0 loss at
+  ``target_l0`` = k, the straight-through estimator reaching the input, threshold started at
+  the target on a pilot batch) and matching pursuit (at most SoftSAE's ``k_max`` steps; its
+  residual threshold steered toward k during training), set up as the SmolLM2 sweep sets them
+  (:mod:`softsae_lens.experiments.sweep.calibrate`).
+
+Every SAE's per-input L0 at inference (what ``encode`` gives) is scored against the true L0:
+Spearman, the mean L0 per true-L0 bucket (a calibration table), and where its mean L0 landed
+against the L0 it was set to reach (signed % off target).
 
 Everything is built on :mod:`sae_lens.synthetic`: a :class:`~sae_lens.synthetic.FeatureDictionary`
 (orthogonalised feature directions), an :class:`~sae_lens.synthetic.ActivationGenerator` whose
@@ -31,7 +41,8 @@ Evaluation uses each SAE's *inference* form, obtained as SAELens does at the end
 ``save_inference_model`` then ``SAE.load_from_disk`` (BatchTopK becomes a JumpReLU SAE with its
 learned running threshold; TopK and SoftSAE fold their decoder norms).
 
-Run (defaults: 2 regimes x 3 seeds x 4 SAEs, about 5 minutes on 2 CPU cores)::
+Run (defaults: 3 regimes x 3 seeds x 7 SAEs, about an hour of one CPU core; matching pursuit's
+greedy steps are a third of it)::
 
     python -m softsae_lens.experiments.synthetic [--json PATH] [--out DIR]
     python -m softsae_lens.experiments.synthetic --quick      # seconds; for the test suite
@@ -53,6 +64,7 @@ result), :mod:`.cli` (flags and files; ``__main__`` calls it).
 from softsae_lens.experiments.synthetic.arms import (
     ABLATION_DESCRIPTIONS,
     ABLATION_VARIANTS,
+    ADAPTIVE_KINDS,
     MAIN_VARIANTS,
     SAE_KINDS,
     SAE_LABELS,
@@ -83,6 +95,7 @@ from softsae_lens.experiments.synthetic.summary import acceptance, aggregate
 
 __all__ = [
     "ABLATION_DESCRIPTIONS",
+    "ADAPTIVE_KINDS",
     "ABLATION_VARIANTS",
     "EXPERIMENT_SOFT_OVERRIDES",
     "MAIN_VARIANTS",

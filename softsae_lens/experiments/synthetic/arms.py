@@ -1,12 +1,18 @@
 """The SAEs under comparison: which variants run, and how each is built and made inference-ready.
 
-A variant is ``{"kind": "soft" | "topk" | "batchtopk", **config overrides}``; :data:`MAIN_VARIANTS`
+A variant is ``{"kind": one of SAE_KINDS, **config overrides}``; :data:`MAIN_VARIANTS`
 is the main comparison and :data:`ABLATION_VARIANTS` the SoftSAE ablation. :func:`build_sae`
 turns one into a fresh SAELens training SAE; :func:`to_inference` gives the SAE as SAELens saves
 it at the end of training.
 
-Depends on SAELens's SAE classes, this package's SoftSAE, :mod:`.data` and :mod:`.settings`:
-nothing about data streams, training loops, reports or plots.
+The architectures without a k are put at the target L0 as the SmolLM2 sweep puts them
+(:mod:`softsae_lens.experiments.sweep.calibrate`): JumpReLU with SAELens's quadratic L0 loss at
+``target_l0``, the straight-through estimator reaching the input, and its threshold started at
+the target on a pilot batch; matching pursuit with its residual threshold steered toward the
+target during training (:class:`~softsae_lens.experiments.sweep.calibrate.L0SteeredMatchingPursuit`).
+
+Depends on SAELens's SAE classes, this package's SoftSAE, the sweep's calibration helpers,
+:mod:`.data` and :mod:`.settings`: nothing about data streams, training loops, reports or plots.
 """
 
 from __future__ import annotations
@@ -14,16 +20,30 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
+import torch
 from sae_lens import (
     SAE,
     BatchTopKTrainingSAE,
     BatchTopKTrainingSAEConfig,
+    JumpReLUTrainingSAE,
+    JumpReLUTrainingSAEConfig,
     TopKTrainingSAE,
     TopKTrainingSAEConfig,
     TrainingSAE,
 )
+from sae_lens.saes.matching_pursuit_sae import MatchingPursuitTrainingSAEConfig
+from sae_lens.saes.matryoshka_batchtopk_sae import (
+    MatryoshkaBatchTopKTrainingSAE,
+    MatryoshkaBatchTopKTrainingSAEConfig,
+)
 
 import softsae_lens  # noqa: F401  (registers the "soft" architecture with SAELens)
+from softsae_lens.experiments.sweep.calibrate import (
+    L0SteeredMatchingPursuit,
+    calibrate_jumprelu_threshold,
+    initial_residual_threshold,
+)
+from softsae_lens.experiments.sweep.config import matryoshka_widths
 from softsae_lens.experiments.synthetic.data import Regime
 from softsae_lens.experiments.synthetic.prototype import (
     ProtoSoftTrainingSAE,
@@ -33,16 +53,23 @@ from softsae_lens.experiments.synthetic.realistic import RealisticRegime
 from softsae_lens.experiments.synthetic.settings import RealisticSettings, Settings
 from softsae_lens.soft_sae import SoftTrainingSAE, SoftTrainingSAEConfig
 
-SAE_KINDS = ("soft", "topk", "batchtopk")
+SAE_KINDS = ("soft", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu", "matching_pursuit")
 # The main comparison. Every SAE targets k = round(true mean L0); "topk_plus1" (TopK with k + 1)
 # brackets SoftSAE's realised L0 from above, since TopK's realised L0 ends below its k (ReLU
-# zeroes some of its top-k entries) and SoftSAE's ends near k.
+# zeroes some of its top-k entries) and SoftSAE's ends near k. BatchTopK and Matryoshka
+# BatchTopK take the true mean L0 itself (a float k); JumpReLU and matching pursuit, the
+# architectures whose per-input L0 also varies, target SoftSAE's integer k.
 MAIN_VARIANTS: dict[str, dict[str, Any]] = {
     "soft": {"kind": "soft"},
     "topk": {"kind": "topk"},
     "topk_plus1": {"kind": "topk", "k_offset": 1},
     "batchtopk": {"kind": "batchtopk"},
+    "matryoshka_batchtopk": {"kind": "matryoshka_batchtopk"},
+    "jumprelu": {"kind": "jumprelu"},
+    "matching_pursuit": {"kind": "matching_pursuit"},
 }
+# The SAEs whose per-input L0 at inference can vary (TopK's cannot exceed its k).
+ADAPTIVE_KINDS = ("soft", "batchtopk", "matryoshka_batchtopk", "jumprelu", "matching_pursuit")
 # The realistic regime runs the same comparison (SoftSAE with the package defaults there).
 REALISTIC_VARIANTS: dict[str, dict[str, Any]] = dict(MAIN_VARIANTS)
 SAE_LABELS = {
@@ -50,6 +77,9 @@ SAE_LABELS = {
     "topk": "TopK",
     "topk_plus1": "TopK (k+1)",
     "batchtopk": "BatchTopK",
+    "matryoshka_batchtopk": "Matryoshka BatchTopK",
+    "jumprelu": "JumpReLU",
+    "matching_pursuit": "Matching pursuit",
 }
 
 # The SoftSAE config fields recorded with each run.
@@ -124,11 +154,28 @@ ABLATION_DESCRIPTIONS = {
 }
 
 
+def target_l0(kind: str, true_mean_l0: float, k_offset: int = 0) -> float:
+    """The mean L0 a ``kind`` SAE is set to reach: k = round(true mean L0) (+ ``k_offset``) for
+    TopK, SoftSAE, JumpReLU and matching pursuit, the true mean L0 itself for the batch-level
+    budgets (BatchTopK, Matryoshka BatchTopK)."""
+    if kind in ("batchtopk", "matryoshka_batchtopk"):
+        return float(true_mean_l0)
+    return float(max(1, round(true_mean_l0) + int(k_offset)))
+
+
+def _max_iterations(k: int, regime: Regime | RealisticRegime, settings) -> int:
+    """Matching pursuit's per-input ceiling: SoftSAE's k_max (``k_max_factor * k``, 2k by
+    default), so neither can fire more latents on an input than the other."""
+    factor = settings.k_max_factor if settings.k_max_factor is not None else 2.0
+    return int(min(regime.d_sae, max(k, round(factor * k))))
+
+
 def build_sae(
     kind: str,
     regime: Regime | RealisticRegime,
     true_mean_l0: float,
     settings: Settings | RealisticSettings,
+    pilot: torch.Tensor | None = None,
     **overrides: Any,
 ) -> TrainingSAE[Any]:
     """A fresh training SAE of width ``regime.d_sae``; every kind targets ``true_mean_l0``.
@@ -136,6 +183,11 @@ def build_sae(
     ``overrides`` are config fields, plus ``k_offset`` (shifts the integer k of TopK and
     SoftSAE) and, for SoftSAE, ``k_max_factor`` (``k_max = k_max_factor * k``; None keeps the
     package default); SoftSAE also takes ``settings.soft_overrides`` first.
+
+    ``pilot`` (training-distribution inputs the stream does not hold) is needed by JumpReLU,
+    whose threshold starts at the target L0's quantile of its untrained pre-activations, and
+    by matching pursuit, whose residual threshold starts at the sweep's rule (half the mean
+    input norm) and is then steered toward the target every step.
     """
     overrides = dict(overrides)
     k = max(1, round(true_mean_l0) + int(overrides.pop("k_offset", 0)))
@@ -148,6 +200,45 @@ def build_sae(
         return BatchTopKTrainingSAE(
             BatchTopKTrainingSAEConfig(k=float(true_mean_l0), **common, **overrides)
         )
+    if kind == "matryoshka_batchtopk":
+        cfg = MatryoshkaBatchTopKTrainingSAEConfig(
+            k=float(true_mean_l0),
+            matryoshka_widths=matryoshka_widths(regime.d_sae),
+            **common,
+            **overrides,
+        )
+        return MatryoshkaBatchTopKTrainingSAE(cfg)
+    if kind in ("jumprelu", "matching_pursuit") and pilot is None:
+        raise ValueError(f"kind={kind!r} needs a pilot batch to start its threshold at the target")
+    if kind == "jumprelu":
+        common.pop("aux_loss_coefficient", None)  # JumpReLU has no aux loss
+        jumprelu = JumpReLUTrainingSAE(
+            JumpReLUTrainingSAEConfig(
+                jumprelu_sparsity_loss_mode="quadratic",
+                target_l0=float(k),
+                jumprelu_ste_to_input=True,
+                **common,
+                **overrides,
+            )
+        )
+        assert pilot is not None
+        calibrate_jumprelu_threshold(jumprelu, pilot, float(k))
+        return jumprelu
+    if kind == "matching_pursuit":
+        common.pop("aux_loss_coefficient", None)
+        assert pilot is not None
+        # The sweep's starting rule is half the mean norm of SAELens-scaled inputs (mean norm
+        # sqrt(d_in)); these inputs are unscaled, so the same rule reads their own mean norm.
+        mean_norm = float(pilot.norm(dim=-1).mean())
+        start = initial_residual_threshold(regime.d_in) * mean_norm / regime.d_in**0.5
+        mp_cfg = MatchingPursuitTrainingSAEConfig(
+            max_iterations=_max_iterations(k, regime, settings),
+            residual_threshold=start,
+            decoder_init_norm=1.0,  # what SAELens sets (with a warning) for matching pursuit
+            **common,
+            **overrides,
+        )
+        return L0SteeredMatchingPursuit(mp_cfg, target_l0=float(k))
     if kind == "soft":
         overrides = {**settings.soft_overrides, **overrides}
         factor = overrides.pop("k_max_factor", settings.k_max_factor)

@@ -34,10 +34,12 @@ REGIMES = ("bimodal", "spread", "realistic")
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m softsae_lens.experiments.synthetic",
-        description="Does SoftSAE's k_hat track the true number of active features, and does it "
-        "learn the true features? Trains SoftSAE, TopK (k and k+1) and BatchTopK on synthetic "
-        "data with known per-input L0: two toy regimes (bimodal, spread) and a realistic one "
-        "(SAELens's SynthSAEBench recipe, scaled down, trained through SyntheticSAERunner).",
+        description="Does SoftSAE's k_hat track the true number of active features, does any "
+        "other SAE's L0 track it better, and do they learn the true features? Trains SoftSAE, "
+        "TopK (k and k+1), BatchTopK, Matryoshka BatchTopK, JumpReLU and matching pursuit on "
+        "synthetic data with known per-input L0: two toy regimes (bimodal, spread) and a "
+        "realistic one (SAELens's SynthSAEBench recipe, scaled down, trained through "
+        "SyntheticSAERunner).",
     )
     p.add_argument("--quick", action="store_true", help="tiny run (seconds) for the test suite")
     p.add_argument(

@@ -24,6 +24,9 @@ from sae_lens.synthetic import ActivationGenerator, FeatureDictionary, orthogona
 DATA_SEED_OFFSET = 1_000
 EVAL_SEED_OFFSET = 2_000
 ESTIMATE_SEED_OFFSET = 3_000
+PILOT_SEED_OFFSET = (
+    4_000  # the pilot batch that starts JumpReLU's and matching pursuit's thresholds
+)
 
 # Quantiles reported for every true-L0 distribution.
 L0_QUANTILES = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)

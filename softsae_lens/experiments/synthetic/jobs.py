@@ -35,11 +35,17 @@ from sae_lens.synthetic import (
     train_toy_sae,
 )
 
-from softsae_lens.experiments.synthetic.arms import SOFT_CONFIG_FIELDS, build_sae, to_inference
+from softsae_lens.experiments.synthetic.arms import (
+    SOFT_CONFIG_FIELDS,
+    build_sae,
+    target_l0,
+    to_inference,
+)
 from softsae_lens.experiments.synthetic.data import (
     DATA_SEED_OFFSET,
     ESTIMATE_SEED_OFFSET,
     EVAL_SEED_OFFSET,
+    PILOT_SEED_OFFSET,
     Regime,
     build_data,
     sample_true_l0,
@@ -58,6 +64,17 @@ from softsae_lens.experiments.synthetic.settings import RealisticSettings, Setti
 from softsae_lens.runner import configure_runner
 
 N_SCATTER = 3000  # (true L0, k_hat, realised L0) points kept per SoftSAE for the plots
+N_PILOT = 1024  # inputs of the pilot batch that starts JumpReLU's and matching pursuit's thresholds
+# The kinds whose starting threshold is set on a pilot batch.
+_PILOTED = ("jumprelu", "matching_pursuit")
+
+
+@torch.no_grad()
+def pilot_inputs(feature_dict: Any, generator: Any, seed: int) -> torch.Tensor:
+    """``N_PILOT`` inputs of the training distribution from their own RNG stream (neither the
+    training stream nor the evaluation inputs)."""
+    torch.manual_seed(seed + PILOT_SEED_OFFSET)
+    return feature_dict(generator.sample(N_PILOT))
 
 
 @dataclass
@@ -100,7 +117,7 @@ def _finish(
     """Records what the variant was and, for SoftSAE, its config and a scatter subsample."""
     spec = dict(spec)
     kind = spec.pop("kind")
-    metrics.update(kind=kind, k=sae.cfg.k, overrides=spec)
+    metrics.update(kind=kind, k=getattr(sae.cfg, "k", None), overrides=spec)
     scatter: dict[str, list[float]] = {}
     if kind == "soft":
         metrics["k_max"] = sae.cfg.k_max
@@ -116,6 +133,15 @@ def _finish(
             "k_hat": [round(v, 3) for v in stats["k_hat"][idx].tolist()],
             "l0": stats["l0"][idx].tolist(),
         }
+    # Where the SAE's L0 at inference landed against the L0 it was set to reach.
+    goal = target_l0(kind, target, spec.get("k_offset", 0))
+    metrics["target_l0"] = goal
+    metrics["l0_off_target_pct"] = 100.0 * (metrics["mean_l0"] / goal - 1.0)
+    if kind == "matching_pursuit":
+        metrics["final_residual_threshold"] = float(sae.cfg.residual_threshold)
+        metrics["max_iterations"] = sae.cfg.max_iterations
+    if kind == "jumprelu":
+        metrics["initial_threshold"] = float(sae.cfg.jumprelu_init_threshold)
     k = max(1, round(target))
     return JobResult(job.regime.name, job.seed, name, target, k, metrics, wall, scatter)
 
@@ -128,8 +154,9 @@ def _run_toy(job: Job, name: str, spec: dict[str, Any]) -> JobResult:
     true_l0, _ = sample_true_l0(generator, 100_000, seed + ESTIMATE_SEED_OFFSET)
     true_mean = float(true_l0.double().mean())
     overrides = {k: v for k, v in spec.items() if k != "kind"}
+    pilot = pilot_inputs(feature_dict, generator, seed) if spec["kind"] in _PILOTED else None
     torch.manual_seed(seed)
-    sae = build_sae(spec["kind"], regime, true_mean, settings, **overrides)
+    sae = build_sae(spec["kind"], regime, true_mean, settings, pilot=pilot, **overrides)
     torch.manual_seed(seed + DATA_SEED_OFFSET)  # the same batches for every SAE of this seed
     start = time.perf_counter()
     train_toy_sae(
@@ -216,11 +243,14 @@ def _run_realistic(job: Job) -> list[JobResult]:
         hierarchy=model.hierarchy,
         correlation_matrix=model.correlation_matrix,
     )
+    pilot = None
+    if any(spec["kind"] in _PILOTED for spec in job.variants.values()):
+        pilot = pilot_inputs(model.feature_dict, model.activation_generator, seed)
     results = []
     for name, spec in job.variants.items():
         overrides = {k: v for k, v in spec.items() if k != "kind"}
         torch.manual_seed(seed)
-        sae = build_sae(spec["kind"], regime, target, settings, **overrides)
+        sae = build_sae(spec["kind"], regime, target, settings, pilot=pilot, **overrides)
         stream.rewind()
         start = time.perf_counter()
         SyntheticSAERunner(

@@ -76,6 +76,8 @@ def bucket_stats(
             "mse": float(stats["sq_err"][sel].double().mean() / x.shape[-1]),
             "rel_err": float(stats["sq_err"][sel].double().sum() / sq_norm[sel].double().sum()),
             "l0": float(stats["l0"][sel].double().mean()),
+            # The spread of the per-input L0 within the bucket (0 for a single input).
+            "l0_spread": float(stats["l0"][sel].double().std()) if n > 1 else 0.0,
         }
         if "k_hat" in stats:
             row["k_hat"] = float(stats["k_hat"][sel].double().mean())

@@ -1,7 +1,9 @@
 """The experiment's PNG plots, drawn from the result JSON alone (``--replot`` redraws them).
 
 ``k_hat_vs_true_l0.png`` (SoftSAE's k_hat against the true L0), ``error_by_true_l0.png``
-(reconstruction error and realised L0 per true-L0 bucket) and ``true_l0_hist.png``. Figures are
+(reconstruction error and realised L0 per true-L0 bucket), ``l0_vs_true_l0.png`` (every SAE's
+per-input L0 at inference against the true L0: bucket means with the within-bucket spread, one
+line per SAE, one panel per regime) and ``true_l0_hist.png``. Figures are
 built with matplotlib's object-oriented API (:class:`~matplotlib.figure.Figure`), never pyplot's
 global state.
 
@@ -18,12 +20,20 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-PLOT_FILES = ("k_hat_vs_true_l0.png", "error_by_true_l0.png", "true_l0_hist.png")
+PLOT_FILES = (
+    "k_hat_vs_true_l0.png",
+    "error_by_true_l0.png",
+    "true_l0_hist.png",
+    "l0_vs_true_l0.png",
+)
 SAE_COLORS = {
     "soft": "tab:red",
     "topk": "tab:blue",
     "topk_plus1": "tab:cyan",
     "batchtopk": "tab:green",
+    "matryoshka_batchtopk": "tab:olive",
+    "jumprelu": "tab:purple",
+    "matching_pursuit": "tab:brown",
 }
 # Colours of the variants SAE_COLORS does not name (ablations), in order.
 _PALETTE = (
@@ -188,9 +198,47 @@ def plot_true_l0_hist(result: dict[str, Any], path: Path) -> str:
     return _save(fig, path)
 
 
+def plot_l0_vs_true_l0(result: dict[str, Any], path: Path) -> str:
+    """Every SAE's per-input L0 at inference against the true L0, one panel per regime: the
+    mean L0 of each true-L0 bucket (over inputs, then over seeds) and a band of ± the spread
+    (standard deviation) of the per-input L0 within the bucket, mean over seeds."""
+    regimes = result["regimes"]
+    labels = result["labels"]
+    color_of = _colors(list(dict.fromkeys(n for agg in result["summary"].values() for n in agg)))
+    fig = Figure(figsize=(5.4 * len(regimes), 4.6))
+    axes = fig.subplots(1, len(regimes), squeeze=False)
+    for ax, regime in zip(axes[0], regimes, strict=True):
+        agg = result["summary"][regime["name"]]
+        for name, a in agg.items():
+            b = a["buckets"]
+            x = np.array([r["true_l0"] for r in b])
+            y = np.array([r["l0"] for r in b])
+            spread = np.array([r.get("l0_spread", 0.0) for r in b])
+            rho = a.get("spearman_l0")
+            label = labels.get(name, name)
+            label += f" (ρ {rho['mean']:.2f})" if rho else " (ρ -)"
+            ax.plot(x, y, "o-", ms=3, color=color_of[name], label=label)
+            ax.fill_between(x, y - spread, y + spread, color=color_of[name], alpha=0.12)
+        lim = max(r["true_l0"] for a in agg.values() for r in a["buckets"]) + 1
+        ax.plot([0, lim], [0, lim], color="black", lw=1, ls=":", label="identity")
+        ax.set_title(
+            f"{regime['name']}: L0 at inference per true-L0 bucket\n"
+            "(mean; band ± sd over the bucket's inputs; ρ = Spearman over inputs)",
+            fontsize=9,
+        )
+        ax.set_xlabel("true L0 (bucket mean)")
+        ax.set_ylabel("SAE's L0 on the input (encode)")
+        ax.set_xlim(0, lim)
+        ax.set_ylim(0, None)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, path)
+
+
 def make_plots(result: dict[str, Any], out_dir: Path) -> list[str]:
     """Every PNG of the result into ``out_dir``; returns the paths written."""
-    k_hat, error, hist = (out_dir / name for name in PLOT_FILES)
+    k_hat, error, hist, l0 = (out_dir / name for name in PLOT_FILES)
     written = [plot_k_hat(result, k_hat)]
     written += [plot_error_by_true_l0(result, error), plot_true_l0_hist(result, hist)]
+    written.append(plot_l0_vs_true_l0(result, l0))
     return [p for p in written if p is not None]

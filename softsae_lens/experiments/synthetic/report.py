@@ -8,16 +8,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+# Digits value that marks a signed percentage column (L0 off target).
+PCT = -1
+
 
 def _fmt(stat: dict[str, Any] | None, digits: int = 3) -> str:
     if not stat:
         return "-"
+    if digits == PCT:
+        return f"{stat['mean']:+.1f}% ± {stat['std']:.1f}"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
 def _fmt_seeds(stat: dict[str, Any] | None, digits: int = 3) -> str:
     if not stat:
         return "-"
+    if digits == PCT:
+        return ", ".join(f"{v:+.1f}%" for v in stat["per_seed"])
     return ", ".join(f"{v:.{digits}f}" for v in stat["per_seed"])
 
 
@@ -33,6 +40,7 @@ _MAIN_COLUMNS = (
     ("MSE", "mse", 5),
     ("rel. err", "rel_err", 3),
     ("mean L0", "mean_l0", 2),
+    ("L0 off target", "l0_off_target_pct", PCT),
     ("L0 std", "l0_std", 2),
     ("MCC", "mcc", 3),
     ("F1", "f1", 3),
@@ -45,9 +53,21 @@ _MAIN_COLUMNS = (
 _SEED_COLUMNS = (
     ("EV", "explained_variance", 3),
     ("mean L0", "mean_l0", 2),
+    ("L0 off target", "l0_off_target_pct", PCT),
     ("MCC", "mcc", 3),
     ("F1", "f1", 3),
     ("Spearman(k_hat, true)", "spearman_k_hat", 3),
+    ("Spearman(L0, true)", "spearman_l0", 3),
+)
+# "Which SAE's L0 follows complexity": every SAE's per-input L0 at inference against the truth.
+_TRACKING_COLUMNS = (
+    ("Spearman(L0, true L0)", "spearman_l0", 3),
+    ("mean L0", "mean_l0", 2),
+    ("target", "target_l0", 2),
+    ("L0 off target", "l0_off_target_pct", PCT),
+    ("L0 sd over inputs", "l0_std", 2),
+    ("MCC", "mcc", 3),
+    ("EV", "explained_variance", 3),
 )
 _MODE_COLUMNS = (
     ("L0 simple", "l0_simple_mode", 2),
@@ -79,11 +99,48 @@ def _mode_table(agg: dict[str, Any], labels: dict[str, str]) -> list[str]:
     return _table([*header, "Spearman within simple", "Spearman within complex"], rows)
 
 
+def _bucket_range(row: dict[str, Any]) -> str:
+    return f"{row['lo']}-{row['hi'] - 1}" if row["hi"] is not None else f"≥{row['lo']}"
+
+
+def _calibration_table(agg: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """Mean L0 at inference (± its spread over the bucket's inputs) per true-L0 bucket."""
+    names = list(agg)
+    rows = []
+    for i, row in enumerate(agg[names[0]]["buckets"]):
+        cells = []
+        for n in names:
+            b = agg[n]["buckets"][i]
+            spread = b.get("l0_spread")
+            cells.append(f"{b['l0']:.1f}" + (f" ± {spread:.1f}" if spread is not None else ""))
+        rows.append([_bucket_range(row), f"{row['true_l0']:.1f}", *cells])
+    header = ["true L0", "true L0 mean", *(labels.get(n, n) for n in names)]
+    return _table(header, rows)
+
+
+def tracking_section(agg: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """The "which SAE's L0 follows complexity" table and the calibration table of a regime."""
+    lines = [
+        "Which SAE's L0 follows complexity: each SAE's per-input L0 at inference (what `encode` "
+        "gives) against the input's true L0, mean ± std over seeds. *L0 off target* is the "
+        "mean L0 against the L0 the SAE was set to reach, signed:",
+        "",
+    ]
+    lines += _metric_table(agg, labels, _TRACKING_COLUMNS, _fmt)
+    lines += [
+        "",
+        "Calibration: mean L0 at inference per true-L0 bucket (± the sd of the per-input L0 "
+        "within the bucket), mean over seeds:",
+        "",
+    ]
+    return lines + _calibration_table(agg, labels)
+
+
 def _bucket_table(agg: dict[str, Any], labels: dict[str, str]) -> list[str]:
     names = list(agg)
     rows = []
     for i, row in enumerate(agg[names[0]]["buckets"]):
-        rng = f"{row['lo']}-{row['hi'] - 1}" if row["hi"] is not None else f"≥{row['lo']}"
+        rng = _bucket_range(row)
         cells = []
         for n in names:
             b = agg[n]["buckets"][i]
@@ -102,6 +159,7 @@ _QUALITY_COLUMNS = (
     ("uniqueness", "uniqueness", 3),
     ("EV", "explained_variance", 3),
     ("mean L0", "mean_l0", 2),
+    ("L0 off target", "l0_off_target_pct", PCT),
     ("dead", "dead_latents", 1),
     ("Spearman(k_hat, true)", "spearman_k_hat", 3),
     ("Spearman(k_hat, true within width)", "spearman_k_hat_width", 3),
@@ -174,7 +232,8 @@ def _regime_section(regime: dict[str, Any], agg: dict[str, Any], labels: dict[st
         "",
     ]
     lines += _metric_table(agg, labels, _MAIN_COLUMNS, _fmt)
-    lines += ["", "Per seed (EV / mean L0 / MCC / Spearman(k_hat)):", ""]
+    lines += ["", *tracking_section(agg, labels)]
+    lines += ["", "Per seed:", ""]
     lines += _metric_table(agg, labels, _SEED_COLUMNS, _fmt_seeds)
     if any("l0_simple_mode" in a for a in agg.values()):
         lines += [

@@ -38,7 +38,7 @@ from softsae_lens.experiments.synthetic.realistic import sample_true_l0 as sampl
 from softsae_lens.experiments.synthetic.settings import RealisticSettings, Settings
 from softsae_lens.experiments.synthetic.summary import acceptance, aggregate
 
-MAIN_TITLE = "SoftSAE vs TopK vs BatchTopK on synthetic data with known true L0"
+MAIN_TITLE = "SoftSAE against SAELens's architectures on synthetic data with known true L0"
 
 
 @dataclass
@@ -179,7 +179,7 @@ def run_experiment(
 
     ``variants`` (toy regimes, default :data:`~.arms.MAIN_VARIANTS`) and ``realistic_variants``
     (realistic regimes, default :data:`~.arms.REALISTIC_VARIANTS`) map a name to
-    ``{"kind": "soft" | "topk" | "batchtopk", **config overrides}``. ``cache_dir`` keeps the
+    ``{"kind": one of arms.SAE_KINDS, **config overrides}``. ``cache_dir`` keeps the
     realistic regimes' recorded training streams for later runs.
     """
     start = time.perf_counter()

@@ -18,6 +18,8 @@ _SCALAR_KEYS = (
     "mse",
     "rel_err",
     "mean_l0",
+    "target_l0",
+    "l0_off_target_pct",
     "l0_std",
     "mcc",
     "f1",
@@ -39,7 +41,7 @@ _CORRELATION_KEYS = (
     "pearson_l0",
     "spearman_k_hat_width",
 )
-_BUCKET_KEYS = ("true_l0", "mse", "rel_err", "l0", "k_hat")
+_BUCKET_KEYS = ("true_l0", "mse", "rel_err", "l0", "l0_spread", "k_hat")
 
 
 class _SeedMetrics(Protocol):
@@ -184,8 +186,9 @@ def acceptance(
 
     Toy regimes: Spearman(k_hat, true L0) >= 0.9, EV >= TopK's, MCC >= TopK's - 0.02.
     Realistic regimes (``kinds[regime] == "realistic"``): Spearman >= 0.85, MCC and F1 >=
-    TopK's, EV >= TopK's interpolated at SoftSAE's mean L0. Also records every SAE's mean L0
-    and, where TopK (k+1) ran, SoftSAE's EV against TopK's at the same L0, as information.
+    TopK's, EV >= TopK's interpolated at SoftSAE's mean L0. Also records every SAE's mean L0,
+    every SAE's Spearman(L0, true L0) and, where TopK (k+1) ran, SoftSAE's EV against TopK's at
+    the same L0, as information.
     """
     checks: dict[str, Any] = {}
     for regime, agg in summary.items():
@@ -197,6 +200,11 @@ def acceptance(
         else:
             checks[regime] = _toy_checks(soft, topk)
         checks[regime]["mean_l0"] = {name: a["mean_l0"]["mean"] for name, a in agg.items()}
+        # Information, not a check: every SAE's Spearman(L0 at inference, true L0), SoftSAE's
+        # included (TopK's L0 is constant: no rank correlation).
+        checks[regime]["info_spearman_l0_vs_true_l0"] = {
+            name: a["spearman_l0"]["mean"] for name, a in agg.items() if "spearman_l0" in a
+        }
         at_l0 = _interpolated_topk_ev(agg)
         if at_l0 is not None:
             checks[regime]["info_soft_vs_topk_plus1"] = at_l0
