@@ -39,7 +39,11 @@ def sae_cfg(architecture: str):
 
     common = dict(d_in=D_MODEL, d_sae=128, normalize_activations="expected_average_only_in")
     if architecture == "soft":
-        return SoftTrainingSAEConfig(k=8, **common)
+        # Trained weights are compared with one process to 1e-4: under k_budget="normalize" the
+        # global mean k sums the ranks' partial sums in another order, and Adam amplifies those
+        # rounding-level differences in the estimator's small gradients past that tolerance.
+        # The normalize factor's global mean is checked step by step instead (k_penalty).
+        return SoftTrainingSAEConfig(k=8, k_budget="penalty", **common)
     if architecture == "topk":
         return TopKTrainingSAEConfig(k=8, **common)
     raise ValueError(architecture)
@@ -210,6 +214,7 @@ def _scenarios(rank: int, root: Path) -> dict:
     sae = k_penalty_sae("normalize")
     for name, hooked in (("local", False), ("global", True)):
         handle = install_global_batch_sums(sae) if hooked else None
+        sae.k_scale.fill_(1.0)  # each pass starts from the same running factor
         out = k_penalty_step(sae, x)
         results["k_penalty"][name]["k_scale_batch"] = out.metrics["softsae/k_scale_batch"]
         results["k_penalty"][name]["k_scale_running"] = out.metrics["softsae/k_scale_running"]

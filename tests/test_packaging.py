@@ -46,6 +46,8 @@ def _imported_distributions() -> dict[str, set[str]]:
     by_module = packages_distributions()
     found: dict[str, set[str]] = {}
     for path in (ROOT / "softsae_lens").rglob("*.py"):
+        if SAEBENCH_DIR in path.parents:
+            continue  # runs in .venv-saebench: test_saebench_runner_imports_are_in_its_requirements
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 modules = [alias.name for alias in node.names]
@@ -63,6 +65,39 @@ def _imported_distributions() -> dict[str, set[str]]:
                 for dist in by_module[top]:
                     found.setdefault(_normalise(dist), set()).add(path.name)
     return found
+
+
+SAEBENCH_DIR = ROOT / "softsae_lens" / "experiments" / "saebench"
+
+
+def test_saebench_runner_imports_are_in_its_requirements():
+    """The SAEBench runner runs in its own environment: what it imports must be in
+    requirements-saebench.txt, in pyproject's dependencies or be sae-bench itself."""
+    names = {
+        _normalise(re.split(r"[=<>!~ ;\[]", line.strip())[0])
+        for line in (ROOT / "requirements-saebench.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    # sae-bench (installed --no-deps by the Makefile) and tokenizers (transformers requires it)
+    allowed = names | _declared() | {"sae-bench", "tokenizers"}
+    providers = {"sae_bench": "sae-bench", "sae_probes": "sae-probes", "sklearn": "scikit-learn"}
+    by_module = packages_distributions()
+    for path in SAEBENCH_DIR.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top == "softsae_lens":
+                    continue
+                dists = [providers[top]] if top in providers else by_module.get(top, [top])
+                assert any(_normalise(d) in allowed for d in dists), (
+                    f"{path.name} imports {top!r}, not in requirements-saebench.txt"
+                )
 
 
 def test_every_third_party_import_is_declared_and_every_dependency_is_used():
