@@ -421,6 +421,11 @@ def _train_then_exit(cfg: ActivationsRunnerConfig, kill_in: str | None) -> None:
     import signal
     import traceback
 
+    import torch
+
+    # A forked child must not enter the OpenMP pool its parent started (libgomp is not
+    # fork-safe: the full suite's earlier tests leave the pool running and the child hangs).
+    torch.set_num_threads(1)
     try:
         if kill_in is not None:
             import sae_lens.training.sae_trainer as trainer_module
@@ -485,6 +490,9 @@ def test_sigkill_at_random_moments_never_takes_an_incomplete_checkpoint(npy_path
             if child.is_alive():
                 os.kill(child.pid, signal.SIGKILL)
         child.join(120)
+        if child.is_alive():  # never leave a hung child behind
+            child.kill()
+            child.join()
         assert child.exitcode in (0, -signal.SIGKILL), f"attempt {attempt}: {child.exitcode}"
         folders = checkpoint_folders(ckpt)
         incomplete = [p for _, p in folders if not is_complete(p)]
@@ -623,6 +631,9 @@ def test_sigterm_stops_a_run_on_arrays_with_a_checkpoint_that_resumes_exactly(
         return real_next(self)
 
     monkeypatch.setattr(ActivationBatches, "__next__", next_then_signal)
+    # Whatever an earlier test left installed (SAELens's own runner installs a handler and
+    # keeps it): the run must put back exactly that.
+    handler_before = signal.getsignal(signal.SIGTERM)
     args = ["--activations", npy_path, "--d_sae", "64", "--k", "4", "--train_batch_size", "100",
             "--training_samples", "6000", "--lr", "0.003", "--eval_fraction", "0.1", "--seed", "0",
             "--normalize_activations", "expected_average_only_in", "--n_checkpoints", "2",
@@ -632,7 +643,7 @@ def test_sigterm_stops_a_run_on_arrays_with_a_checkpoint_that_resumes_exactly(
     assert stopped.value.code == 128 + signal.SIGTERM
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "interrupted: SIGTERM received: stopped after 5 steps; checkpoint written" in err, err
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # handlers restored
     checkpoint = latest_complete(tmp_path / "ckpt")
     assert checkpoint is not None and not (tmp_path / "sae").exists()
     monkeypatch.setattr(ActivationBatches, "__next__", real_next)
