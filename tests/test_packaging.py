@@ -6,6 +6,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
@@ -41,6 +42,24 @@ def _declared() -> set[str]:
     }
 
 
+SAEBENCH_DIR = ROOT / "softsae_lens" / "experiments" / "saebench"
+
+
+def _third_party_imports(path: Path) -> Iterator[str]:
+    """Top-level names of the modules ``path`` imports, standard library and softsae_lens left out."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules = [node.module]
+        else:
+            continue
+        for module in modules:
+            top = module.split(".")[0]
+            if top not in sys.stdlib_module_names and top != "softsae_lens":
+                yield top
+
+
 def _imported_distributions() -> dict[str, set[str]]:
     """Third-party distributions the package imports, with the files that import each."""
     by_module = packages_distributions()
@@ -48,26 +67,13 @@ def _imported_distributions() -> dict[str, set[str]]:
     for path in (ROOT / "softsae_lens").rglob("*.py"):
         if SAEBENCH_DIR in path.parents:
             continue  # runs in .venv-saebench: test_saebench_runner_imports_are_in_its_requirements
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                modules = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                modules = [node.module]
-            else:
-                continue
-            for module in modules:
-                top = module.split(".")[0]
-                if top in sys.stdlib_module_names or top == "softsae_lens":
-                    continue
-                assert top in by_module, (
-                    f"{path.name} imports {top!r}, which no installed distribution provides"
-                )
-                for dist in by_module[top]:
-                    found.setdefault(_normalise(dist), set()).add(path.name)
+        for top in _third_party_imports(path):
+            assert top in by_module, (
+                f"{path.name} imports {top!r}, which no installed distribution provides"
+            )
+            for dist in by_module[top]:
+                found.setdefault(_normalise(dist), set()).add(path.name)
     return found
-
-
-SAEBENCH_DIR = ROOT / "softsae_lens" / "experiments" / "saebench"
 
 
 def test_saebench_runner_imports_are_in_its_requirements():
@@ -83,21 +89,11 @@ def test_saebench_runner_imports_are_in_its_requirements():
     providers = {"sae_bench": "sae-bench", "sae_probes": "sae-probes", "sklearn": "scikit-learn"}
     by_module = packages_distributions()
     for path in SAEBENCH_DIR.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                modules = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                modules = [node.module]
-            else:
-                continue
-            for module in modules:
-                top = module.split(".")[0]
-                if top in sys.stdlib_module_names or top == "softsae_lens":
-                    continue
-                dists = [providers[top]] if top in providers else by_module.get(top, [top])
-                assert any(_normalise(d) in allowed for d in dists), (
-                    f"{path.name} imports {top!r}, not in requirements-saebench.txt"
-                )
+        for top in _third_party_imports(path):
+            dists = [providers[top]] if top in providers else by_module.get(top, [top])
+            assert any(_normalise(d) in allowed for d in dists), (
+                f"{path.name} imports {top!r}, not in requirements-saebench.txt"
+            )
 
 
 def test_every_third_party_import_is_declared_and_every_dependency_is_used():
