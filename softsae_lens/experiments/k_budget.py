@@ -18,7 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from softsae_lens.experiments.sweep.report import PARETO_METRICS, matched_l0_rows
+from softsae_lens.experiments.sweep.report import (
+    PARETO_METRICS,
+    format_number,
+    matched_l0_rows,
+    off_target,
+)
+from softsae_lens.experiments.synthetic.report import format_mean_std
 
 __all__ = ["markdown", "main"]
 
@@ -34,10 +40,6 @@ def _load(folder: Path) -> dict[str, Any]:
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:+.1%}"
-
-
-def _num(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
 
 
 def _soft_label(results: dict[str, Any]) -> str:
@@ -68,18 +70,17 @@ def sweep_lines(runs: Sequence[dict[str, Any]]) -> list[str]:
                     row = matched.get((run["target_l0"], metric), {})
                     diff = row.get("difference")
                     scores.append(
-                        f"{_num(m.get(metric))} ({'n/a' if diff is None else f'{diff:+.4f}'})"
+                        f"{format_number(m.get(metric))} ({'n/a' if diff is None else f'{diff:+.4f}'})"
                     )
                 label = _soft_label(results)
             elif run["architecture"] == "topk":
                 spread, label = "-", "TopK"
-                scores = [_num(m.get(metric)) for metric in PARETO_METRICS]
+                scores = [format_number(m.get(metric)) for metric in PARETO_METRICS]
             else:
                 continue
-            off = None if m["l0"] is None else (m["l0"] - run["target_l0"]) / run["target_l0"]
             lines.append(
-                f"| {tokens:,} | {label} | {run['target_l0']} | {_num(m['l0'], 3)} | "
-                f"{_pct(off)} | {spread} | " + " | ".join(scores) + " |"
+                f"| {tokens:,} | {label} | {run['target_l0']} | {format_number(m['l0'], 3)} | "
+                f"{off_target(m['l0'], run['target_l0'])} | {spread} | " + " | ".join(scores) + " |"
             )
     return lines
 
@@ -109,8 +110,7 @@ def synthetic_lines(results: dict[str, Any]) -> list[str]:
         )
 
         def ms(key: str, digits: int = 3, agg: dict[str, Any] = agg) -> str:
-            v = agg.get(key)
-            return "n/a" if v is None else f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}"
+            return format_mean_std(agg.get(key), digits)
 
         lines.append(
             f"| {steps:,} | {results['labels'].get(name, name)} | {ms('mean_l0', 2)} | {off} | "

@@ -13,7 +13,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PARETO_METRICS", "markdown", "plot_pareto", "write_outputs"]
+__all__ = [
+    "PARETO_METRICS",
+    "format_number",
+    "markdown",
+    "matched_l0_rows",
+    "off_target",
+    "plot_pareto",
+    "write_outputs",
+]
 
 PARETO_METRICS = {
     "explained_variance": "explained variance",
@@ -32,7 +40,8 @@ COLORS = {
 LABELS = {"soft": "SoftSAE"}
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
+def format_number(value: Any, digits: int = 4) -> str:
+    """``digits`` significant digits; ints with thousands separators; n/a for None or inf/nan."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     if isinstance(value, int):
@@ -84,10 +93,10 @@ def markdown(results: dict[str, Any]) -> str:
         m = run["metrics"]
         lines.append(
             f"| {LABELS.get(run['architecture'], run['architecture'])} | {run['target_l0']} | "
-            f"{_fmt(m['l0'], 3)} | {_off_target(m['l0'], run['target_l0'])} | "
-            f"{_fmt(m['explained_variance'])} | {_fmt(m['mse'])} | "
-            f"{_fmt(m['ce_loss_score'])} | {_fmt(m['kl_div_score'])} | "
-            f"{_fmt(m['dead_latents'])} | {run['step_cpu_seconds']:.3f} | {_knob(run)} |"
+            f"{format_number(m['l0'], 3)} | {off_target(m['l0'], run['target_l0'])} | "
+            f"{format_number(m['explained_variance'])} | {format_number(m['mse'])} | "
+            f"{format_number(m['ce_loss_score'])} | {format_number(m['kl_div_score'])} | "
+            f"{format_number(m['dead_latents'])} | {run['step_cpu_seconds']:.3f} | {_knob(run)} |"
         )
     soft = [run for run in results["runs"] if "k_hat" in run]
     if soft:
@@ -104,8 +113,8 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {run['target_l0']} | {k['count']:,} | {k['mean']:.2f} | {k['p5']:.1f} | "
                 f"{k['median']:.1f} | {k['p95']:.1f} | {k['at_k_max']:.1%} | "
-                f"{_fmt(k['spearman_with_token_surprisal']['rho'], 3)} | "
-                f"{_fmt(k['spearman_with_next_token_loss']['rho'], 3)} |"
+                f"{format_number(k['spearman_with_token_surprisal']['rho'], 3)} | "
+                f"{format_number(k['spearman_with_next_token_loss']['rho'], 3)} |"
             )
     with_l0 = [run for run in results["runs"] if "l0_tokens" in run]
     if with_l0:
@@ -126,8 +135,8 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {LABELS.get(run['architecture'], run['architecture'])} | {run['target_l0']} | "
                 f"{t['count']:,} | {t['mean']:.2f} | {t['p5']:.1f} | {t['median']:.1f} | "
-                f"{t['p95']:.1f} | {_fmt(t['spearman_with_token_surprisal']['rho'], 3)} | "
-                f"{_fmt(t['spearman_with_next_token_loss']['rho'], 3)} |"
+                f"{t['p95']:.1f} | {format_number(t['spearman_with_token_surprisal']['rho'], 3)} | "
+                f"{format_number(t['spearman_with_next_token_loss']['rho'], 3)} |"
             )
     matched = matched_l0_rows(results)
     if matched:
@@ -144,14 +153,15 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for row in matched:
             lines.append(
-                f"| {row['target_l0']} | {_fmt(row['l0'], 3)} | {PARETO_METRICS[row['metric']]} | "
-                f"{_fmt(row['soft'])} | {_fmt(row['topk'])} | {_signed(row['difference'])} |"
+                f"| {row['target_l0']} | {format_number(row['l0'], 3)} | {PARETO_METRICS[row['metric']]} | "
+                f"{format_number(row['soft'])} | {format_number(row['topk'])} | {_signed(row['difference'])} |"
             )
     lines += ["", "![Pareto fronts](pareto.png)", ""]
     return "\n".join(lines)
 
 
-def _off_target(l0: float | None, target: float) -> str:
+def off_target(l0: float | None, target: float) -> str:
+    """How far ``l0`` is from ``target``, as a signed percentage (n/a without an L0)."""
     if l0 is None or not math.isfinite(l0):
         return "n/a"
     return f"{(l0 - target) / target:+.1%}"

@@ -12,7 +12,8 @@ from typing import Any
 PCT = -1
 
 
-def _fmt(stat: dict[str, Any] | None, digits: int = 3) -> str:
+def format_mean_std(stat: dict[str, Any] | None, digits: int = 3) -> str:
+    """``mean ± std`` of an aggregated metric (a signed percentage with ``digits=PCT``)."""
     if not stat:
         return "-"
     if digits == PCT:
@@ -93,7 +94,7 @@ def _mode_table(agg: dict[str, Any], labels: dict[str, str]) -> list[str]:
     for n, a in agg.items():
         w = a.get("spearman_k_hat_within_mode") or {}
         within = [f"{w[m]:.3f}" if w.get(m) is not None else "-" for m in ("simple", "complex")]
-        cells = [_fmt(a.get(key), digits) for _, key, digits in _MODE_COLUMNS]
+        cells = [format_mean_std(a.get(key), digits) for _, key, digits in _MODE_COLUMNS]
         rows.append([labels.get(n, n), *cells, *within])
     header = ["SAE", *(h for h, _, _ in _MODE_COLUMNS)]
     return _table([*header, "Spearman within simple", "Spearman within complex"], rows)
@@ -126,7 +127,7 @@ def tracking_section(agg: dict[str, Any], labels: dict[str, str]) -> list[str]:
         "mean L0 against the L0 the SAE was set to reach, signed:",
         "",
     ]
-    lines += _metric_table(agg, labels, _TRACKING_COLUMNS, _fmt)
+    lines += _metric_table(agg, labels, _TRACKING_COLUMNS, format_mean_std)
     lines += [
         "",
         "Calibration: mean L0 at inference per true-L0 bucket (± the sd of the per-input L0 "
@@ -187,7 +188,8 @@ def _hierarchy_table(agg: dict[str, Any], labels: dict[str, str]) -> list[str]:
         h = a.get("hierarchy") or {}
         digits = [1 if key == "features_split" else 3 for _, key in _HIERARCHY_COLUMNS]
         cells = [
-            _fmt(h.get(key), d) for (_, key), d in zip(_HIERARCHY_COLUMNS, digits, strict=True)
+            format_mean_std(h.get(key), d)
+            for (_, key), d in zip(_HIERARCHY_COLUMNS, digits, strict=True)
         ]
         rows.append([labels.get(n, n), *cells])
     return _table(["SAE", *(header for header, _ in _HIERARCHY_COLUMNS)], rows)
@@ -195,7 +197,7 @@ def _hierarchy_table(agg: dict[str, Any], labels: dict[str, str]) -> list[str]:
 
 def _realistic_tables(agg: dict[str, Any], labels: dict[str, str]) -> list[str]:
     lines = ["", "Feature quality (SAELens's synthetic evals), mean ± std over seeds:", ""]
-    lines += _metric_table(agg, labels, _QUALITY_COLUMNS, _fmt)
+    lines += _metric_table(agg, labels, _QUALITY_COLUMNS, format_mean_std)
     lines += [
         "",
         "Where features go wrong. A true feature is *learned* when a decoder row has cosine >= "
@@ -231,7 +233,7 @@ def _regime_section(regime: dict[str, Any], agg: dict[str, Any], labels: dict[st
         f"{q['0.5']:.0f}/{q['0.9']:.0f}/{q['0.99']:.0f}{extra}.",
         "",
     ]
-    lines += _metric_table(agg, labels, _MAIN_COLUMNS, _fmt)
+    lines += _metric_table(agg, labels, _MAIN_COLUMNS, format_mean_std)
     lines += ["", *tracking_section(agg, labels)]
     lines += ["", "Per seed:", ""]
     lines += _metric_table(agg, labels, _SEED_COLUMNS, _fmt_seeds)
