@@ -355,6 +355,7 @@ class SoftTrainingInputs(NamedTuple):
     k_hat: torch.Tensor  # the k each input gets (normalised, through hook_sae_k)
     k_raw: torch.Tensor  # the estimator's own prediction, before the k_budget factor
     k_scale: torch.Tensor  # the factor used in this step (1 with k_budget="penalty")
+    k_raw_mean: torch.Tensor  # k_raw's mean over the (global) batch, with gradient
 
 
 @dataclass(frozen=True)
@@ -746,40 +747,47 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
         acts = (relu_pre * weights).to(hidden_pre.dtype)
         return self.decode_dense(acts), alpha_used, False
 
-    def k_loss(self, k_raw: torch.Tensor, k_target: float, mse_loss: torch.Tensor) -> torch.Tensor:
-        """The k term of the loss, on the batch mean of the estimator's raw predictions.
+    def batch_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean of ``values`` over the training batch (every process's, under data-parallel
+        training: :meth:`batch_sums`), with gradient."""
+        total, count = self.batch_sums(values.sum(), values.new_full((), float(values.numel())))
+        return total / count
+
+    def k_loss(
+        self, k_raw_mean: torch.Tensor, k_target: float, mse_loss: torch.Tensor
+    ) -> torch.Tensor:
+        """The k term of the loss, on the batch mean of the estimator's raw predictions
+        (:meth:`batch_mean` of them).
 
         ``k_budget="penalty"``: the one-sided penalty (see ``cfg.k_loss_scale``) on the k_hat
         used. ``"normalize"``: the budget already holds, and this only keeps the raw level at
         ``k`` (``k_loss_coefficient * log(mean / k)^2``, two-sided), so the normalising factor
         stays near 1 and its running average cannot lag behind a drifting level.
         """
-        k_sum, count = self.batch_sums(k_raw.sum(), k_raw.new_full((), float(k_raw.numel())))
         if self.cfg.k_budget == "normalize":
-            mean = (k_sum / count).clamp(min=_K_MARGIN)
+            mean = k_raw_mean.clamp(min=_K_MARGIN)
             return self.cfg.k_loss_coefficient * torch.log(mean / self.cfg.k).square()
         k_loss = self.cfg.k_loss_coefficient * F.softplus(
-            k_sum / count - k_target, beta=self.cfg.k_loss_beta
+            k_raw_mean - k_target, beta=self.cfg.k_loss_beta
         )
         if self.cfg.k_loss_scale == "mse":
             k_loss = k_loss * (mse_loss.detach().float() / k_target)
         return k_loss
 
     def budget_k(
-        self, k_raw: torch.Tensor, schedule: SoftSchedule
+        self, k_raw: torch.Tensor, k_raw_mean: torch.Tensor, schedule: SoftSchedule
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The k each input gets in this training step and the normalising factor used.
 
-        With ``k_budget="normalize"`` the factor is ``k_target / mean(k_raw)`` over the (global)
-        batch, with gradient: the estimator then learns only how the budget is shared. The
+        With ``k_budget="normalize"`` the factor is ``k_target / k_raw_mean`` (the mean over
+        the global batch, :meth:`batch_mean`), with gradient: the estimator then learns only how the budget is shared. The
         running average that inference uses (``k_scale``) moves towards it once the target has
         reached ``k``. With ``"penalty"`` the factor is 1.
         """
         if self.cfg.k_budget == "penalty":
             return k_raw, k_raw.new_ones(())
-        k_sum, count = self.batch_sums(k_raw.sum(), k_raw.new_full((), float(k_raw.numel())))
         # k_raw > 0 (a sigmoid), but float32 can round a saturated one to 0.
-        scale = schedule.k_target / (k_sum / count).clamp(min=_K_MARGIN)
+        scale = schedule.k_target / k_raw_mean.clamp(min=_K_MARGIN)
         if schedule.k_target <= self.cfg.k:
             if schedule.hard:
                 # The estimator is frozen: a mean of this phase's factors (then a running
@@ -806,8 +814,12 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
         k_raw = self._predict_raw_k_from_sae_in(sae_in)
         if schedule.hard:
             k_raw = k_raw.detach()
-        k_hat, k_scale = self.budget_k(k_raw, schedule)
-        return SoftTrainingInputs(schedule, hidden_pre, self.hook_sae_k(k_hat), k_raw, k_scale)
+        # One global mean serves the k budget and the k loss (one all-reduce under torchrun).
+        k_raw_mean = self.batch_mean(k_raw)
+        k_hat, k_scale = self.budget_k(k_raw, k_raw_mean, schedule)
+        return SoftTrainingInputs(
+            schedule, hidden_pre, self.hook_sae_k(k_hat), k_raw, k_scale, k_raw_mean
+        )
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
@@ -817,7 +829,7 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
                 f"sae_in: an empty batch (shape {tuple(step_input.sae_in.shape)}); a training "
                 "step needs at least one row"
             )
-        schedule, hidden_pre, k_hat, k_raw, k_scale = self.training_inputs(step_input)
+        schedule, hidden_pre, k_hat, k_raw, k_scale, k_raw_mean = self.training_inputs(step_input)
         # One sorted top-k serves the hard selection (its first hard_width columns) and the soft
         # phase's candidates.
         m = candidate_count(self.cfg.k_max, self.cfg.d_sae)
@@ -840,7 +852,7 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
             )
 
         mse_loss = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
-        k_loss = self.k_loss(k_raw, schedule.k_target, mse_loss)
+        k_loss = self.k_loss(k_raw_mean, schedule.k_target, mse_loss)
         losses = {
             "mse_loss": mse_loss,
             "k_loss": k_loss,

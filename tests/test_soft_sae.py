@@ -453,7 +453,7 @@ def _dense_soft_reference(sae: SoftTrainingSAE, x: torch.Tensor, step: int):
     weights = softsae_lens.soft_topk(relu_pre.detach(), k_hat, alpha)
     sae_out = sae.decode_dense(relu_pre * weights)
     mse = (sae_out - x).pow(2).sum(-1).mean()
-    return sae_out, mse + sae.k_loss(k_raw, schedule.k_target, mse)
+    return sae_out, mse + sae.k_loss(k_raw.mean(), schedule.k_target, mse)
 
 
 @pytest.mark.parametrize("step, candidates_only", [(50, True), (0, False)])

@@ -55,7 +55,7 @@ class ProtoSoftTrainingSAE(SoftTrainingSAE):
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         if self.cfg.train_code == "soft":
             return super().training_forward_pass(step_input)
-        schedule, hidden_pre, k_hat, k_raw, _ = self.training_inputs(step_input)
+        schedule, hidden_pre, k_hat, _, _, k_raw_mean = self.training_inputs(step_input)
         feature_acts = self.hook_sae_acts_post(self._hard_topk(hidden_pre, k_hat))
         train_acts = feature_acts
         if not schedule.hard:
@@ -71,7 +71,7 @@ class ProtoSoftTrainingSAE(SoftTrainingSAE):
         mse_loss = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
         losses = {
             "mse_loss": mse_loss,
-            "k_loss": self.k_loss(k_raw, schedule.k_target, mse_loss),
+            "k_loss": self.k_loss(k_raw_mean, schedule.k_target, mse_loss),
             **self.calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out),
         }
         return TrainStepOutput(
