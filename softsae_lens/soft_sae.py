@@ -186,14 +186,17 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
             rescales the estimator's raw predictions so that their batch mean is exactly the
             target, ``k_hat = min(k_max, k_raw * k_target / mean_batch(k_raw))``: the budget is
             a constraint, and the estimator only learns how to share it between inputs (the
-            per-input spread is kept, its level is not). Inference uses the running average
-            of that factor (the ``k_scale`` buffer, saved with the weights), as BatchTopK uses
-            a running threshold. ``"penalty"`` is the paper's one-sided penalty alone: a fixed
+            per-input spread is kept, its level is not). Inference uses ``k / level``, the
+            level being a running average of the batch means of ``k_raw`` (the ``k_scale``
+            buffer, saved with the weights), as BatchTopK uses a running threshold; it is
+            taken over the hard phase, where the estimator is frozen, so those steps must be a
+            fair sample of the data (a shuffled stream, not the rows of one long document). ``"penalty"`` is the paper's one-sided penalty alone: a fixed
             price per latent, so the mean settles above the target wherever one more latent
             buys more reconstruction than the price (it drifts up as the dictionary improves).
-        k_scale_decay: decay of the running average of the normalising factor that inference
-            uses (``k_budget="normalize"``); it starts once the k target has annealed to ``k``,
-            and restarts as a plain mean when the hard phase freezes the estimator.
+        k_scale_decay: decay of the running average of the raw level behind the normalising
+            factor that inference uses (``k_budget="normalize"``); it starts once the k target
+            has annealed to ``k``, and restarts as a plain mean when the hard phase freezes
+            the estimator.
         k_loss_coefficient: weight of the k term. With ``k_budget="penalty"`` the one-sided
             penalty ``softplus_beta(mean_batch(k_hat) - k_target)``; with ``"normalize"`` a
             two-sided pin ``log(mean_batch(k_raw) / k)^2`` that keeps the raw predictions'
@@ -780,9 +783,10 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
         """The k each input gets in this training step and the normalising factor used.
 
         With ``k_budget="normalize"`` the factor is ``k_target / k_raw_mean`` (the mean over
-        the global batch, :meth:`batch_mean`), with gradient: the estimator then learns only how the budget is shared. The
-        running average that inference uses (``k_scale``) moves towards it once the target has
-        reached ``k``. With ``"penalty"`` the factor is 1.
+        the global batch, :meth:`batch_mean`), with gradient: the estimator then learns only
+        how the budget is shared. Once the target has reached ``k``, the factor inference uses
+        (``k_scale``) becomes ``k`` over a running average of ``k_raw_mean``. With
+        ``"penalty"`` the factor is 1.
         """
         if self.cfg.k_budget == "penalty":
             return k_raw, k_raw.new_ones(())
@@ -801,7 +805,12 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
                 n = schedule.steps_at_k
                 decay = min(self.cfg.k_scale_decay, (1 + n) / (10 + n))
             with torch.no_grad():
-                self.k_scale.lerp_(scale.detach().to(self.k_scale.dtype), 1.0 - decay)
+                # Average the level (k_raw's batch mean) and divide once: a mean of the
+                # per-batch ratios k / mean would sit above k / level (Jensen).
+                level = (self.cfg.k / self.k_scale).lerp(
+                    k_raw_mean.detach().to(self.k_scale.dtype), 1.0 - decay
+                )
+                self.k_scale.copy_(self.cfg.k / level.clamp(min=_K_MARGIN))
         return self._scale_k(k_raw, scale), scale
 
     def training_inputs(self, step_input: TrainStepInput) -> SoftTrainingInputs:

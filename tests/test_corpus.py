@@ -257,7 +257,27 @@ def test_rows_are_what_sae_lens_would_build_on_the_fly(small_corpus):
         with pretokenized_warnings_ignored():
             rows = store(tc.train).get_batch_tokens(tc.train.num_rows)
     assert [str(w.message) for w in caught] == []
-    torch.testing.assert_close(rows, on_the_fly)
+    # The same rows, in a shuffled order (no stretch of the stream is one document).
+    assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, on_the_fly.tolist()))
+    assert not torch.equal(rows, on_the_fly)
+
+
+def test_rows_are_shuffled_deterministically_and_spread_a_long_document():
+    tokenizer = tiny_tokenizer()
+    long_doc = " ".join(f"word{i}" for i in range(3000))
+    shorts = [f"short document number {i} " * 5 for i in range(60)]
+    docs = Corpus("mixed", [long_doc, *shorts])
+    first = tokenize_corpus(docs, tokenizer, CTX, use_cache=False, progress=False)
+    again = tokenize_corpus(docs, tokenizer, CTX, use_cache=False, progress=False)
+    assert first.train["tokens"] == again.train["tokens"]
+    assert first.heldout["tokens"] == again.heldout["tokens"]
+    rows = first.train["tokens"]
+    word = set(tokenizer("word", add_special_tokens=False)["input_ids"])
+    of_long = [i for i, row in enumerate(rows) if sum(t in word for t in row) > CTX // 4]
+    assert len(of_long) >= 10, "the long document should fill many rows"
+    # Packed in order they would be rows 0..n-1 in a run; shuffled they spread over the split.
+    assert of_long != list(range(of_long[0], of_long[0] + len(of_long)))
+    assert of_long[-1] - of_long[0] > len(rows) // 2
 
 
 def test_rows_counts_and_split(small_corpus):

@@ -944,12 +944,15 @@ def test_k_budget_penalty_keeps_the_factor_at_one():
     assert out.metrics["softsae/k_scale_batch"].item() == 1.0 and sae.k_scale.item() == 1.0
 
 
-def test_k_budget_hard_phase_restarts_the_running_factor_as_a_plain_mean():
+def test_k_budget_hard_phase_restarts_the_running_factor_from_a_plain_mean_level():
     sae = make_training_sae(total_training_steps=100, hard_topk_fraction=0.1)
     sae.k_scale.fill_(5.0)  # what a lagging soft-phase average might hold
-    factors = []
+    metrics = []
     for i, step in enumerate(range(90, 94)):
         x = torch.randn(32, D_MODEL) * (1 + i)
-        factors.append(sae.training_forward_pass(train_step_input(x, step=step)).metrics)
-    mean = sum(m["softsae/k_scale_batch"].item() for m in factors) / len(factors)
-    assert sae.k_scale.item() == pytest.approx(mean, rel=1e-5)
+        metrics.append(sae.training_forward_pass(train_step_input(x, step=step)).metrics)
+    # k over the phase's mean raw level: a ratio of means, not the mean of the batch ratios.
+    level = sum(m["softsae/k_raw_mean"].item() for m in metrics) / len(metrics)
+    assert sae.k_scale.item() == pytest.approx(sae.cfg.k / level, rel=1e-5)
+    ratios = [m["softsae/k_scale_batch"].item() for m in metrics]
+    assert sae.k_scale.item() < sum(ratios) / len(ratios)

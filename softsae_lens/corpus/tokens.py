@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
@@ -41,7 +42,8 @@ __all__ = [
 ]
 
 # Bump when the row layout or the cached files change.
-_FORMAT_VERSION = 1
+# 2: rows are shuffled after packing (see _shuffled_rows).
+_FORMAT_VERSION = 2
 _META = "meta.json"
 
 
@@ -202,6 +204,21 @@ def _encode(tokenizer: Any, documents: Sequence[str]) -> list[list[int]]:
             tokenizer.model_max_length = saved
 
 
+def _shuffled_rows(rows: list[list[int]], seed: int, split: str) -> list[list[int]]:
+    """``rows`` in a seeded random order.
+
+    Packing keeps a long document's rows together, and SAELens's activation store mixes only
+    ``n_batches_in_buffer`` batches, so unshuffled the stream holds stretches of one document
+    thousands of tokens long. Anything estimated from a stretch of the stream is then biased:
+    SoftSAE's and BatchTopK's inference budgets are estimated over the last steps of the run
+    (a 2x sweep whose final 16 steps fell on one plain document set SoftSAE's L0 22% over
+    its target), and the first held-out rows ``run_evals`` reads were a handful of
+    documents."""
+    order = list(range(len(rows)))
+    random.Random(f"{seed}\0{split}").shuffle(order)
+    return [rows[i] for i in order]
+
+
 def _pack(token_lists: list[list[int]], context_size: int, bos: int | None) -> list[list[int]]:
     import torch
     from sae_lens.tokenization_and_batching import concat_and_batch_sequences
@@ -222,6 +239,7 @@ def _build(
     train_docs: list[str],
     heldout_docs: list[str],
     progress: bool,
+    seed: int = 0,
 ) -> tuple[Any, Any, dict[str, dict[str, int]], int]:
     import datasets
     from sae_lens.util import get_special_token_ids
@@ -249,7 +267,7 @@ def _build(
             entry = sources[origin_of[doc]]
             entry["tokens"] += len(ids)
             entry[f"{split}_tokens"] += len(ids)
-        rows = _pack(token_lists, context_size, bos)
+        rows = _shuffled_rows(_pack(token_lists, context_size, bos), seed, split)
         if not rows:
             raise ValueError(
                 f"the {split} split of '{corpus.name}' has fewer than context_size={context_size} "
@@ -291,8 +309,9 @@ def tokenize_corpus(
         progress: show progress bars while tokenising.
 
     Returns:
-        A :class:`TokenCorpus`; its ``train`` rows are in the split's hashed order, which
-        mixes the sources together.
+        A :class:`TokenCorpus`; its ``train`` and ``heldout`` rows are packed in the split's
+        hashed document order, which mixes the sources together, then shuffled by ``seed`` so
+        that no stretch of the stream is one document.
     """
     if context_size < 2:
         raise ValueError(f"context_size must be >= 2, got {context_size}")
@@ -319,7 +338,7 @@ def tokenize_corpus(
 
     if not use_cache:
         train, heldout, sources, n_special = _build(
-            corpus, tokenizer, context_size, train_docs, heldout_docs, progress
+            corpus, tokenizer, context_size, train_docs, heldout_docs, progress, seed
         )
         return result(train, heldout, {"sources": sources, "special_tokens": n_special}, None)
 
@@ -338,7 +357,7 @@ def tokenize_corpus(
         except (OSError, ValueError):
             (folder / _META).unlink(missing_ok=True)
             train, heldout, sources, n_special = _build(
-                corpus, tokenizer, context_size, train_docs, heldout_docs, progress
+                corpus, tokenizer, context_size, train_docs, heldout_docs, progress, seed
             )
             for split, ds in (("train", train), ("heldout", heldout)):
                 shutil.rmtree(folder / split, ignore_errors=True)

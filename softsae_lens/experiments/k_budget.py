@@ -56,7 +56,9 @@ def sweep_lines(runs: Sequence[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|" + "---|" * len(PARETO_METRICS),
     ]
     for results in runs:
-        tokens = results["config"]["tokens"]
+        tokens = f"{results['config']['tokens']:,}"
+        if results.get("note"):
+            tokens += f" ({results['note']})"
         matched = {(r["target_l0"], r["metric"]): r for r in matched_l0_rows(results)}
         for run in results["runs"]:
             m = run["metrics"]
@@ -79,7 +81,7 @@ def sweep_lines(runs: Sequence[dict[str, Any]]) -> list[str]:
             else:
                 continue
             lines.append(
-                f"| {tokens:,} | {label} | {run['target_l0']} | {format_number(m['l0'], 3)} | "
+                f"| {tokens} | {label} | {run['target_l0']} | {format_number(m['l0'], 3)} | "
                 f"{off_target(m['l0'], run['target_l0'])} | {spread} | " + " | ".join(scores) + " |"
             )
     return lines
@@ -142,6 +144,7 @@ def markdown(sweeps: Sequence[dict[str, Any]], synthetic: Sequence[dict[str, Any
             "",
             *(
                 f"- `{s.get('command', 'python -m softsae_lens.experiments.sweep')}`"
+                + (f" ({s['note']})" if s.get("note") else "")
                 for s in sweeps
             ),
             "",
@@ -171,7 +174,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m softsae_lens.experiments.k_budget",
         description="Write the k budget's results page from sweep and ground-truth results.",
     )
-    p.add_argument("--sweeps", type=Path, nargs="*", default=[], help="sweep output folders")
+    p.add_argument(
+        "--sweeps",
+        nargs="*",
+        default=[],
+        metavar="DIR[=NOTE]",
+        help="sweep output folders, each with an optional note shown beside its run length "
+        "(e.g. which code or data it ran on)",
+    )
     p.add_argument(
         "--synthetic", type=Path, nargs="*", default=[], help="ground-truth output folders"
     )
@@ -179,8 +189,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     if not args.sweeps and not args.synthetic:
         p.error("give --sweeps and/or --synthetic folders holding results.json")
-    sweeps = [_load(f) for f in args.sweeps]
-    for s, folder in zip(sweeps, args.sweeps, strict=True):
+    folders = [Path(entry.partition("=")[0]) for entry in args.sweeps]
+    sweeps = [_load(f) for f in folders]
+    for s, entry, folder in zip(sweeps, args.sweeps, folders, strict=True):
+        if entry.partition("=")[2]:
+            s["note"] = entry.partition("=")[2]
         c = s["config"]
         s.setdefault(
             "command",
