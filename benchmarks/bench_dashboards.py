@@ -34,7 +34,7 @@ def _sae(arch: str, d_sae: int):
     from sae_lens import TopKSAE, TopKSAEConfig
 
     from softsae_lens import SoftSAE, SoftSAEConfig
-    from softsae_lens.smollm2 import D_MODEL
+    from softsae_lens.models.smollm2 import D_MODEL
 
     torch.manual_seed(0)
     if arch == "soft":
@@ -64,7 +64,7 @@ def main() -> None:
     from softsae_lens.dashboards import DashboardsConfig
     from softsae_lens.dashboards.__main__ import run
     from softsae_lens.dashboards.stream import batches_of, encode_batch, token_rows
-    from softsae_lens.smollm2 import load_smollm2_bridge
+    from softsae_lens.models.smollm2 import load_smollm2_bridge
 
     t0 = time.perf_counter()
     model = load_smollm2_bridge()

@@ -82,7 +82,7 @@ def _train(args: argparse.Namespace, device: str, batch: int, distributed: bool)
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    from softsae_lens.distributed import DistributedSAETrainer, init_distributed
+    from softsae_lens.training.distributed import DistributedSAETrainer, init_distributed
 
     sae = _sae(args.architecture, args, device)
     generator = torch.Generator(device=device).manual_seed(1)

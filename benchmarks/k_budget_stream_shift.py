@@ -27,9 +27,9 @@ def main() -> None:
     from sae_lens.util import get_special_token_ids
 
     import softsae_lens  # noqa: F401  (registers "soft")
-    from softsae_lens.evaluation import load_model_and_hook
     from softsae_lens.experiments.sweep.config import SweepConfig
     from softsae_lens.experiments.sweep.run import load_text
+    from softsae_lens.models import load_model_and_hook
 
     torch.set_num_threads(1)
     cfg = SweepConfig()

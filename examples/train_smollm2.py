@@ -17,8 +17,8 @@ from sae_lens import (
 )
 
 import softsae_lens  # registers the "soft" architecture with SAELens
-from softsae_lens.corpus import load_corpus, pretokenized_warnings_ignored, tokenize_corpus
-from softsae_lens.smollm2 import layer_hook_name, load_smollm2_bridge, resolve_hook_name
+from softsae_lens.data.corpus import load_corpus, pretokenized_warnings_ignored, tokenize_corpus
+from softsae_lens.models.smollm2 import layer_hook_name, load_smollm2_bridge, resolve_hook_name
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--tokens", type=int, default=50_000)

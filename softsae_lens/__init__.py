@@ -3,9 +3,7 @@
 Importing this package registers "soft" with SAELens for inference and training.
 """
 
-from softsae_lens.distributed_runner import DistributedSAETrainingRunner
 from softsae_lens.registration import register_soft_architecture
-from softsae_lens.runner import configure_runner
 from softsae_lens.soft_sae import (
     SoftSAE,
     SoftSAEConfig,
@@ -14,6 +12,8 @@ from softsae_lens.soft_sae import (
     SoftTrainingSAEConfig,
 )
 from softsae_lens.soft_topk import soft_topk
+from softsae_lens.training.run_length import configure_runner
+from softsae_lens.training.runner import DistributedSAETrainingRunner
 
 register_soft_architecture()
 

@@ -19,7 +19,7 @@ Loads the SAE with ``sae_lens.SAE.load_from_disk`` (after ``import softsae_lens`
 4. the model the SAE's metadata names (``model_name``, as SAELens's runner saved it): a local
    file or folder that still exists loads like ``--model-path`` (the runner records
    ``model_class_name="HookedTransformer"`` even for a bridge, so only the path is trusted);
-   SmolLM2's name (or none) loads SmolLM2-135M-Instruct offline (:mod:`softsae_lens.smollm2`);
+   SmolLM2's name (or none) loads SmolLM2-135M-Instruct offline (:mod:`softsae_lens.models.smollm2`);
    any other name goes to TransformerLens, and when that fails SmolLM2 is used if its width
    matches the SAE's ``d_in``.
 
@@ -41,10 +41,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from softsae_lens.models.load import LOCAL_MODEL
 
 DEFAULT_OUT = "out/analysis"
-_LOCAL_MODEL = "a .gguf file or a Hugging Face model folder (with config.json)"
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -84,7 +83,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--model-path",
         type=Path,
         default=None,
-        help=f"a local model, offline: {_LOCAL_MODEL} (default: the SAE's metadata model_name "
+        help=f"a local model, offline: {LOCAL_MODEL} (default: the SAE's metadata model_name "
         "when that is one)",
     )
     source.add_argument(
@@ -133,11 +132,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             "save_inference_model or the SAELens training runner)"
         )
     if args.model_path is not None:
-        from softsae_lens.models import local_model_path
+        from softsae_lens.models.local import local_model_path
 
         if local_model_path(args.model_path) is None:
             problem = "does not exist" if not args.model_path.exists() else "is not a model"
-            parser.error(f"--model-path {args.model_path} {problem}: expected {_LOCAL_MODEL}")
+            parser.error(f"--model-path {args.model_path} {problem}: expected {LOCAL_MODEL}")
     if args.model_factory is not None:
         module_name, _, func_name = args.model_factory.partition(":")
         if not module_name or not func_name:
@@ -150,10 +149,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.max_tokens < 1:
         parser.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
     return args
-
-
-def _is_smollm2(name: str | None) -> bool:
-    return name is None or name == "" or "smollm2" in name.lower()
 
 
 def _from_factory(spec: str, device: str) -> Any:
@@ -169,93 +164,6 @@ def _from_factory(spec: str, device: str) -> Any:
     if not callable(factory):
         raise ValueError(f"--model-factory {spec}: {module_name!r} has no function {func_name!r}")
     return factory(device=device)
-
-
-def _transformer_lens_model(sae: Any, name: str, device: str) -> Any:
-    meta = sae.cfg.metadata
-    kwargs = dict(meta.model_from_pretrained_kwargs or {})
-    if "Bridge" in (meta.model_class_name or ""):
-        from softsae_lens.sae_bridge import SAEBridge
-
-        model = SAEBridge.boot_transformers(name, device=device)
-    else:
-        from sae_lens import HookedSAETransformer
-
-        model = HookedSAETransformer.from_pretrained_no_processing(name, device=device, **kwargs)
-    return model.eval()
-
-
-def load_model_for_sae(
-    sae: Any,
-    model_name: str | None = None,
-    device: str = "cpu",
-    *,
-    model_path: str | os.PathLike[str] | None = None,
-    sae_path: str | os.PathLike[str] | None = None,
-) -> tuple[Any, str]:
-    """The model to analyse ``sae`` in, and its name (see the module docstring for the rules).
-
-    Raises:
-        ValueError: when ``model_path`` is no local model.
-        RuntimeError: when no rule loads a model, naming what was tried and what to pass.
-    """
-    from softsae_lens import models, smollm2
-
-    if model_path is not None:
-        return models.load_bridge(model_path, device=device), str(model_path)
-    if model_name is not None and models.local_model_path(model_name) is not None:
-        return models.load_bridge(model_name, device=device), model_name
-    meta_name = sae.cfg.metadata.model_name
-    if model_name is None and models.local_model_path(meta_name) is not None:
-        return models.load_bridge(meta_name, device=device), meta_name
-    beside = _relative_to_sae(meta_name, sae_path)
-    if model_name is None and beside is not None:
-        return models.load_bridge(beside, device=device), str(beside)
-    name = model_name or meta_name
-    if _is_smollm2(name):
-        return smollm2.load_smollm2_bridge(device=device), smollm2.DEFAULT_MODEL_NAME
-    try:
-        return _transformer_lens_model(sae, name, device), name
-    except Exception as err:
-        if model_name is not None or sae.cfg.d_in != smollm2.D_MODEL:
-            where = "--model" if model_name is not None else "the SAE's metadata (model_name)"
-            raise RuntimeError(
-                f"could not load the model {name!r} named by {where} ({type(err).__name__}: "
-                f"{_first_line(err)}); pass --model-path with {_LOCAL_MODEL}, or --model with a "
-                "TransformerLens model name"
-            ) from err
-        logger.warning(
-            "could not load %r (%s); using %s offline, which has the SAE's width d_in=%d",
-            name,
-            err,
-            smollm2.DEFAULT_MODEL_NAME,
-            sae.cfg.d_in,
-        )
-        return smollm2.load_smollm2_bridge(device=device), smollm2.DEFAULT_MODEL_NAME
-
-
-def _first_line(err: BaseException, limit: int = 300) -> str:
-    """An error's first line, at most ``limit`` characters (TransformerLens lists every model
-    name it knows, ~7 KB, when a name is unknown)."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return text if len(text) <= limit else text[:limit] + " [...]"
-
-
-def _relative_to_sae(name: str | None, sae_path: str | os.PathLike[str] | None) -> Path | None:
-    """A relative model path from the SAE's metadata, looked up from the SAE folder's parents.
-
-    SAELens's runner records ``model_name`` as given, so a relative path is relative to the
-    folder training ran in; the SAE is usually saved under that folder.
-    """
-    from softsae_lens import models
-
-    if not name or sae_path is None or Path(name).expanduser().is_absolute():
-        return None
-    for parent in Path(sae_path).resolve().parents:
-        found = models.local_model_path(parent / name)
-        if found is not None:
-            return found
-    return None
 
 
 def _check_width(model: Any, sae: Any, hook_name: str) -> None:
@@ -311,8 +219,9 @@ def main(argv: Sequence[str] | None = None, *, model: Any | None = None) -> dict
 
     import softsae_lens  # noqa: F401  (registers "soft")
     from softsae_lens import analysis
-    from softsae_lens.models import resolve_hook_name
-    from softsae_lens.sae_bridge import special_token_ids
+    from softsae_lens.models import load_model
+    from softsae_lens.models.bridge import special_token_ids
+    from softsae_lens.models.local import resolve_hook_name
 
     sae = SAE.load_from_disk(str(args.sae), device=args.device)
     sae.eval()
@@ -323,8 +232,8 @@ def main(argv: Sequence[str] | None = None, *, model: Any | None = None) -> dict
             getattr(getattr(model, "cfg", None), "model_name", None) or type(model).__name__
         )
     else:
-        model, model_name = load_model_for_sae(
-            sae, args.model, args.device, model_path=args.model_path, sae_path=args.sae
+        model, model_name = load_model(
+            args.model, args.device, path=args.model_path, sae=sae, sae_path=args.sae
         )
 
     hook_name = sae.cfg.metadata.hook_name

@@ -655,7 +655,7 @@ class SoftTrainingSAE(_SoftEncoderMixin, TopKTrainingSAE):
     def batch_sums(self, *sums: torch.Tensor) -> torch.Tensor:
         """Sums over the training batch, stacked, passed through ``hook_sae_batch_sums``.
 
-        The identity in one process. Data-parallel training (``softsae_lens.distributed``)
+        The identity in one process. Data-parallel training (``softsae_lens.training.distributed``)
         hooks it to sum over every process's batch, with gradients, so that the k penalty and
         the relative alpha see the global batch.
         """

@@ -3,7 +3,7 @@
 This is ``sae_lens.llm_sae_training_runner``'s parser unchanged; importing ``softsae_lens``
 first registers "soft" so its config fields become CLI options, and the run length is handed to
 the SoftSAE schedule (``configure_runner``) before training. The runner is
-:class:`~softsae_lens.distributed_runner.DistributedSAETrainingRunner`, which is SAELens's
+:class:`~softsae_lens.training.runner.DistributedSAETrainingRunner`, which is SAELens's
 ``LanguageModelSAETrainingRunner`` in one process and trains data-parallel under ``torchrun``
 (``torchrun --nproc_per_node N -m softsae_lens.train ...``; ``train_batch_size_tokens`` and
 ``training_tokens`` are global).
@@ -17,10 +17,10 @@ from collections.abc import Sequence
 import torch.distributed as dist
 from sae_lens.llm_sae_training_runner import _parse_cfg_args
 
-from softsae_lens.checkpoints import CheckpointError
-from softsae_lens.distributed_runner import DistributedSAETrainingRunner
-from softsae_lens.interrupt import TrainingInterrupted
-from softsae_lens.runner import configure_runner
+from softsae_lens.training.checkpoints import CheckpointError
+from softsae_lens.training.interrupt import TrainingInterrupted
+from softsae_lens.training.run_length import configure_runner
+from softsae_lens.training.runner import DistributedSAETrainingRunner
 
 
 def parse_args(args: Sequence[str]):

@@ -158,7 +158,7 @@ def k_penalty_step(sae, x: torch.Tensor):
 
 def _scenarios(rank: int, root: Path) -> dict:
     from softsae_lens import DistributedSAETrainingRunner
-    from softsae_lens.distributed import install_global_batch_sums
+    from softsae_lens.training.distributed import install_global_batch_sums
 
     results: dict = {}
     for architecture in ("soft", "topk"):

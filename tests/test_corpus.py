@@ -14,8 +14,8 @@ import pytest
 import torch
 from _corpus_helpers import tiny_lm, tiny_tokenizer
 
-from softsae_lens import corpus
-from softsae_lens.corpus import (
+from softsae_lens.data import corpus
+from softsae_lens.data.corpus import (
     FORTUNES_DIR,
     Corpus,
     load_corpus,
@@ -28,7 +28,7 @@ from softsae_lens.corpus import (
     to_hf_dataset,
     tokenize_corpus,
 )
-from softsae_lens.corpus.stdlib import render_stdlib_docs
+from softsae_lens.data.corpus.stdlib import render_stdlib_docs
 
 # --- sources ------------------------------------------------------------------------------
 
@@ -364,7 +364,7 @@ def test_budget_check_counts_tokens_not_rows(small_corpus):
 def test_default_corpus_gives_millions_of_smollm2_tokens():
     from transformers import AutoTokenizer
 
-    from softsae_lens.smollm2 import dequantized_folder
+    from softsae_lens.models.smollm2 import dequantized_folder
 
     tokenizer = AutoTokenizer.from_pretrained(str(dequantized_folder()))
     tc = tokenize_corpus(load_corpus(), tokenizer, 128, progress=False)

@@ -21,7 +21,7 @@ from _tiny_hf import TEXTS, boot_plain_bridge, build_tiny_hf_model, random_soft_
 
 from softsae_lens.dashboards import DashboardsConfig
 from softsae_lens.dashboards.__main__ import main, run
-from softsae_lens.sae_bridge import special_token_mask
+from softsae_lens.models.bridge import special_token_mask
 
 HOOK = "blocks.0.hook_out"
 CHROMIUM_MISSING = (
@@ -308,7 +308,7 @@ def test_cli_runs_offline_in_a_fresh_process(tiny_folder, tmp_path):
 def test_smollm2_soft_sae_from_its_metadata_on_the_held_out_corpus(tmp_path):
     """The SAE's metadata names SmolLM2: the command finds the model offline by itself."""
     from softsae_lens import SoftSAE, SoftSAEConfig
-    from softsae_lens.smollm2 import D_MODEL, DEFAULT_MODEL_NAME
+    from softsae_lens.models.smollm2 import D_MODEL, DEFAULT_MODEL_NAME
 
     torch.manual_seed(0)
     sae = SoftSAE(SoftSAEConfig(d_in=D_MODEL, d_sae=1024, k=16))

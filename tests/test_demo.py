@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from softsae_lens.demo import parse_args
+from softsae_lens.experiments.demo import parse_args
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,7 @@ def test_demo_end_to_end_on_real_model_and_text(tmp_path):
     from sae_lens import SAE
 
     import softsae_lens  # noqa: F401
-    from softsae_lens.demo import run_demo
+    from softsae_lens.experiments.demo import run_demo
 
     out = tmp_path / "demo"
     cfg = parse_args(
@@ -102,7 +102,7 @@ def test_demo_on_a_local_hugging_face_folder(tmp_path, monkeypatch):
     from _tiny_hf import build_tiny_hf_model
 
     monkeypatch.setenv("SOFTSAE_CACHE", str(tmp_path / "cache"))  # the token rows go there
-    from softsae_lens.demo import run_demo
+    from softsae_lens.experiments.demo import run_demo
 
     folder = build_tiny_hf_model(tmp_path / "model")
     out = tmp_path / "demo"

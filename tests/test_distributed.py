@@ -32,8 +32,8 @@ from sae_lens import SAE, LanguageModelSAETrainingRunner
 from safetensors.torch import load_file
 
 from softsae_lens import DistributedSAETrainingRunner, configure_runner
-from softsae_lens.distributed import DistributedContext, shard_dataset
-from softsae_lens.distributed_runner import (
+from softsae_lens.training.distributed import DistributedContext, shard_dataset
+from softsae_lens.training.runner import (
     DISTRIBUTED_STATE_FILENAME,
     checkpoint_world_size,
     store_state_filename,
@@ -284,7 +284,7 @@ def test_a_two_process_checkpoint_missing_its_last_files_is_incomplete(
     one process silently, applying rank 0's shard position to the whole dataset."""
     import shutil
 
-    from softsae_lens.checkpoints import CheckpointError
+    from softsae_lens.training.checkpoints import CheckpointError
 
     _, results = two_ranks
     copy = tmp_path / "copy" / Path(results[0]["resume"]["checkpoint"]).name

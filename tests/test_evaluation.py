@@ -12,8 +12,8 @@ import torch
 from _corpus_helpers import TINY_D_MODEL, tiny_lm
 
 from softsae_lens import SoftSAE, SoftSAEConfig
-from softsae_lens.corpus import load_corpus, tokenize_corpus
-from softsae_lens.evaluation import (
+from softsae_lens.data.corpus import load_corpus, tokenize_corpus
+from softsae_lens.evals.lm import (
     HEADLINE_KEYS,
     EvalBudget,
     eval_cost,
@@ -21,8 +21,8 @@ from softsae_lens.evaluation import (
     headline_metrics,
     heldout_store,
     measure_forward_seconds,
-    soft_k_statistics,
 )
+from softsae_lens.evals.token_stats import soft_k_statistics
 
 HOOK = "blocks.1.hook_resid_post"
 CTX = 32

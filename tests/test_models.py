@@ -1,4 +1,4 @@
-"""softsae_lens.models (a GGUF file or a local HF folder -> a bridge), sae_bridge and smollm2.
+"""softsae_lens.models.local (a GGUF file or a local HF folder -> a bridge), sae_bridge and smollm2.
 
 Fast tests use a tiny random Llama saved as a Hugging Face folder and written as a Q8_0 GGUF file
 (tests/_tiny_hf.py); the real SmolLM2 GGUF runs in the tests marked slow and smollm2.
@@ -13,8 +13,10 @@ import pytest
 import torch
 from _tiny_hf import TEXTS, boot_plain_bridge, build_tiny_hf_model, write_tiny_gguf
 
-from softsae_lens import models, smollm2
-from softsae_lens.models import (
+from softsae_lens.models import local as models
+from softsae_lens.models import smollm2
+from softsae_lens.models.bridge import SAEBridge, special_token_ids
+from softsae_lens.models.local import (
     dequantized_folder,
     is_gguf_file,
     is_hf_folder,
@@ -23,7 +25,6 @@ from softsae_lens.models import (
     local_model_path,
     resolve_hook_name,
 )
-from softsae_lens.sae_bridge import SAEBridge, special_token_ids
 
 # --------------------------------------------------------------------- tiny local models
 
@@ -210,7 +211,7 @@ def test_sae_bridge_restores_the_original_hook_point(tiny_hf_folder):
 def test_restored_hook_points_on_a_plain_bridge(tiny_hf_folder):
     from sae_lens import StandardSAE, StandardSAEConfig
 
-    from softsae_lens.sae_bridge import restored_hook_points
+    from softsae_lens.models.bridge import restored_hook_points
 
     bridge = boot_plain_bridge(tiny_hf_folder)
     name = "blocks.0.hook_out"
@@ -303,7 +304,7 @@ def test_resid_post_activations_through_resolved_hook(bridge):
 @pytest.mark.slow
 @needs_smollm2
 def test_model_predicts_real_text(bridge):
-    from softsae_lens.corpus import load_corpus
+    from softsae_lens.data.corpus import load_corpus
 
     # A broken de-quantisation gives a loss near ln(49152) ~ 10.8; SmolLM2 gets ~3 on pydoc.
     text = load_corpus(("pydoc",)).documents[0]

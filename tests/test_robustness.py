@@ -13,14 +13,15 @@ from safetensors.torch import load_file
 from test_activations import D_IN, sparse_rows
 
 from softsae_lens import SoftTrainingSAEConfig
-from softsae_lens.checkpoints import (
+from softsae_lens.train_activations import main
+from softsae_lens.training.checkpoints import (
     COMPLETE_MARKER,
     CheckpointError,
     is_complete,
     latest_complete,
     resolve_checkpoint,
 )
-from softsae_lens.train_activations import ActivationsRunnerConfig, main, train_on_activations
+from softsae_lens.training.on_arrays import ActivationsRunnerConfig, train_on_activations
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_nonfinite_row_fails_before_training_and_skip_trains_without_it(tmp_path
         train_on_activations(cfg, progress=False)
     assert f"activations={path}: 2 of 3000 rows hold NaN or inf (rows 17, 2990)" in str(err.value)
     # A held-out row failed the run only after training; it is found before now too.
-    from softsae_lens.activations import split_rows
+    from softsae_lens.data.activations import split_rows
 
     held_out = int(split_rows(3000, 0.1, 100_000, 0)[1][0])
     only_held_out = sparse_rows(3000)
@@ -372,9 +373,9 @@ def test_sigterm_in_one_process_leaves_a_resumable_checkpoint(tiny_model, tmp_pa
 
     from conftest import tiny_runner_cfg, token_dataset
 
-    from softsae_lens.distributed_runner import DistributedSAETrainingRunner
-    from softsae_lens.interrupt import TrainingInterrupted
-    from softsae_lens.runner import configure_runner
+    from softsae_lens.training.interrupt import TrainingInterrupted
+    from softsae_lens.training.run_length import configure_runner
+    from softsae_lens.training.runner import DistributedSAETrainingRunner
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
 
@@ -430,7 +431,7 @@ def _train_then_exit(cfg: ActivationsRunnerConfig, kill_in: str | None) -> None:
         if kill_in is not None:
             import sae_lens.training.sae_trainer as trainer_module
 
-            import softsae_lens.train_activations as runner_module
+            import softsae_lens.training.on_arrays as runner_module
 
             def die(*args, **kwargs):
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -459,7 +460,7 @@ def test_sigkill_at_random_moments_never_takes_an_incomplete_checkpoint(npy_path
 
     from sae_lens import SAE
 
-    from softsae_lens.checkpoints import checkpoint_folders
+    from softsae_lens.training.checkpoints import checkpoint_folders
 
     # A checkpoint every 4 of 200 steps, so that random kills often land in a write.
     settings = dict(training_samples=100 * 200, n_checkpoints=49)
@@ -579,7 +580,7 @@ def test_a_streamed_dataset_too_small_to_shard_is_refused(tmp_path):
     from conftest import token_dataset
     from datasets import load_dataset
 
-    from softsae_lens.distributed import DistributedContext, shard_dataset
+    from softsae_lens.training.distributed import DistributedContext, shard_dataset
 
     token_dataset(10).to_parquet(str(tmp_path / "train.parquet"))
     streamed = load_dataset(str(tmp_path), split="train", streaming=True)
@@ -619,7 +620,7 @@ def test_sigterm_stops_a_run_on_arrays_with_a_checkpoint_that_resumes_exactly(
     import os
     import signal
 
-    from softsae_lens.activations import ActivationBatches
+    from softsae_lens.data.activations import ActivationBatches
 
     root, _ = uninterrupted
     real_next, served = ActivationBatches.__next__, [0]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from _corpus_helpers import TINY_D_MODEL, tiny_lm
 
-from softsae_lens.corpus import load_corpus, tokenize_corpus
+from softsae_lens.data.corpus import load_corpus, tokenize_corpus
 from softsae_lens.experiments.sweep.__main__ import main as sweep_main
 from softsae_lens.experiments.sweep.calibrate import (
     L0SteeredMatchingPursuit,
@@ -266,7 +266,7 @@ def test_sweep_writes_its_files_and_replots(tiny_sweep):
 def test_sweep_runs_on_a_local_hugging_face_folder(tmp_path):
     from _tiny_hf import build_tiny_hf_model
 
-    from softsae_lens.evaluation import load_model_and_hook
+    from softsae_lens.models import load_model_and_hook
 
     folder = build_tiny_hf_model(tmp_path / "model")
     model, hook, name = load_model_and_hook(layer=1, model_path=folder)

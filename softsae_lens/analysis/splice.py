@@ -6,7 +6,7 @@ for a block, restore the model fully after, leave special tokens alone), :func:`
 of a model.
 
 Works the same on SAELens's ``HookedSAETransformer`` and ``SAETransformerBridge`` (and
-:class:`softsae_lens.sae_bridge.SAEBridge`). Must not depend on the rest of
+:class:`softsae_lens.models.bridge.SAEBridge`). Must not depend on the rest of
 :mod:`softsae_lens.analysis` (records, statistics, pages, plots), on files or on matplotlib:
 everything else in the package builds on this module.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from softsae_lens.sae_bridge import (
+from softsae_lens.models.bridge import (
     ExcludeSpecial,
     restored_hook_points,
     special_token_ids,
@@ -74,7 +74,7 @@ def check_soft(sae: Any) -> None:
 
 def supports_special_token_exclusion(model: Any) -> bool:
     """Whether ``model.saes(...)`` takes ``exclude_special_tokens`` (``HookedSAETransformer``,
-    :class:`~softsae_lens.sae_bridge.SAEBridge`; not a plain ``SAETransformerBridge``)."""
+    :class:`~softsae_lens.models.bridge.SAEBridge`; not a plain ``SAETransformerBridge``)."""
     saes = getattr(model, "saes", None)
     try:
         return callable(saes) and "exclude_special_tokens" in inspect.signature(saes).parameters
@@ -95,7 +95,7 @@ def spliced_sae(
     Unlike SAELens's own ``add_sae``, which logs a warning and does nothing when the SAE's hook
     name does not exist on the model, this raises a ValueError naming the hook. On a
     ``SAETransformerBridge`` the original HookPoint objects are put back on exit (SAELens leaves a
-    renamed one that silently ignores ``run_with_hooks``; see :mod:`softsae_lens.sae_bridge`).
+    renamed one that silently ignores ``run_with_hooks``; see :mod:`softsae_lens.models.bridge`).
 
     Args:
         exclude_special_tokens: positions holding these tokens keep the model's own activation,

@@ -8,7 +8,7 @@ Usage::
 
 Loads the SAE with ``SAE.load_from_disk`` (any registered architecture; ``import softsae_lens``
 registers "soft") and the model as ``python -m softsae_lens.analyze`` does
-(:func:`softsae_lens.analyze.load_model_for_sae`: ``--model-path``, ``--model``, else the SAE's
+(:func:`softsae_lens.models.load_model`: ``--model-path``, ``--model``, else the SAE's
 metadata, else SmolLM2 offline). Prints the cost before the stream, shows a progress bar, and
 writes ``index.html``, ``latents/``, ``dashboards.json`` and ``neuronpedia/`` into ``--out``.
 """
@@ -45,7 +45,7 @@ def parse_args(argv: Sequence[str]) -> DashboardsConfig:
 def _documents(cfg: DashboardsConfig) -> tuple[list[str], str]:
     if cfg.corpus is None:
         return [], ""
-    from softsae_lens.corpus import load_corpus, split_documents
+    from softsae_lens.data.corpus import load_corpus, split_documents
 
     sources = tuple(s.strip() for s in cfg.corpus.split(",") if s.strip())
     corpus = load_corpus(sources)
@@ -67,12 +67,10 @@ def run(cfg: DashboardsConfig, *, model: Any | None = None, progress: bool = Tru
 
     sae = SAE.load_from_disk(str(cfg.sae), device=cfg.device)
     if model is None:
-        from softsae_lens.analyze import load_model_for_sae
+        from softsae_lens.models import load_model
 
         t0 = time.perf_counter()
-        model, model_name = load_model_for_sae(
-            sae, cfg.model, cfg.device, model_path=cfg.model_path
-        )
+        model, model_name = load_model(cfg.model, cfg.device, path=cfg.model_path, sae=sae)
         print(f"dashboards: loaded {model_name} in {time.perf_counter() - t0:.0f} s")
     else:
         model_name = (

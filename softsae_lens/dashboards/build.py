@@ -92,8 +92,8 @@ def build_dashboards(
             never chosen as a context (True, as SAELens's run_evals), False for none, or ids.
         log: called with the cost estimate and a summary line (None: silent).
     """
-    from softsae_lens.models import resolve_hook_name
-    from softsae_lens.sae_bridge import special_token_ids
+    from softsae_lens.models.bridge import special_token_ids
+    from softsae_lens.models.local import resolve_hook_name
 
     sae.eval()
     hook = resolve_hook_name(model, hook_name or sae.cfg.metadata.hook_name)

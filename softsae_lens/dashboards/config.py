@@ -2,7 +2,7 @@
 
 Each field's docstring is its ``--help`` text (simple_parsing reads it). :meth:`validate`
 raises a one-line ValueError naming the argument, its value and what is allowed. Depends on
-nothing of the package but :mod:`softsae_lens.corpus.sources` (the source names).
+nothing of the package but :mod:`softsae_lens.data.corpus.sources` (the source names).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from softsae_lens.corpus.sources import SOURCES
+from softsae_lens.data.corpus.sources import SOURCES
 
 __all__ = ["TOP_BY", "DashboardsConfig", "parse_latents"]
 
@@ -111,7 +111,7 @@ class DashboardsConfig:
         if self.model is not None and self.model_path is not None:
             bad("model-path", self.model_path, "give --model or --model-path, not both")
         if self.model_path is not None:
-            from softsae_lens.models import local_model_path
+            from softsae_lens.models.local import local_model_path
 
             if local_model_path(self.model_path) is None:
                 bad("model-path", self.model_path, "expected a .gguf file or a model folder")

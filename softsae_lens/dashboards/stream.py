@@ -143,7 +143,7 @@ def stream(
     ``on_first`` is called with the seconds the first batch took (for a cost estimate)."""
     from tqdm.auto import tqdm
 
-    from softsae_lens.sae_bridge import special_token_mask
+    from softsae_lens.models.bridge import special_token_mask
 
     ids = list(excluded_ids)
     start = time.perf_counter()

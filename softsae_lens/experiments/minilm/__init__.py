@@ -2,14 +2,14 @@
 
 The paper's second domain is pooled CLIP image embeddings; this is the same setting with a
 model that runs offline here: all-MiniLM-L6-v2 sentence embeddings (384-d, mean-pooled and
-L2-normalised, :mod:`softsae_lens.minilm`) of real English text nobody in this project wrote:
+L2-normalised, :mod:`softsae_lens.models.minilm`) of real English text nobody in this project wrote:
 sentences of Python's own documentation (``pydoc_data.topics``, the language reference behind
 ``help("if")``, and the ``pydoc`` pages of a fixed list of standard-library modules).
 
 Steps, one module each: split the documents into prose sentences (:mod:`.sentences`); embed
 them once into ``OUT/embeddings.npy`` (:mod:`.embed`); train a SoftSAE and a TopK SAE at the
 same ``k`` with the same steps, batches, learning rate and seed through
-:func:`softsae_lens.train_activations.train_on_activations` (SAELens's ``SAETrainer`` over the
+:func:`softsae_lens.training.on_arrays.train_on_activations` (SAELens's ``SAETrainer`` over the
 ``.npy``, memory-mapped) and score both on the same held-out sentences (:mod:`.train`); then
 ask which sentences SoftSAE gives the most and the fewest latents (:mod:`.analysis`): Spearman
 correlations of ``k_hat`` with length (tokens), vocabulary (mean rarity of the words:
@@ -20,8 +20,8 @@ flags, :mod:`.run` the orchestration.
 
 Run::
 
-    python -m softsae_lens.experiments.minilm_embeddings       # all ~5,800 sentences, d_sae 1536, k 16
-    python -m softsae_lens.experiments.minilm_embeddings --max-sentences 2000 --passes 5   # a quick look
+    python -m softsae_lens.experiments.minilm       # all ~5,800 sentences, d_sae 1536, k 16
+    python -m softsae_lens.experiments.minilm --max-sentences 2000 --passes 5   # a quick look
 
 (``python -m softsae_lens.experiments.minilm`` is the same.) Outputs in ``--out`` (default
 ``out/minilm``): ``sentences.jsonl``, ``embeddings.npy``, the two saved SAEs (``soft/``,

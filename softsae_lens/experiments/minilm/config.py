@@ -15,7 +15,7 @@ import torch
 
 __all__ = ["Settings", "parse_args"]
 
-PROG = "python -m softsae_lens.experiments.minilm_embeddings"
+PROG = "python -m softsae_lens.experiments.minilm"
 
 
 @dataclass

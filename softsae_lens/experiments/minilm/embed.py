@@ -2,7 +2,7 @@
 (``OUT/embeddings.npy``) and token counts (``OUT/n_tokens.npy``), embedded once and reused while
 the sentences stay the same (``OUT/embeddings.sha256``).
 
-Depends on :mod:`softsae_lens.minilm` and the example's corpus and settings; must not depend on
+Depends on :mod:`softsae_lens.models.minilm` and the example's corpus and settings; must not depend on
 SAEs, training, reports or plots.
 """
 
@@ -23,7 +23,7 @@ __all__ = ["prepare"]
 def prepare(settings: Settings) -> tuple[list[Sentence], Path, np.ndarray]:
     """Sentences (``OUT/sentences.jsonl``) and their embeddings (``OUT/embeddings.npy``),
     reused when the file for the same sentences is already there; also the token counts."""
-    from softsae_lens.minilm import embed_sentences, load_minilm
+    from softsae_lens.models.minilm import embed_sentences, load_minilm
 
     sentences = split_sentences(documents(progress=settings.progress))
     if settings.max_sentences is not None and len(sentences) > settings.max_sentences:

@@ -2,12 +2,12 @@
 
 Documents are the topics of ``pydoc_data.topics`` (the language reference behind ``help("if")``)
 and the ``pydoc`` pages of the standard-library modules in :data:`MODULES`, rendered in a
-separate interpreter by :func:`softsae_lens.corpus.stdlib.render_stdlib_docs` (without their
+separate interpreter by :func:`softsae_lens.data.corpus.stdlib.render_stdlib_docs` (without their
 FILE and DATA sections, which hold install paths and reprs of module globals).
 :func:`split_sentences` keeps prose only: 4 to 60 words, ending like a sentence, mostly
 letters, each sentence once.
 
-Depends on the standard library and :mod:`softsae_lens.corpus`; must not depend on models,
+Depends on the standard library and :mod:`softsae_lens.data.corpus`; must not depend on models,
 SAEs, training, reports or plots.
 """
 
@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from softsae_lens.corpus.stdlib import render_stdlib_docs
+from softsae_lens.data.corpus.stdlib import render_stdlib_docs
 
 __all__ = ["MODULES", "REFERENCE", "Sentence", "documents", "split_sentences"]
 

@@ -1,6 +1,6 @@
 """Training both SAEs of the example on the embeddings: SoftSAE and TopK at the same ``k``, with
 the same steps, batches, learning rate and seed, through
-:func:`softsae_lens.train_activations.train_on_activations` (SAELens's ``SAETrainer`` over the
+:func:`softsae_lens.training.on_arrays.train_on_activations` (SAELens's ``SAETrainer`` over the
 memory-mapped ``.npy``), each scored per held-out sentence.
 
 Depends on SAELens, the SoftSAE classes and the activations glue; must not depend on the
@@ -23,10 +23,10 @@ def train_both(settings: Settings, emb_path: Path, n_rows: int) -> dict[str, Any
     from sae_lens import TopKTrainingSAEConfig
 
     from softsae_lens import SoftTrainingSAEConfig
-    from softsae_lens.activations import open_activations, split_rows
-    from softsae_lens.heldout import evaluate_on_rows
-    from softsae_lens.minilm import D_MODEL
-    from softsae_lens.train_activations import ActivationsRunnerConfig, train_on_activations
+    from softsae_lens.data.activations import open_activations, split_rows
+    from softsae_lens.evals.heldout import evaluate_on_rows
+    from softsae_lens.models.minilm import D_MODEL
+    from softsae_lens.training.on_arrays import ActivationsRunnerConfig, train_on_activations
 
     n_train = n_rows - round(settings.eval_fraction * n_rows)
     steps = max(1, round(settings.passes * n_train / settings.batch_size))

@@ -21,7 +21,7 @@ the local model or dataset as an argument.
 ``--quick`` builds a tiny random HookedTransformer (SmolLM2's tokenizer, first-letter directions
 planted in its embedding so that absorption has features to find), caches its activations with
 the package's arrays-on-disk path, trains tiny SAEs with
-:func:`softsae_lens.train_activations.train_on_activations` and runs every eval: the path of
+:func:`softsae_lens.training.on_arrays.train_on_activations` and runs every eval: the path of
 ``make test``. ``--plan-only`` prints the predicted cost.
 
 Importing this package imports nothing heavy: ``--help`` works in the main environment too.

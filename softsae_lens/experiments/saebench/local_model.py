@@ -110,7 +110,7 @@ def smollm2_model(device: str = "cpu") -> Any:
     absorption fails with ``KeyError: 'blocks.5.hook_resid_post'``, as measured here)."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    from softsae_lens import smollm2
+    from softsae_lens.models import smollm2
 
     bridge = TransformerBridge.boot_transformers(
         str(smollm2.dequantized_folder()), device=device, dtype=torch.float32
@@ -120,8 +120,8 @@ def smollm2_model(device: str = "cpu") -> Any:
 
 
 def local_text(min_chars: int = 0) -> list[str]:
-    """Documents of the package's local corpora (:func:`softsae_lens.corpus.sources.load_corpus`)."""
-    from softsae_lens.corpus.sources import load_corpus
+    """Documents of the package's local corpora (:func:`softsae_lens.data.corpus.sources.load_corpus`)."""
+    from softsae_lens.data.corpus.sources import load_corpus
 
     corpus = load_corpus(min_chars=min_chars)
     return list(corpus.documents)

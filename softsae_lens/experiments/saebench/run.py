@@ -1,8 +1,8 @@
 """The run: model and text -> (quick: cache activations, train tiny SAEs) -> every eval -> report.
 
 Runs in SAEBench's environment (``make saebench-env``). Training goes through the package's own
-pipeline (:func:`softsae_lens.train_activations.train_on_activations` on activations cached as a
-``.npy`` read by :func:`softsae_lens.activations.open_activations`; the sweep's
+pipeline (:func:`softsae_lens.training.on_arrays.train_on_activations` on activations cached as a
+``.npy`` read by :func:`softsae_lens.data.activations.open_activations`; the sweep's
 ``sae_config`` gives each architecture's config), not a second copy of it.
 """
 
@@ -141,9 +141,9 @@ def cache_activations(
 
 def train_quick(cfg: SaebenchConfig, acts: Path, d_in: int, hook: str, model_name: str):
     """Tiny SAEs of every quick architecture and target, through the package's pipeline."""
-    from softsae_lens.activations import open_activations
+    from softsae_lens.data.activations import open_activations
     from softsae_lens.experiments.sweep.config import SweepConfig, sae_config
-    from softsae_lens.train_activations import ActivationsRunnerConfig, train_on_activations
+    from softsae_lens.training.on_arrays import ActivationsRunnerConfig, train_on_activations
 
     sweep_cfg = SweepConfig(device=cfg.device)
     n_rows = open_activations(acts).n_rows
@@ -174,8 +174,8 @@ def train_quick(cfg: SaebenchConfig, acts: Path, d_in: int, hook: str, model_nam
 
 
 def _k_hat_stats(sae: Any, acts: Path) -> dict[str, Any] | None:
-    from softsae_lens.activations import open_activations
-    from softsae_lens.heldout import evaluate_on_rows
+    from softsae_lens.data.activations import open_activations
+    from softsae_lens.evals.heldout import evaluate_on_rows
 
     if not hasattr(sae, "predict_k"):
         return None
@@ -240,7 +240,7 @@ def run(cfg: SaebenchConfig) -> dict[str, Any]:
     for name, path in sae_paths.items():
         sae = SAE.load_from_disk(str(path), device=cfg.device)
         if hook is None:
-            from softsae_lens.models import resolve_hook_name
+            from softsae_lens.models.local import resolve_hook_name
 
             sae.cfg.metadata.hook_name = resolve_hook_name(model, sae.cfg.metadata.hook_name)
         sae_hook = sae.cfg.metadata.hook_name

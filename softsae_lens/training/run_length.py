@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any
 
 from softsae_lens.soft_sae import SoftTrainingSAEConfig
@@ -62,3 +64,49 @@ def set_run_length(
             f"{steps} steps ({source}); set one to match or leave total_training_steps=None"
         )
     sae_cfg.add_training_info_to_metadata()
+
+
+def multi_runner_config(
+    saes: dict[str, Any],
+    hook_name: str,
+    model_name: str,
+    dataset_path: str,
+    *,
+    context_size: int,
+    tokens: int,
+    batch_tokens: int,
+    lr: float,
+    device: str,
+    seed: int,
+    out: Path,
+    autocast: bool = False,
+) -> Any:
+    """SAELens's multi-SAE runner config for SAEs trained side by side on one activation stream
+    (the demo's and the sweep's), with SoftSAE's run length filled in."""
+    from sae_lens import LoggingConfig
+    from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
+
+    steps = tokens // batch_tokens
+    runner_cfg = MultiSAETrainingRunnerConfig(
+        saes=saes,
+        hook_names=hook_name,
+        model_name=model_name,
+        dataset_path=dataset_path,
+        context_size=context_size,
+        training_tokens=tokens,
+        train_batch_size_tokens=batch_tokens,
+        n_batches_in_buffer=max(4, math.ceil(2 * batch_tokens / context_size)),
+        store_batch_size_prompts=8,
+        lr=lr,
+        lr_warm_up_steps=max(1, steps // 20),
+        device=device,
+        seed=seed,
+        autocast=autocast,
+        exclude_special_tokens=True,
+        logger=LoggingConfig(log_to_wandb=False),
+        output_path=str(out / "saes"),
+        checkpoint_path=None,
+        n_checkpoints=0,
+        n_batches_for_norm_estimate=min(20, steps),
+    )
+    return configure_runner(runner_cfg)

@@ -19,7 +19,7 @@ patching SAELens:
    such option, though its SAE wrapper supports a token mask. :class:`SAEBridge` adds it.
 
 Must not depend on the rest of softsae_lens (the SoftSAE classes included): it is plain SAELens
-glue, used by :mod:`softsae_lens.models` and :mod:`softsae_lens.analysis`.
+glue, used by :mod:`softsae_lens.models.local` and :mod:`softsae_lens.analysis`.
 """
 
 from __future__ import annotations

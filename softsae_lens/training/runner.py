@@ -40,15 +40,15 @@ from sae_lens.training.prefetch import PrefetchingIterator
 from safetensors.torch import save_file
 from transformer_lens import HookedRootModule
 
-from softsae_lens.checkpoints import CheckpointError, mark_complete, resolve_checkpoint
-from softsae_lens.distributed import (
+from softsae_lens.training.checkpoints import CheckpointError, mark_complete, resolve_checkpoint
+from softsae_lens.training.distributed import (
     DistributedContext,
     DistributedSAETrainer,
     check_same_config,
     init_distributed,
     shard_dataset,
 )
-from softsae_lens.interrupt import fit_until_signalled
+from softsae_lens.training.interrupt import fit_until_signalled
 
 DISTRIBUTED_STATE_FILENAME = "distributed_state.json"
 
@@ -139,7 +139,7 @@ class DistributedSAETrainingRunner(LanguageModelSAETrainingRunner):
     Same arguments as SAELens's runner. ``override_dataset`` (or the configured
     ``dataset_path``) is the whole dataset; each rank shards it. With cached activations, the
     cached activation dataset is sharded instead. ``self.distributed`` is the
-    :class:`~softsae_lens.distributed.DistributedContext`, or ``None`` in one process. Under
+    :class:`~softsae_lens.training.distributed.DistributedContext`, or ``None`` in one process. Under
     torchrun, ``cfg`` is updated in place with this rank's device (``cuda`` becomes
     ``cuda:LOCAL_RANK``) and rank 0's checkpoint folder.
     """
@@ -289,7 +289,7 @@ class DistributedSAETrainingRunner(LanguageModelSAETrainingRunner):
 
     def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
         """Train in one process; SIGINT/SIGTERM stop between two steps with a complete
-        checkpoint and raise :class:`~softsae_lens.interrupt.TrainingInterrupted` (SAELens
-        6.54's version saves into a folder it never created; see :mod:`softsae_lens.interrupt`).
+        checkpoint and raise :class:`~softsae_lens.training.interrupt.TrainingInterrupted` (SAELens
+        6.54's version saves into a folder it never created; see :mod:`softsae_lens.training.interrupt`).
         """
         return fit_until_signalled(trainer, self.cfg.checkpoint_path)

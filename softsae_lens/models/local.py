@@ -2,7 +2,7 @@
 
 One path for every local model: :func:`load_bridge` takes a ``.gguf`` file or a folder holding a
 Hugging Face causal LM (``config.json``, weights, tokenizer) and returns a
-:class:`~softsae_lens.sae_bridge.SAEBridge` (SAELens's ``SAETransformerBridge`` whose hooks
+:class:`~softsae_lens.models.bridge.SAEBridge` (SAELens's ``SAETransformerBridge`` whose hooks
 survive SAE splices) in eval mode, with TransformerLens hook names. A GGUF file is de-quantised
 once into a float32 folder in a cache (:func:`dequantized_folder`: a completion marker and a file
 lock make concurrent and interrupted builds safe); later loads read that folder in seconds.
@@ -14,14 +14,14 @@ giving them to ``run_with_cache``, SAELens's ``ActivationsStore`` / training run
 
 Example (what the demo, the sweep and ``python -m softsae_lens.analyze --model-path`` do)::
 
-    from softsae_lens.models import layer_hook_name, load_bridge, resolve_hook_name
+    from softsae_lens.models.local import layer_hook_name, load_bridge, resolve_hook_name
 
     model = load_bridge("path/to/model.gguf")          # or a Hugging Face model folder
     hook_name = resolve_hook_name(model, layer_hook_name(5))   # "blocks.5.hook_out"
     # Record the path as the runner's model_name: `analyze` then finds the model by itself.
 
 Nothing here reads the network (``local_files_only``). Must not depend on the SoftSAE classes,
-analysis, CLIs or experiments; :mod:`softsae_lens.smollm2` is one caller.
+analysis, CLIs or experiments; :mod:`softsae_lens.models.smollm2` is one caller.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from softsae_lens.sae_bridge import SAEBridge
+    from softsae_lens.models.bridge import SAEBridge
 
 __all__ = [
     "cache_root",
@@ -180,7 +180,7 @@ def load_bridge(
     dtype: torch.dtype | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> SAEBridge:
-    """Boot a local model as an :class:`~softsae_lens.sae_bridge.SAEBridge`, in eval mode.
+    """Boot a local model as an :class:`~softsae_lens.models.bridge.SAEBridge`, in eval mode.
 
     Args:
         path: a ``.gguf`` file (de-quantised once, see :func:`dequantized_folder`) or a Hugging
@@ -195,7 +195,7 @@ def load_bridge(
     """
     import torch
 
-    from softsae_lens.sae_bridge import SAEBridge
+    from softsae_lens.models.bridge import SAEBridge
 
     given = Path(path).expanduser()
     if is_gguf_file(given):

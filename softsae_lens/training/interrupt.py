@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from softsae_lens.checkpoints import is_complete
+from softsae_lens.training.checkpoints import is_complete
 
 __all__ = ["TrainingInterrupted", "fit_until_signalled"]
 

@@ -1,17 +1,17 @@
 """Offline real text for training and evaluating SAEs: sources, held-out split, token rows.
 
-* :mod:`softsae_lens.corpus.sources`: where the text comes from (Python's own documentation and
+* :mod:`softsae_lens.data.corpus.sources`: where the text comes from (Python's own documentation and
   source, plus Debian text when installed), :func:`load_corpus` and :func:`split_documents`.
-* :mod:`softsae_lens.corpus.stdlib`: rendering the standard library's pydoc pages safely, and
+* :mod:`softsae_lens.data.corpus.stdlib`: rendering the standard library's pydoc pages safely, and
   reading its source files.
-* :mod:`softsae_lens.corpus.tokens`: :func:`tokenize_corpus`, the pre-tokenised, cached rows
+* :mod:`softsae_lens.data.corpus.tokens`: :func:`tokenize_corpus`, the pre-tokenised, cached rows
   SAELens trains and evaluates on.
 
 Depends on the standard library, ``datasets``, ``torch`` and SAELens's tokenisation helpers;
 nothing here knows about models, SAEs or training.
 """
 
-from softsae_lens.corpus.sources import (
+from softsae_lens.data.corpus.sources import (
     FORTUNES_DIR,
     PYTHON_DOC_ROOT,
     SOURCES,
@@ -24,12 +24,12 @@ from softsae_lens.corpus.sources import (
     split_documents,
     to_hf_dataset,
 )
-from softsae_lens.corpus.stdlib import (
+from softsae_lens.data.corpus.stdlib import (
     default_cache_root,
     stdlib_doc_documents,
     stdlib_source_documents,
 )
-from softsae_lens.corpus.tokens import (
+from softsae_lens.data.corpus.tokens import (
     TokenCorpus,
     pretokenized_warnings_ignored,
     runner_stream_tokens,

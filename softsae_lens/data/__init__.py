@@ -1,0 +1,1 @@
+"""Data: activations stored as arrays on disk and the offline text corpus."""

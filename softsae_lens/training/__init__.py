@@ -1,0 +1,1 @@
+"""Training: run length, checkpoints, interrupts, torch.distributed, and training on arrays."""
