@@ -13,8 +13,6 @@ see ``softsae_lens_autoload``).
 Holds :func:`save_for_hub` (the repository tree: one folder per SAE in inference format, and a
 model card) and :func:`push_to_hub` (that tree through SAELens's own
 ``upload_saes_to_huggingface``, plus the card).
-
-Must not depend on: CLIs, plots, training code.
 """
 
 from __future__ import annotations

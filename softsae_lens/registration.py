@@ -1,6 +1,5 @@
 """Registers the "soft" architecture with SAELens (inference and training) through its own
-``register_sae_class`` / ``register_sae_training_class``. Depends on SAELens and
-:mod:`softsae_lens.soft_sae` only.
+``register_sae_class`` / ``register_sae_training_class``.
 
 SAELens has no entry-point discovery and raises on a second registration of a name, which a
 module reload or ``python -m`` of an imported module would trigger. Registering here is

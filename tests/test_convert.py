@@ -28,10 +28,10 @@ from softsae_lens.convert import (
     convert_paper_state_dict,
     find_paper_config,
     load_paper_checkpoint,
-    main,
     paper_hook_name,
     read_paper_state_dict,
 )
+from softsae_lens.convert.cli import main
 
 D_IN, D_SAE, K = 24, 64, 6
 NORM_FACTOR = 7.25

@@ -22,8 +22,6 @@ Modules, each importing only those above it:
   templates (``templates/``).
 - :mod:`~softsae_lens.analysis.plots`: :func:`plot_tokens_png`, :func:`plot_corpus_stats`.
 - :mod:`~softsae_lens.analysis.write`: :func:`write_analysis` (all files at once).
-
-The package must not depend on the CLIs, the demo or the experiments.
 """
 
 from softsae_lens.analysis.colors import K_COLORS

@@ -3,7 +3,7 @@
 Holds :data:`K_COLORS` (the anchors), :data:`EXCLUDED_COLORS` (special tokens, off the scale),
 :func:`k_colormap` (a matplotlib colormap through them),
 :func:`color_for` (a token's background and a readable text colour) and :func:`k_range` (the
-scale's default limits). Must not depend on records, models, pages or plots: both views call it.
+scale's default limits).
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 Holds :func:`k_override_fn` (the validated override), :func:`with_k_override` (a context manager
 that replaces ``k_hat`` on the SAE's ``hook_sae_k``), :class:`KOverrideLoss` and
-:func:`loss_with_k_override` (the model's loss clean, spliced, and overridden). Must not depend on
-records, statistics, pages, plots or files.
+:func:`loss_with_k_override` (the model's loss clean, spliced, and overridden).
 """
 
 from __future__ import annotations

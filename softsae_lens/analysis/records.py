@@ -2,8 +2,7 @@
 
 Holds the per-token record, the token classes the statistics group by (:func:`classify_token`),
 :func:`sae_info` (the SAE facts written beside the records) and the function that reads records
-from a model with the SAE spliced in. Must not depend on statistics, pages, plots or files (those
-modules read records; records know nothing of them).
+from a model with the SAE spliced in.
 """
 
 from __future__ import annotations

@@ -3,8 +3,7 @@
 Holds :func:`render_html`, which fills ``templates/tokens.html.j2`` with jinja2 (autoescaped)
 and inlines ``templates/tokens.css`` and ``templates/tokens.js`` so the page is one
 self-contained file. The script never writes ``</`` and builds its DOM with ``textContent``,
-never ``innerHTML``, so token text cannot inject markup. Must not depend on models, statistics,
-plots or files beyond its own templates.
+never ``innerHTML``, so token text cannot inject markup.
 """
 
 from __future__ import annotations

@@ -6,9 +6,7 @@ for a block, restore the model fully after, leave special tokens alone), :func:`
 of a model.
 
 Works the same on SAELens's ``HookedSAETransformer`` and ``SAETransformerBridge`` (and
-:class:`softsae_lens.models.bridge.SAEBridge`). Must not depend on the rest of
-:mod:`softsae_lens.analysis` (records, statistics, pages, plots), on files or on matplotlib:
-everything else in the package builds on this module.
+:class:`softsae_lens.models.bridge.SAEBridge`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ Holds :func:`quantile_summary` (the package's one summary of a distribution: cou
 min, p5, p25, median, p75, p95, max), :func:`k_stats_by_class`, :func:`spearman` (paired
 values, ``scipy.stats.spearmanr``), :func:`k_loss_spearman` (``k_hat`` against a token field) and :func:`corpus_stats` (everything ``corpus_stats.json`` holds).
 Records marked ``excluded`` (special tokens the SAE was not spliced at) count in no statistic.
-Must not depend on models, splicing, pages, plots or files: it reads records and numbers only.
 """
 
 from __future__ import annotations

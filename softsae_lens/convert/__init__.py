@@ -45,11 +45,8 @@ Command line::
 Modules: :mod:`~softsae_lens.convert.paper_format` reads and validates the paper's files
 (``ae.pt``, ``config.json``, the hook name); :mod:`~softsae_lens.convert.to_softsae` folds them
 into a SAELens SoftSAE and writes it; :mod:`~softsae_lens.convert.cli` is the command line.
-Every public name is importable from here. Depends on the SoftSAE classes and SAELens; must not
-depend on other CLIs, experiments, analysis, models or training.
 """
 
-from softsae_lens.convert.cli import main
 from softsae_lens.convert.paper_format import (
     CHECKPOINT_FILENAME,
     CONFIG_FILENAME,
@@ -84,7 +81,6 @@ __all__ = [
     "find_paper_config",
     "fold_paper_weights",
     "load_paper_checkpoint",
-    "main",
     "paper_hook_name",
     "read_paper_config",
     "read_paper_state_dict",

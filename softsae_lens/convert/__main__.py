@@ -1,4 +1,4 @@
-"""``python -m softsae_lens.convert``: runs :func:`softsae_lens.convert.cli.main`; nothing imports it."""
+"""``python -m softsae_lens.convert``: runs :func:`softsae_lens.convert.cli.main`."""
 
 import sys
 

@@ -2,9 +2,7 @@
 
 Parses the flags, calls :func:`~softsae_lens.convert.convert_paper_checkpoint`, prints what it
 wrote, and turns a :class:`~softsae_lens.convert.PaperCheckpointError` into a one-line error and
-exit status 2. Holds no conversion logic: depends on :mod:`~softsae_lens.convert.to_softsae` and
-:mod:`~softsae_lens.convert.paper_format` only, and neither of them imports it (the package
-re-exports :func:`main`).
+exit status 2. Holds no conversion logic.
 """
 
 from __future__ import annotations

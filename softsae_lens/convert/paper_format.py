@@ -12,9 +12,6 @@ the activations). State dict keys (PyTorch ``Linear`` layout, ``weight`` is ``[o
 
 Every problem raises :class:`PaperCheckpointError` (or :class:`HookNameError`) with a message
 naming what was found and what was expected.
-
-Depends on torch and the standard library only: must not depend on SAELens, the SoftSAE
-classes (:mod:`softsae_lens.convert.to_softsae` builds those) or the command line.
 """
 
 from __future__ import annotations

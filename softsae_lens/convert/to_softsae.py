@@ -6,9 +6,6 @@
 returns raw activations, with the maths in :mod:`softsae_lens.convert`'s docstring;
 :func:`load_paper_checkpoint` reads the files first; :func:`convert_paper_checkpoint` also writes
 a SAELens SAE folder.
-
-Depends on :mod:`softsae_lens.soft_sae`, SAELens's SAE metadata and file names, and
-:mod:`~softsae_lens.convert.paper_format`; must not depend on the command line.
 """
 
 from __future__ import annotations

@@ -21,8 +21,6 @@ Modules, each importing only those above it:
 - :mod:`~softsae_lens.dashboards.write`: :func:`write_dashboards`, all files at once.
 - ``python -m softsae_lens.dashboards`` (:mod:`~softsae_lens.dashboards.__main__`): the CLI and
   :func:`run`, which loads the SAE and the model as ``python -m softsae_lens.analyze`` does.
-
-Must not depend on the demo or the experiments.
 """
 
 from softsae_lens.dashboards.build import Dashboards, build_dashboards

@@ -6,7 +6,7 @@ Holds :func:`build_dashboards`, which streams token rows through the model and t
 ready for the pages and the Neuronpedia export).
 
 Works for any SAELens SAE: latents fire where ``sae.encode`` is > 0; an SAE with ``predict_k``
-(SoftSAE) also gets its per-token ``k_hat``. Must not depend on pages, files or CLIs.
+(SoftSAE) also gets its per-token ``k_hat``.
 """
 
 from __future__ import annotations

@@ -12,8 +12,7 @@ activations ``[batch, pos, d_sae]`` and folds it into fixed-size state:
   fixed log-spaced bins (1% wide), re-binned linearly once the maximum is known.
 
 Per token it keeps only the token id, its row, its position in the row, ``k_hat`` and whether it
-was excluded (special tokens): a few bytes, so contexts can be rebuilt afterwards. Must not depend
-on models, files or pages.
+was excluded (special tokens): a few bytes, so contexts can be rebuilt afterwards.
 """
 
 from __future__ import annotations

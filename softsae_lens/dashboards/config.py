@@ -1,8 +1,7 @@
 """The settings of one dashboards run: :class:`DashboardsConfig`, the CLI's flags and their help.
 
 Each field's docstring is its ``--help`` text (simple_parsing reads it). :meth:`validate`
-raises a one-line ValueError naming the argument, its value and what is allowed. Depends on
-nothing of the package but :mod:`softsae_lens.data.corpus.sources` (the source names).
+raises a one-line ValueError naming the argument, its value and what is allowed.
 """
 
 from __future__ import annotations

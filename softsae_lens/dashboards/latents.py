@@ -3,8 +3,7 @@
 Holds the logit effects (:func:`unembedding`, :func:`final_norm_scale`, :func:`logit_effects`),
 :func:`select_latents` (which latents get pages), :func:`latent_data` (one latent's contexts,
 intervals, histograms, logit tables, neuron alignment and k_hat comparison as a JSON-able dict)
-and :func:`summary` (every latent's density, max and mean; dead and dense ones). Must not depend
-on pages, files or CLIs.
+and :func:`summary` (every latent's density, max and mean; dead and dense ones).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ tables. Each activation is one context: ``tokens`` (str), ``values`` (float),
 ``bin_max=<max activation>``, ``bin_contains=-1`` for the top group (as SAEDashboard parses its
 "TOP ACTIVATIONS" title), else the interval's bounds and the fraction of tokens in it. Floats are
 rounded to 5 decimals, as SAEDashboard does. Correlated neurons and features are not computed
-(empty lists). Depends only on the dashboard dicts.
+(empty lists).
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ Holds :func:`render_index` and :func:`render_latent`, which fill ``templates/*.j
 (autoescaped) and inline ``templates/dashboards.css`` and ``templates/index.js``: every page is
 one file that opens from disk, with nothing fetched. Histograms are inline SVG drawn here, so
 the latent pages need no script at all. Formatting happens here; the templates only lay out.
-Must not depend on models, files or the stream.
 """
 
 from __future__ import annotations

@@ -3,8 +3,7 @@
 Holds :func:`token_rows` (texts and corpus documents to rows of token ids), :func:`encode_batch`
 (the model's activations at the SAE's hook, ``sae.encode`` and, for an SAE with ``predict_k``,
 ``k_hat``) and :func:`stream` (every batch through both, into a
-:class:`~softsae_lens.dashboards.collect.LatentCollector`, with a progress bar). Must not depend
-on pages, files or CLIs.
+:class:`~softsae_lens.dashboards.collect.LatentCollector`, with a progress bar).
 """
 
 from __future__ import annotations

@@ -11,8 +11,6 @@ train/held-out split of the rows; :class:`ActivationBatches`, the endless shuffl
 Arrays with more than two dimensions are read as rows of their last dimension (``[n, ctx, d]``
 gives ``n * ctx`` rows), which is also how a cached-activations dataset's ``[ctx, d]`` cells
 are read. Only the rows a batch needs are read from disk.
-
-Must not depend on: any model, any SAE architecture, CLIs or plots.
 """
 
 from __future__ import annotations

@@ -4,9 +4,6 @@ Holds :func:`evaluate_on_rows` (explained variance, MSE, L0 and its distribution
 and for SAEs that predict their own k, the distribution of ``k_hat``), the
 :func:`distribution` summary it uses, and :class:`HeldOutEvaluator`, the same metrics in the
 shape ``sae_lens.SAETrainer`` calls during training.
-
-Must not depend on: a particular architecture (a SoftSAE is recognised by its ``predict_k``),
-CLIs, plots or files other than the activations.
 """
 
 from __future__ import annotations

@@ -17,9 +17,6 @@ patching SAELens:
 2. **Special tokens.** ``HookedSAETransformer.saes(exclude_special_tokens=...)`` bypasses the SAE
    at BOS/EOS/PAD/SEP positions, as ``run_evals`` does by default; the bridge's ``saes`` has no
    such option, though its SAE wrapper supports a token mask. :class:`SAEBridge` adds it.
-
-Must not depend on the rest of softsae_lens (the SoftSAE classes included): it is plain SAELens
-glue, used by :mod:`softsae_lens.models.local` and :mod:`softsae_lens.analysis`.
 """
 
 from __future__ import annotations

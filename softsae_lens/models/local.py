@@ -20,8 +20,7 @@ Example (what the demo, the sweep and ``python -m softsae_lens.analyze --model-p
     hook_name = resolve_hook_name(model, layer_hook_name(5))   # "blocks.5.hook_out"
     # Record the path as the runner's model_name: `analyze` then finds the model by itself.
 
-Nothing here reads the network (``local_files_only``). Must not depend on the SoftSAE classes,
-analysis, CLIs or experiments; :mod:`softsae_lens.models.smollm2` is one caller.
+Nothing here reads the network (``local_files_only``).
 """
 
 from __future__ import annotations

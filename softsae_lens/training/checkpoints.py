@@ -7,8 +7,6 @@ this package therefore ends its ``save_checkpoint_fn`` with :func:`mark_complete
 :data:`COMPLETE_MARKER` (the name and size of every file in the folder) atomically, last. A folder
 without the marker, or whose files no longer match it, is incomplete: :func:`resolve_checkpoint`
 refuses it by name, and :func:`latest_complete` skips it.
-
-Must not depend on: CLIs, experiments, or any SAE architecture.
 """
 
 from __future__ import annotations

@@ -11,9 +11,6 @@ k penalty and relative alpha. The runner that wires this into SAELens's
 
 Everything here is opt-in by the environment: :func:`init_distributed` returns ``None`` when
 ``WORLD_SIZE`` is unset or 1, and callers then take SAELens's own code paths unchanged.
-
-Must not depend on: CLIs, experiments, plots, or SoftSAE's classes (architectures opt in through
-hook and buffer names, so this works for every SAELens training architecture).
 """
 
 from __future__ import annotations

@@ -6,8 +6,6 @@ crashes. :func:`fit_until_signalled` instead lets the signal set a flag; the tra
 next asks its data provider for a batch, which is between two steps, and the checkpoint is written
 the SAELens way (``trainer.save_checkpoint``, which calls the runner's ``save_checkpoint_fn``). A
 second signal stops at once.
-
-Must not depend on: CLIs, experiments, or any SAE architecture.
 """
 
 from __future__ import annotations

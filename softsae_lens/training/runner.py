@@ -14,7 +14,7 @@ In one process (no ``WORLD_SIZE``, or ``WORLD_SIZE=1``) it *is* SAELens's
   other; a checkpoint resumes with the number of processes that wrote it.
 
 What the ranks compute together (gradients, dead latents, normalisation, batch statistics) is in
-``distributed.py``. Must not depend on: CLIs, experiments, or SoftSAE's classes.
+``distributed.py``.
 """
 
 from __future__ import annotations

@@ -6,9 +6,6 @@
   reading its source files.
 * :mod:`softsae_lens.data.corpus.tokens`: :func:`tokenize_corpus`, the pre-tokenised, cached rows
   SAELens trains and evaluates on.
-
-Depends on the standard library, ``datasets``, ``torch`` and SAELens's tokenisation helpers;
-nothing here knows about models, SAEs or training.
 """
 
 from softsae_lens.data.corpus.sources import (

@@ -16,7 +16,6 @@ Five sources, each used when present:
   document per page). ``apt-get install python3.11-doc``.
 
 Documents are whole units (a topic, a module page, a file, a fortune) and are never truncated.
-Depends on the standard library only (``datasets`` for :func:`to_hf_dataset`).
 """
 
 from __future__ import annotations

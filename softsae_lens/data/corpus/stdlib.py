@@ -8,8 +8,6 @@
   is cached on disk (keyed by the interpreter), so the ~1 minute of rendering happens once.
 * :func:`stdlib_source_documents`: the standard library's own ``.py`` files, tests, codec
   tables, the pydoc topic dump and build-configuration files excluded, one document per file.
-
-Depends on the Python standard library only (and ``tqdm`` for the progress bar).
 """
 
 from __future__ import annotations

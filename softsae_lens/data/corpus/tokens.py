@@ -8,9 +8,6 @@ every row and between documents, which is also what the store does on the fly wi
 :func:`~softsae_lens.data.corpus.sources.split_documents`), and saves both splits with
 ``datasets.save_to_disk`` under a key made of the tokenizer, the documents and the context
 size, so the work happens once per corpus and tokenizer.
-
-Depends on :mod:`softsae_lens.data.corpus.sources`, ``datasets``, ``torch`` and SAELens's
-``tokenization_and_batching``; knows nothing about models or training.
 """
 
 from __future__ import annotations

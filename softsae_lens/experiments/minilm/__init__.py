@@ -27,9 +27,6 @@ Run::
 ``out/minilm``): ``sentences.jsonl``, ``embeddings.npy``, the two saved SAEs (``soft/``,
 ``topk/``), ``results.json``, ``results.md`` and ``k_hat.png``. Image embeddings (CLIP: 512-d,
 the paper's d_sae 4096 and k 220) go through the same ``train_activations`` path from a ``.npy``.
-
-An experiment (the top floor): depends on the glue below it (corpus, models, activations,
-training); nothing in ``softsae_lens`` outside ``experiments`` may depend on it.
 """
 
 from softsae_lens.experiments.minilm.analysis import analyse, spearman, vocabulary_features

@@ -1,4 +1,4 @@
-"""``python -m softsae_lens.experiments.minilm``: runs :func:`.run.main`; nothing imports it."""
+"""``python -m softsae_lens.experiments.minilm``: runs :func:`.run.main`."""
 
 from softsae_lens.experiments.minilm.run import main
 

@@ -4,8 +4,6 @@ Per held-out sentence: ``k_hat`` against length (tokens), vocabulary (mean rarit
 ``-log10`` of their frequency in this corpus), code-likeness (share of words with ``_``,
 ``()``, dots or digits) and both SAEs' relative errors, as Spearman correlations; mean
 ``k_hat`` per category and per source; the sentences at both ends.
-
-Depends on numpy and scipy; must not depend on models, training, files, reports or plots.
 """
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
-"""The example's settings (:class:`Settings`) and its command-line flags (:func:`parse_args`).
-
-Depends on the standard library and torch (for ``--threads``) only; must not depend on the
-corpus, models, SAEs, reports or plots.
-"""
+"""The example's settings (:class:`Settings`) and its command-line flags (:func:`parse_args`)."""
 
 from __future__ import annotations
 

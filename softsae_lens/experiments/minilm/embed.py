@@ -1,9 +1,6 @@
 """The example's data on disk: its sentences (``OUT/sentences.jsonl``), their MiniLM embeddings
 (``OUT/embeddings.npy``) and token counts (``OUT/n_tokens.npy``), embedded once and reused while
 the sentences stay the same (``OUT/embeddings.sha256``).
-
-Depends on :mod:`softsae_lens.models.minilm` and the example's corpus and settings; must not depend on
-SAEs, training, reports or plots.
 """
 
 from __future__ import annotations

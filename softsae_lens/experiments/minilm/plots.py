@@ -1,8 +1,7 @@
 """The example's figure (``k_hat.png``): k_hat's distribution against TopK's k, k_hat against
 sentence length and word rarity, and the sources with the lowest and highest mean k_hat.
 
-Matplotlib's object-oriented API on the Agg canvas (no pyplot state). Depends on numpy and
-matplotlib; must not depend on models, training or the corpus.
+Matplotlib's object-oriented API on the Agg canvas (no pyplot state).
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
 """The example's written results: the Markdown report (``results.md``) and what goes into
 ``results.json`` (everything but the per-sentence arrays).
-
-Depends on numpy only; must not depend on models, training or plots.
 """
 
 from __future__ import annotations

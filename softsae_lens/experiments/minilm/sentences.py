@@ -6,9 +6,6 @@ separate interpreter by :func:`softsae_lens.data.corpus.stdlib.render_stdlib_doc
 FILE and DATA sections, which hold install paths and reprs of module globals).
 :func:`split_sentences` keeps prose only: 4 to 60 words, ending like a sentence, mostly
 letters, each sentence once.
-
-Depends on the standard library and :mod:`softsae_lens.data.corpus`; must not depend on models,
-SAEs, training, reports or plots.
 """
 
 from __future__ import annotations

@@ -2,9 +2,6 @@
 the same steps, batches, learning rate and seed, through
 :func:`softsae_lens.training.on_arrays.train_on_activations` (SAELens's ``SAETrainer`` over the
 memory-mapped ``.npy``), each scored per held-out sentence.
-
-Depends on SAELens, the SoftSAE classes and the activations glue; must not depend on the
-corpus, reports or plots.
 """
 
 from __future__ import annotations
