@@ -13,6 +13,7 @@ import pytest
 import torch
 from _tiny_hf import TEXTS, boot_plain_bridge, build_tiny_hf_model, write_tiny_gguf
 
+from softsae_lens.cache import cache_root
 from softsae_lens.models import local as models
 from softsae_lens.models import smollm2
 from softsae_lens.models.bridge import SAEBridge, special_token_ids
@@ -115,7 +116,7 @@ def test_gguf_is_dequantized_once_then_reused(tiny_hf_folder, tiny_gguf, tmp_pat
 
 def test_gguf_default_cache_is_per_file(tiny_gguf, tmp_path, monkeypatch):
     monkeypatch.setenv("SOFTSAE_CACHE", str(tmp_path / "root"))
-    assert models.cache_root() == tmp_path / "root"
+    assert cache_root() == tmp_path / "root"
     folder = dequantized_folder(tiny_gguf)
     assert folder.parent == tmp_path / "root" and folder.name.startswith("tiny-")
     other = tmp_path / "elsewhere" / "tiny.gguf"

@@ -33,13 +33,14 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from softsae_lens.cache import cache_root
+
 if TYPE_CHECKING:
     import torch
 
     from softsae_lens.models.bridge import SAEBridge
 
 __all__ = [
-    "cache_root",
     "dequantize_gguf",
     "dequantized_folder",
     "is_gguf_file",
@@ -55,12 +56,6 @@ MARKER = "softsae_dequantized.json"
 # Bump when the folder's layout or content changes, so old caches are rebuilt.
 _FORMAT_VERSION = 1
 _ALLOWED = "a .gguf file or a Hugging Face model folder (a folder with config.json)"
-
-
-def cache_root() -> Path:
-    """Where de-quantised models go: ``$SOFTSAE_CACHE`` if set, else ``~/.cache/softsae_lens``."""
-    root = os.environ.get("SOFTSAE_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "softsae_lens"
 
 
 def is_gguf_file(path: str | os.PathLike[str]) -> bool:

@@ -19,13 +19,13 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from softsae_lens.cache import cache_root
+from softsae_lens.models.local import dequantized_folder as _dequantized_folder
 from softsae_lens.models.local import (
-    cache_root,
     layer_hook_name,
     load_bridge,
     resolve_hook_name,
 )
-from softsae_lens.models.local import dequantized_folder as _dequantized_folder
 
 if TYPE_CHECKING:
     from softsae_lens.models.bridge import SAEBridge
@@ -86,7 +86,7 @@ def gguf_path() -> Path:
 
 def default_cache_dir() -> Path:
     """Folder that :func:`dequantized_folder` uses when none is given:
-    ``smollm2-135m-instruct`` under :func:`softsae_lens.models.cache_root` (``$SOFTSAE_CACHE``
+    ``smollm2-135m-instruct`` under :func:`softsae_lens.cache.cache_root` (``$SOFTSAE_CACHE``
     if set, else ``~/.cache/softsae_lens``)."""
     return cache_root() / _CACHE_SUBDIR
 

@@ -22,7 +22,6 @@ from softsae_lens.data.corpus.sources import (
     to_hf_dataset,
 )
 from softsae_lens.data.corpus.stdlib import (
-    default_cache_root,
     stdlib_doc_documents,
     stdlib_source_documents,
 )
@@ -41,7 +40,6 @@ __all__ = [
     "SOURCES",
     "Corpus",
     "TokenCorpus",
-    "default_cache_root",
     "fortune_documents",
     "load_corpus",
     "parse_sources",

@@ -24,9 +24,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from softsae_lens.cache import cache_root as default_cache_root
+
 __all__ = [
     "STDLIB_DOC_SKIPPED",
-    "default_cache_root",
     "render_stdlib_docs",
     "stdlib_doc_documents",
     "stdlib_doc_modules",
@@ -67,12 +68,6 @@ with open(out_path, "a", encoding="utf-8") as out:
         out.write(json.dumps(record) + "\n")
         out.flush()
 """
-
-
-def default_cache_root() -> Path:
-    """Cache root of this package: ``$SOFTSAE_CACHE`` if set, else ``~/.cache/softsae_lens``."""
-    root = os.environ.get("SOFTSAE_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "softsae_lens"
 
 
 def stdlib_doc_modules() -> list[str]:
@@ -210,7 +205,7 @@ def stdlib_doc_documents(
     why; later calls read that file. Pages come back sorted by module name, empty ones dropped.
 
     Args:
-        cache_root: default :func:`default_cache_root`.
+        cache_root: default :func:`softsae_lens.cache.cache_root`.
         timeout: per-module stall timeout for the rendering, in seconds.
         progress: show a progress bar while rendering.
     """

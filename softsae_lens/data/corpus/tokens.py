@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from softsae_lens.cache import cache_root as default_cache_root
 from softsae_lens.data.corpus.sources import Corpus, split_documents
-from softsae_lens.data.corpus.stdlib import default_cache_root
 
 if TYPE_CHECKING:
     import datasets
