@@ -196,7 +196,7 @@ def test_soft_trains_from_npy_saves_and_reports(data, tmp_path):
     assert m["n_rows"] == 300 and m["n_train_rows"] == 2700
     assert m["explained_variance"] > 0.6, m
     assert 2.0 < m["l0"] < 7.0 and m["l0_dist"]["std"] > 0, m["l0_dist"]
-    assert set(m["k_hat"]) >= {"mean", "std", "q05", "q50", "q95"}
+    assert set(m["k_hat"]) >= {"count", "mean", "std", "p5", "median", "p95"}
     assert m["k_hat"]["mean"] == pytest.approx(m["l0"], abs=0.6)
     # The saved folder is SAELens's format and holds the same SAE.
     folder = tmp_path / "sae"

@@ -385,7 +385,8 @@ def test_cli_requires_some_text(trained_dir, capsys):
 @pytest.mark.smollm2
 def test_cli_on_smollm2_bridge(tmp_path):
     """The real CLI on SmolLM2 (SAETransformerBridge) with a random SoftSAE at d_in=576."""
-    from softsae_lens import SoftSAEConfig, smollm2
+    from softsae_lens import SoftSAEConfig
+    from softsae_lens.models import smollm2
 
     torch.manual_seed(0)
     sae = SoftSAE(SoftSAEConfig(d_in=smollm2.D_MODEL, d_sae=1024, k=8))

@@ -1,9 +1,8 @@
 """Held-out metrics of any SAELens SAE on rows of activations stored on disk.
 
 Holds :func:`evaluate_on_rows` (explained variance, MSE, L0 and its distribution, dead latents,
-and for SAEs that predict their own k, the distribution of ``k_hat``), the
-:func:`distribution` summary it uses, and :class:`HeldOutEvaluator`, the same metrics in the
-shape ``sae_lens.SAETrainer`` calls during training.
+and for SAEs that predict their own k, the distribution of ``k_hat``) and
+:class:`HeldOutEvaluator`, the same metrics in the shape ``sae_lens.SAETrainer`` calls during training.
 """
 
 from __future__ import annotations
@@ -21,9 +20,7 @@ from tqdm.auto import tqdm
 
 from softsae_lens.data.activations import ActivationRows, iter_row_batches
 
-__all__ = ["HeldOutEvaluator", "distribution", "evaluate_on_rows"]
-
-_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+__all__ = ["HeldOutEvaluator", "evaluate_on_rows"]
 
 
 @torch.no_grad()
@@ -42,8 +39,8 @@ def evaluate_on_rows(
     E||x - E x||^2), ``mse`` (squared error summed over dimensions, averaged over rows, as
     SAELens's evals), ``cossim``, ``l0`` (mean number of nonzero latents) and its
     distribution ``l0_dist``, ``dead_latents`` (latents that never fire on these rows) and
-    ``n_rows``; for an SAE with ``predict_k`` (SoftSAE), ``k_hat`` (mean, std, min, max and
-    quantiles of the predicted k before rounding). ``per_row=True`` adds a ``rows`` entry of
+    ``n_rows``; for an SAE with ``predict_k`` (SoftSAE), ``k_hat`` (the predicted k before
+    rounding). Both distributions are :func:`~softsae_lens.analysis.stats.quantile_summary`'s. ``per_row=True`` adds a ``rows`` entry of
     per-row numpy arrays (``l0``, ``sq_err``, ``norm_sq``, and ``k_hat`` for SoftSAEs).
     ``scaler`` maps raw rows to the SAE's input space (during training, before the trainer
     folds its normalisation into the weights).
@@ -53,6 +50,8 @@ def evaluate_on_rows(
     ev = ExplainedVarianceCalculator()
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     per: dict[str, list[torch.Tensor]] = {"l0": [], "sq_err": [], "norm_sq": [], "cossim": []}
+    from softsae_lens.analysis.stats import quantile_summary  # lazily: analysis loads matplotlib
+
     has_k = hasattr(sae, "predict_k")
     if has_k:
         per["k_hat"] = []
@@ -87,27 +86,15 @@ def evaluate_on_rows(
         "mse": cat["sq_err"].mean().item(),
         "cossim": cat["cossim"].mean().item(),
         "l0": cat["l0"].float().mean().item(),
-        "l0_dist": distribution(cat["l0"]),
+        "l0_dist": quantile_summary(cat["l0"]),
         "dead_latents": int((~fired).sum()),
         "d_sae": sae.cfg.d_sae,
     }
     if has_k:
-        metrics["k_hat"] = distribution(cat["k_hat"])
+        metrics["k_hat"] = quantile_summary(cat["k_hat"])
     if per_row:
         metrics["rows"] = {name: values.numpy() for name, values in cat.items()}
     return metrics
-
-
-def distribution(values: torch.Tensor) -> dict[str, float]:
-    """Mean, std, min, max and the 5/25/50/75/95 percent quantiles of ``values``."""
-    v = values.double().flatten()
-    out = {"mean": v.mean().item(), "std": v.std().item() if v.numel() > 1 else 0.0}
-    out["min"], out["max"] = v.min().item(), v.max().item()
-    for q, value in zip(
-        _QUANTILES, torch.quantile(v, torch.tensor(_QUANTILES, dtype=v.dtype)), strict=True
-    ):
-        out[f"q{round(q * 100):02d}"] = value.item()
-    return out
 
 
 class HeldOutEvaluator:

@@ -42,6 +42,7 @@ from softsae_lens.evals.lm import (
 )
 from softsae_lens.evals.token_stats import fmt_rho, soft_k_statistics
 from softsae_lens.experiments.lm_shared import PhaseClock, add_model_and_text_flags
+from softsae_lens.experiments.tables import markdown_table
 from softsae_lens.models import check_model_choice, load_model_and_hook
 from softsae_lens.training.run_length import multi_runner_config
 
@@ -276,16 +277,13 @@ def plot_k_hist(k_hat: list[float], path: Path, k_target: int) -> None:
     fig.savefig(path, dpi=120)
 
 
-def markdown_table(rows: dict[str, dict[str, float | None]]) -> str:
+def headline_table(rows: dict[str, dict[str, float | None]]) -> str:
     """Side-by-side table of the headline metrics."""
-    lines = ["| metric | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
-    for key in HEADLINE_KEYS:
-        cells = []
-        for name in rows:
-            value = rows[name].get(key)
-            cells.append("n/a" if value is None else f"{value:.4g}")
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [
+        [key, *("n/a" if r.get(key) is None else f"{r[key]:.4g}" for r in rows.values())]
+        for key in HEADLINE_KEYS
+    ]
+    return "\n".join(markdown_table(["metric", *rows], cells))
 
 
 def _l0_on_target_lines(summary: dict[str, Any]) -> list[str]:
@@ -301,7 +299,7 @@ def _l0_on_target_lines(summary: dict[str, Any]) -> list[str]:
 
 def write_report(out: Path, summary: dict[str, Any]) -> str:
     """Write ``report.md`` and return the table."""
-    table = markdown_table(summary["metrics"])
+    table = headline_table(summary["metrics"])
     k = summary["softsae_k_hat"]
     ev = summary["eval_budget"]
     lines = [

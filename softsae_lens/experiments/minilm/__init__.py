@@ -29,7 +29,7 @@ Run::
 the paper's d_sae 4096 and k 220) go through the same ``train_activations`` path from a ``.npy``.
 """
 
-from softsae_lens.experiments.minilm.analysis import analyse, spearman, vocabulary_features
+from softsae_lens.experiments.minilm.analysis import analyse, vocabulary_features
 from softsae_lens.experiments.minilm.config import Settings, parse_args
 from softsae_lens.experiments.minilm.embed import prepare
 from softsae_lens.experiments.minilm.plots import make_plot
@@ -58,7 +58,6 @@ __all__ = [
     "parse_args",
     "prepare",
     "run_experiment",
-    "spearman",
     "split_sentences",
     "train_both",
     "vocabulary_features",

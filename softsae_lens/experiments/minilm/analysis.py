@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from softsae_lens.analysis.stats import spearman
 from softsae_lens.experiments.minilm.sentences import Sentence
 
-__all__ = ["analyse", "spearman", "vocabulary_features"]
+__all__ = ["analyse", "vocabulary_features"]
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.()]*")
 _CODE_WORD = re.compile(r"_|\(\)|\w\.\w|\d")
@@ -38,11 +39,10 @@ def vocabulary_features(texts: Sequence[str]) -> dict[str, np.ndarray]:
     return {"n_words": np.array([len(ws) for ws in words]), "rarity": rarity, "code_share": code}
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b).statistic)
+def _rho(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho (:func:`softsae_lens.analysis.stats.spearman`), NaN where it has none."""
+    rho = spearman(a, b)["rho"]
+    return math.nan if rho is None else rho
 
 
 def analyse(
@@ -61,8 +61,8 @@ def analyse(
         "soft_rel_err": soft["sq_err"] / soft["norm_sq"],
         "topk_rel_err": topk["sq_err"] / topk["norm_sq"],
     }
-    correlations = {name: spearman(k_hat, values) for name, values in per.items()}
-    correlations["soft_l0"] = spearman(k_hat, soft["l0"])
+    correlations = {name: _rho(k_hat, values) for name, values in per.items()}
+    correlations["soft_l0"] = _rho(k_hat, soft["l0"])
     sources = np.array([sentences[i].source for i in held])
     categories = np.array([sentences[i].category for i in held])
     by_category = {

@@ -8,20 +8,28 @@ from typing import Any
 
 import numpy as np
 
+from softsae_lens.experiments.tables import markdown_table
+
 __all__ = ["jsonable", "markdown_report"]
 
 
-def _row(name: str, m: dict[str, Any], seconds: float) -> str:
-    k_hat = m.get("k_hat")
+def _row(name: str, run: dict[str, Any]) -> list[str]:
+    m, k_hat = run["metrics"], run["metrics"].get("k_hat")
     k_text = (
-        f"{k_hat['mean']:.1f} ({k_hat['q05']:.1f} / {k_hat['q50']:.1f} / {k_hat['q95']:.1f})"
+        f"{k_hat['mean']:.1f} ({k_hat['p5']:.1f} / {k_hat['median']:.1f} / {k_hat['p95']:.1f})"
         if k_hat
         else "-"
     )
-    return (
-        f"| {name} | {m['explained_variance']:.3f} | {m['mse']:.4f} | {m['l0']:.1f} | "
-        f"{m['l0_dist']['std']:.1f} | {k_text} | {m['dead_latents']} / {m['d_sae']} | {seconds:.0f} |"
-    )
+    return [
+        name,
+        f"{m['explained_variance']:.3f}",
+        f"{m['mse']:.4f}",
+        f"{m['l0']:.1f}",
+        f"{m['l0_dist']['std']:.1f}",
+        k_text,
+        f"{m['dead_latents']} / {m['d_sae']}",
+        f"{run['seconds']:.0f}",
+    ]
 
 
 def markdown_report(result: dict[str, Any]) -> str:
@@ -35,16 +43,23 @@ def markdown_report(result: dict[str, Any]) -> str:
         f"384-d mean-pooled, L2-normalised embeddings; d_sae {s['d_sae']}, k {s['k']}, "
         f"{runs['steps']} steps of {s['batch_size']}, lr {s['lr']}, seed {s['seed']}.",
         "",
-        "| SAE | EV | MSE | mean L0 | L0 std | k_hat mean (5% / 50% / 95%) | dead | train s |",
-        "|---|---|---|---|---|---|---|---|",
-        _row("SoftSAE", runs["soft"]["metrics"], runs["soft"]["seconds"]),
-        _row("TopK", runs["topk"]["metrics"], runs["topk"]["seconds"]),
+        *markdown_table(
+            [
+                "SAE",
+                "EV",
+                "MSE",
+                "mean L0",
+                "L0 std",
+                "k_hat mean (5% / 50% / 95%)",
+                "dead",
+                "train s",
+            ],
+            [_row("SoftSAE", runs["soft"]), _row("TopK", runs["topk"])],
+        ),
         "",
         "Spearman correlation of SoftSAE's k_hat with, per held-out sentence:",
         "",
-        "| " + " | ".join(a["spearman_k_hat"]) + " |",
-        "|" + "---|" * len(a["spearman_k_hat"]),
-        "| " + " | ".join(f"{v:+.2f}" for v in a["spearman_k_hat"].values()) + " |",
+        *markdown_table(a["spearman_k_hat"], [[f"{v:+.2f}" for v in a["spearman_k_hat"].values()]]),
         "",
         "Mean k_hat by category: "
         + "; ".join(f"{c} {v['k_hat_mean']:.1f} (n={v['n']})" for c, v in a["by_category"].items()),
@@ -61,17 +76,16 @@ def markdown_report(result: dict[str, Any]) -> str:
         )
         lines.append("")
     for title, key in (("Fewest latents", "fewest"), ("Most latents", "most")):
+        table = [
+            [f"{p['k_hat']:.1f}", p["tokens"], p["rarity"], p["source"], p["text"][:140]]
+            for p in a[key]
+        ]
         lines += [
             f"{title}:",
             "",
-            "| k_hat | tokens | rarity | source | sentence |",
-            "|---|---|---|---|---|",
+            *markdown_table(["k_hat", "tokens", "rarity", "source", "sentence"], table),
+            "",
         ]
-        lines += [
-            f"| {p['k_hat']:.1f} | {p['tokens']} | {p['rarity']} | {p['source']} | {p['text'][:140]} |"
-            for p in a[key]
-        ]
-        lines.append("")
     return "\n".join(lines)
 
 

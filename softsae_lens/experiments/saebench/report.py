@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from softsae_lens.experiments.tables import markdown_table
+
 __all__ = ["summary_rows", "write_outputs"]
 
 ABSORPTION_CAVEAT = (
@@ -81,27 +83,21 @@ def _markdown(results: dict[str, Any]) -> str:
     lines += ["", ABSORPTION_CAVEAT, "", "![SAEBench metrics against L0](plot.png)", ""]
     if rows:
         headers = list(dict.fromkeys(k for r in rows for k in r))
-        lines.append("| " + " | ".join(headers) + " |")
-        lines.append("|" + "---|" * len(headers))
-        for r in rows:
-            lines.append("| " + " | ".join(_fmt(r.get(h)) for h in headers) + " |")
+        lines += markdown_table(headers, ([_fmt(r.get(h)) for h in headers] for r in rows))
     lines += ["", "## Wall time (s)", ""]
     for k, v in results.get("timings", {}).items():
         v = ", ".join(f"{n} {s:.1f}" for n, s in v.items()) if isinstance(v, dict) else f"{v:.1f}"
         lines.append(f"- {k}: {v}")
-    lines += [
-        "",
-        "| SAE | " + " | ".join(_evals(results)) + " |",
-        "|---|" + "---|" * len(_evals(results)),
-    ]
+    seconds = []
     for name, entry in sorted(results["saes"].items()):
-        cells = []
+        cells = [name]
         for e in _evals(results):
             r = entry["evals"].get(e)
             cells.append(
                 "-" if r is None else f"{r['seconds']:.1f}" + (" (error)" if r["error"] else "")
             )
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        seconds.append(cells)
+    lines += ["", *markdown_table(["SAE", *_evals(results)], seconds)]
     errors = [
         f"- {name} / {e}: {r['error']}"
         for name, entry in sorted(results["saes"].items())
