@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"soft_config", "soft_encoder"},  # the architecture: configs, the classes' shared parts
     {"soft_sae"},  # the architecture: the inference and training classes
     {"registration", "hub"},  # SAELens's registry, the Hugging Face layout
-    {"cache"},  # where built files are cached
+    {"cache", "flags"},  # where built files are cached; command lines from config dataclasses
     {"data", "models"},  # activations and text on disk; language models
     {"analysis"},  # per-token records, statistics, views
     {"evals"},  # held-out metrics

@@ -20,7 +20,6 @@ Hugging Face text dataset.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -29,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from simple_parsing import field
 
-from softsae_lens.data.corpus import SOURCES, TokenCorpus
+from softsae_lens.data.corpus import SOURCES, TokenCorpus, parse_sources
 from softsae_lens.evals.lm import (
     HEADLINE_KEYS,
     EvalBudget,
@@ -41,8 +41,9 @@ from softsae_lens.evals.lm import (
     measure_forward_seconds,
 )
 from softsae_lens.evals.token_stats import fmt_rho, soft_k_statistics
-from softsae_lens.experiments.lm_shared import PhaseClock, add_model_and_text_flags
+from softsae_lens.experiments.lm_shared import PhaseClock
 from softsae_lens.experiments.tables import markdown_table
+from softsae_lens.flags import config_parser, parse_config
 from softsae_lens.models import check_model_choice, load_model_and_hook
 from softsae_lens.training.run_length import multi_runner_config
 
@@ -52,27 +53,63 @@ SAE_NAMES = ("softsae", "topk")
 
 @dataclass
 class DemoConfig:
-    """Settings of one demo run (the CLI flags)."""
+    """SoftSAE next to TopK on a real language model and real text, offline by default."""
 
     tokens: int = 300_000
+    """training tokens (both SAEs)"""
     layer: int = 5
-    d_sae: int | None = None  # default 8 x d_model
+    """residual stream layer (blocks.L.hook_resid_post)"""
+    d_sae: int | None = None
+    """latents per SAE (unset: 8 x d_model)"""
     k: int = 32
-    model: str | None = None  # None: SmolLM2-135M-Instruct offline
-    model_path: Path | None = None  # a .gguf file or a local Hugging Face model folder
-    dataset: str | None = None  # None: local corpus (Python docs and source, + Debian text)
-    sources: tuple[str, ...] = SOURCES  # which local corpus sources to use, when present
+    """TopK's k and SoftSAE's target mean k"""
+    model: str | None = None
+    """TransformerLens model name (unset: SmolLM2-135M-Instruct, offline)"""
+    model_path: Path | None = None
+    """a .gguf file or a local Hugging Face model folder, booted as a bridge, offline"""
+    dataset: str | None = None
+    """Hugging Face dataset with a 'text' column (unset: the local corpus)"""
+    sources: tuple[str, ...] = field(default=SOURCES, type=parse_sources, nargs=None)
+    """local text sources to use when present, comma-separated"""
     out: Path = DEFAULT_OUT
+    """output folder"""
     context_size: int = 128
+    """tokens per row"""
     batch_tokens: int = 1024
+    """tokens per step"""
     lr: float = 1e-3
+    """learning rate (both SAEs)"""
     eval_batches: int = 6
-    eval_variance_batches: int | None = None  # default: eval_batches
+    """held-out batches per SAE for the CE-loss and KL scores (3 model forwards each)"""
+    eval_variance_batches: int | None = None
+    """held-out batches per SAE for explained variance, MSE, L0 (unset: --eval-batches)"""
     eval_batch_prompts: int = 8
+    """rows of --context-size tokens per evaluation batch"""
     k_report_docs: int = 24
+    """held-out documents for SoftSAE's per-token k_hat statistics"""
     seed: int = 0
+    """seed (also picks held-out documents)"""
     device: str = "cpu"
+    """torch device"""
     plan_only: bool = False
+    """print the corpus, run and evaluation cost; stop"""
+
+    def __post_init__(self) -> None:
+        """A one-line ValueError naming the flag, its value and the rule."""
+        positive = ("tokens", "k", "context_size", "batch_tokens", "eval_batches")
+        positive += ("eval_batch_prompts",)
+        for name in (*positive, "eval_variance_batches", "k_report_docs"):
+            value = getattr(self, name)
+            if value is not None and (value <= 0 if name in positive else value < 0):
+                allowed = "positive" if name in positive else ">= 0"
+                raise ValueError(f"--{name.replace('_', '-')} must be {allowed}, got {value}")
+        if self.eval_variance_batches == 0:
+            raise ValueError("--eval-variance-batches must be positive, got 0")
+        check_model_choice(self.model, self.model_path)
+        if self.tokens < self.batch_tokens:
+            raise ValueError(
+                f"--tokens={self.tokens} is less than one batch (--batch-tokens={self.batch_tokens})"
+            )
 
     def eval_budget(self) -> EvalBudget:
         """What ``run_evals`` and the k_hat report read per SAE."""
@@ -87,98 +124,8 @@ class DemoConfig:
 
 
 def parse_args(argv: list[str] | None = None) -> DemoConfig:
-    """Parse the demo's command-line flags."""
-    d = DemoConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m softsae_lens.demo",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--tokens", type=int, default=d.tokens, help="training tokens (both SAEs)")
-    p.add_argument(
-        "--layer",
-        type=int,
-        default=d.layer,
-        help="residual stream layer (blocks.L.hook_resid_post)",
-    )
-    p.add_argument("--d-sae", type=int, default=None, help="latents per SAE (default 8 x d_model)")
-    p.add_argument("--k", type=int, default=d.k, help="TopK's k and SoftSAE's target mean k")
-    add_model_and_text_flags(p, d.sources)
-    p.add_argument(
-        "--dataset", default=None, help="Hugging Face dataset with a 'text' column (default: local)"
-    )
-    p.add_argument("--out", type=Path, default=d.out, help="output folder")
-    p.add_argument("--context-size", type=int, default=d.context_size, help="tokens per row")
-    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="tokens per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (both SAEs)")
-    p.add_argument(
-        "--eval-batches",
-        type=int,
-        default=d.eval_batches,
-        help="held-out batches per SAE for the CE-loss and KL scores (3 model forwards each)",
-    )
-    p.add_argument(
-        "--eval-variance-batches",
-        type=int,
-        default=None,
-        help="held-out batches per SAE for explained variance, MSE, L0 (default: --eval-batches)",
-    )
-    p.add_argument(
-        "--eval-batch-prompts",
-        type=int,
-        default=d.eval_batch_prompts,
-        help="rows of --context-size tokens per evaluation batch",
-    )
-    p.add_argument(
-        "--k-report-docs",
-        type=int,
-        default=d.k_report_docs,
-        help="held-out documents for SoftSAE's per-token k_hat statistics",
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help="seed (also picks held-out documents)")
-    p.add_argument("--device", default=d.device, help="torch device")
-    p.add_argument(
-        "--plan-only", action="store_true", help="print the corpus, run and evaluation cost; stop"
-    )
-    a = p.parse_args(argv)
-    cfg = DemoConfig(
-        tokens=a.tokens,
-        layer=a.layer,
-        d_sae=a.d_sae,
-        k=a.k,
-        model=a.model,
-        model_path=a.model_path,
-        dataset=a.dataset,
-        sources=a.sources,
-        out=a.out,
-        context_size=a.context_size,
-        batch_tokens=a.batch_tokens,
-        lr=a.lr,
-        eval_batches=a.eval_batches,
-        eval_variance_batches=a.eval_variance_batches,
-        eval_batch_prompts=a.eval_batch_prompts,
-        k_report_docs=a.k_report_docs,
-        seed=a.seed,
-        device=a.device,
-        plan_only=a.plan_only,
-    )
-    positive = ("tokens", "k", "context_size", "batch_tokens", "eval_batches", "eval_batch_prompts")
-    for name in (*positive, "eval_variance_batches", "k_report_docs"):
-        value = getattr(cfg, name)
-        if value is not None and (value <= 0 if name in positive else value < 0):
-            allowed = "positive" if name in positive else ">= 0"
-            raise SystemExit(f"--{name.replace('_', '-')} must be {allowed}, got {value}")
-    if cfg.eval_variance_batches == 0:
-        raise SystemExit("--eval-variance-batches must be positive, got 0")
-    try:
-        check_model_choice(cfg.model, cfg.model_path)
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
-    if cfg.tokens < cfg.batch_tokens:
-        raise SystemExit(
-            f"--tokens={cfg.tokens} is less than one batch (--batch-tokens={cfg.batch_tokens})"
-        )
-    return cfg
+    """Parse the demo's command-line flags (one per :class:`DemoConfig` field)."""
+    return parse_config(config_parser(DemoConfig, "python -m softsae_lens.demo", __doc__), argv).cfg
 
 
 def _seed_everything(seed: int) -> None:

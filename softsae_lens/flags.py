@@ -1,0 +1,38 @@
+"""Command lines generated from config dataclasses (simple_parsing, as SAELens's CLI): ``--help``
+from the field docstrings, ``--a-b`` with ``--a_b`` accepted too, a bad value a one-line error."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["config_parser", "parse_config"]
+
+
+def config_parser(config_class: type, prog: str, description: str | None = None) -> Any:
+    """A parser with a flag per field of ``config_class`` (parsed into ``cfg``)."""
+    from simple_parsing import ArgumentParser, DashVariant
+
+    parser = ArgumentParser(
+        prog=prog,
+        description=description or config_class.__doc__,
+        add_option_string_dash_variants=DashVariant.DASH,
+        add_config_path_arg=False,
+    )
+    parser.add_arguments(config_class, dest="cfg")
+    return parser
+
+
+def parse_config(parser: Any, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; a ValueError the config's ``__post_init__`` raises for a bad value becomes
+    ``SystemExit`` with its one-line message (no traceback for a user's mistake)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # --a_b is --a-b (SAELens's CLI spells its flags with underscores).
+    argv = [re.sub(r"^(--[^=]*)", lambda m: m[1].replace("_", "-"), a) for a in argv]
+    try:
+        return parser.parse_args(argv)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
