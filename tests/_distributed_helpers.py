@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
-from conftest import CONTEXT, D_MODEL, build_tiny_model, tiny_runner_cfg, token_dataset
+from helpers import CONTEXT, D_MODEL, build_tiny_model, tiny_runner_cfg, token_dataset
 
 WORLD = 2
 GLOBAL_BATCH = 128  # tokens per step over both ranks: 8 rows of 16 tokens

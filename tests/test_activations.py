@@ -308,7 +308,7 @@ def test_cached_activations_runner_then_use_cached_activations_trains_soft(
 ):
     import datasets
     import sae_lens.cache_activations_runner as cache_runner_module
-    from conftest import CONTEXT, D_MODEL, HOOK, tiny_runner_cfg, token_dataset
+    from helpers import CONTEXT, D_MODEL, HOOK, tiny_runner_cfg, token_dataset
     from sae_lens import (
         CacheActivationsRunner,
         CacheActivationsRunnerConfig,

@@ -5,8 +5,17 @@ import os
 
 import pytest
 import torch
-from _analysis_helpers import REPO, parse_html, run_analyze
-from conftest import CONTEXT, D_MODEL, VOCAB, build_tiny_model, tiny_runner_cfg, token_dataset  # noqa: F401
+from helpers import (  # noqa: F401
+    CONTEXT,
+    D_MODEL,
+    REPO,
+    VOCAB,
+    build_tiny_model,
+    parse_html,
+    run_analyze,
+    tiny_runner_cfg,
+    token_dataset,
+)
 from sae_lens import (
     SAE,
     LanguageModelSAETrainingRunner,
@@ -359,7 +368,7 @@ def test_cli_subprocess_with_model_factory(trained_dir, tmp_path):
     out = tmp_path / "cli"
     proc = run_analyze(
         ["--sae", str(trained_dir), "--token-ids", "1 2 3 4 5 6 7 8", "--out", str(out)]
-        + ["--model-factory", "conftest:build_tiny_model", "--no-png"],
+        + ["--model-factory", "helpers:build_tiny_model", "--no-png"],
         cwd=tmp_path,
         PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]),
     )

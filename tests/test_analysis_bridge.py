@@ -9,9 +9,16 @@ import json
 
 import pytest
 import torch
-from _analysis_helpers import REPO, parse_html, run_analyze
-from _tiny_hf import TEXTS as TINY_TEXTS
-from _tiny_hf import boot_plain_bridge, build_tiny_hf_model, random_soft_sae, write_tiny_gguf
+from helpers import (
+    REPO,
+    boot_plain_bridge,
+    build_tiny_hf_model,
+    parse_html,
+    random_soft_sae,
+    run_analyze,
+    write_tiny_gguf,
+)
+from helpers import TEXTS as TINY_TEXTS
 
 from softsae_lens import analysis as A
 from softsae_lens.analyze import main as analyze_main
@@ -304,8 +311,8 @@ def test_cli_bad_model_arguments(local_sae_dir, tmp_path, capsys, flag, value, m
 def test_cli_model_factory_errors_name_the_flag(local_sae_dir, tmp_path):
     with pytest.raises(ValueError, match="--model-factory no_such_module:f: cannot import"):
         _cli(["--sae", str(local_sae_dir), "--model-factory", "no_such_module:f"])
-    with pytest.raises(ValueError, match="'conftest' has no function 'nothing'"):
-        _cli(["--sae", str(local_sae_dir), "--model-factory", "conftest:nothing"])
+    with pytest.raises(ValueError, match="'helpers' has no function 'nothing'"):
+        _cli(["--sae", str(local_sae_dir), "--model-factory", "helpers:nothing"])
 
 
 def test_cli_subprocess_offline_on_a_gguf_file(local_sae_dir, tiny_hf_folder, tmp_path):

@@ -4,7 +4,7 @@ too. Each is a way a user's ordinary SAELens tooling touches an SAE."""
 
 import pytest
 import torch
-from conftest import D_MODEL, tiny_runner_cfg, token_dataset, train_step_input
+from helpers import D_MODEL, tiny_runner_cfg, token_dataset, train_step_input
 from sae_lens import SAE, LanguageModelSAETrainingRunner, TrainingSAE
 from sae_lens.registry import get_sae_training_class
 

@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from _corpus_helpers import tiny_lm, tiny_tokenizer
+from helpers import tiny_lm, tiny_tokenizer
 
 from softsae_lens.data import corpus
 from softsae_lens.data.corpus import (

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import pytest
 import torch
-from _tiny_hf import TEXTS, boot_plain_bridge, build_tiny_hf_model, random_soft_sae
+from helpers import TEXTS, boot_plain_bridge, build_tiny_hf_model, random_soft_sae
 
 from softsae_lens.dashboards import DashboardsConfig
 from softsae_lens.dashboards.__main__ import main, run

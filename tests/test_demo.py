@@ -99,7 +99,7 @@ def test_demo_end_to_end_on_real_model_and_text(tmp_path):
 
 def test_demo_on_a_local_hugging_face_folder(tmp_path, monkeypatch):
     """The demo's whole path, offline, on a tiny model folder a user could have saved."""
-    from _tiny_hf import build_tiny_hf_model
+    from helpers import build_tiny_hf_model
 
     monkeypatch.setenv("SOFTSAE_CACHE", str(tmp_path / "cache"))  # the token rows go there
     from softsae_lens.experiments.demo import run_demo

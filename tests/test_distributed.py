@@ -26,8 +26,8 @@ from _distributed_helpers import (
     run_two_ranks,
     runner_cfg,
 )
-from conftest import build_tiny_model, tiny_runner_cfg, token_dataset
 from datasets import DatasetDict
+from helpers import build_tiny_model, tiny_runner_cfg, token_dataset
 from sae_lens import SAE, LanguageModelSAETrainingRunner
 from safetensors.torch import load_file
 

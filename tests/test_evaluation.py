@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from _corpus_helpers import TINY_D_MODEL, tiny_lm
+from helpers import TINY_D_MODEL, tiny_lm
 
 from softsae_lens import SoftSAE, SoftSAEConfig
 from softsae_lens.data.corpus import load_corpus, tokenize_corpus

@@ -1,7 +1,7 @@
 """softsae_lens.models.local (a GGUF file or a local HF folder -> a bridge), sae_bridge and smollm2.
 
 Fast tests use a tiny random Llama saved as a Hugging Face folder and written as a Q8_0 GGUF file
-(tests/_tiny_hf.py); the real SmolLM2 GGUF runs in the tests marked slow and smollm2.
+(tests/helpers.py); the real SmolLM2 GGUF runs in the tests marked slow and smollm2.
 """
 
 import importlib.util
@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import torch
-from _tiny_hf import TEXTS, boot_plain_bridge, build_tiny_hf_model, write_tiny_gguf
+from helpers import TEXTS, boot_plain_bridge, build_tiny_hf_model, write_tiny_gguf
 
 from softsae_lens.cache import cache_root
 from softsae_lens.models import local as models

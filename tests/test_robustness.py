@@ -371,7 +371,7 @@ def test_sigterm_in_one_process_leaves_a_resumable_checkpoint(tiny_model, tmp_pa
     import os
     import signal
 
-    from conftest import tiny_runner_cfg, token_dataset
+    from helpers import tiny_runner_cfg, token_dataset
 
     from softsae_lens.training.interrupt import TrainingInterrupted
     from softsae_lens.training.run_length import configure_runner
@@ -519,7 +519,7 @@ def test_sigkill_at_random_moments_never_takes_an_incomplete_checkpoint(npy_path
 
 
 def test_alpha_outside_float32_range_is_refused_at_the_config():
-    from conftest import train_step_input
+    from helpers import train_step_input
     from sae_lens import TrainingSAE
 
     for alpha, scale in [(1e39, "absolute"), (1e-39, "absolute"), (1e39, "relative")]:
@@ -577,8 +577,8 @@ def test_save_for_hub_writes_nothing_when_one_sae_fails_and_the_retry_works(tmp_
 def test_a_streamed_dataset_too_small_to_shard_is_refused(tmp_path):
     """The CLI's default streaming=True gives an IterableDataset, which had no length check: a
     10-row dataset trained silently on 2 ranks, a 1-row one hung a rank."""
-    from conftest import token_dataset
     from datasets import load_dataset
+    from helpers import token_dataset
 
     from softsae_lens.training.distributed import DistributedContext, shard_dataset
 
@@ -594,7 +594,7 @@ def test_a_streamed_dataset_too_small_to_shard_is_refused(tmp_path):
 
 
 def test_empty_training_batch_is_a_clear_error():
-    from conftest import train_step_input
+    from helpers import train_step_input
     from sae_lens import TrainingSAE
 
     cfg = SoftTrainingSAEConfig(d_in=D_IN, d_sae=64, k=4, total_training_steps=10)

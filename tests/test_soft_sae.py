@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import CONTEXT, D_MODEL, tiny_runner_cfg, token_dataset, train_step_input
+from helpers import CONTEXT, D_MODEL, tiny_runner_cfg, token_dataset, train_step_input
 from sae_lens import (
     SAE,
     LanguageModelSAETrainingRunner,

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from _corpus_helpers import TINY_D_MODEL, tiny_lm
+from helpers import TINY_D_MODEL, tiny_lm
 
 from softsae_lens.data.corpus import load_corpus, tokenize_corpus
 from softsae_lens.experiments.sweep.__main__ import main as sweep_main
@@ -264,7 +264,7 @@ def test_sweep_writes_its_files_and_replots(tiny_sweep):
 
 
 def test_sweep_runs_on_a_local_hugging_face_folder(tmp_path):
-    from _tiny_hf import build_tiny_hf_model
+    from helpers import build_tiny_hf_model
 
     from softsae_lens.models import load_model_and_hook
 
