@@ -100,6 +100,34 @@ def token_dataset(n_rows: int = 256, seed: int = 0):
     return Dataset.from_dict({"tokens": tokens.tolist()})
 
 
+# ---------------------------------------------------------------- a random training SoftSAE
+
+
+def make_training_sae(d_in=D_MODEL, d_sae=128, k=8, seed=0, **kwargs):
+    """A training SoftSAE with non-trivial weights (so k_hat varies and norms are not 1)."""
+    from softsae_lens import SoftTrainingSAE, SoftTrainingSAEConfig
+
+    torch.manual_seed(seed)
+    kwargs.setdefault("total_training_steps", 100)
+    sae = SoftTrainingSAE(SoftTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, **kwargs))
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(d_sae, 1) * 2 + 0.5)
+        sae.b_enc.normal_(0, 0.05)
+        sae.b_dec.normal_(0, 0.1)
+        sae.W_k_out.normal_(0, 0.5)
+        sae.b_k_in.normal_(0, 0.1)
+    sae.cfg.metadata.hook_name = HOOK
+    return sae
+
+
+def inference_copy(sae, tmp_path):
+    """``sae`` saved as an inference SAE and loaded back with SAELens."""
+    from sae_lens import SAE
+
+    sae.save_inference_model(tmp_path / "inference")
+    return SAE.load_from_disk(tmp_path / "inference")
+
+
 # ---------------------------------------------------------------- a tiny tokenizer and LM on real text
 # A byte-level BPE tokenizer trained in a fraction of a second on Python's own
 # ``pydoc_data.topics``, with BOS and EOS tokens, and a small random HookedSAETransformer whose

@@ -1,0 +1,380 @@
+"""SoftTrainingSAE: the schedule, the soft and hard phases, the losses and the k budget."""
+
+import pytest
+import torch
+from helpers import (
+    D_MODEL,
+    inference_copy,
+    make_training_sae,
+    train_step_input,
+)
+from sae_lens import (
+    SAE,
+)
+
+import softsae_lens
+from softsae_lens import (
+    SoftTrainingSAE,
+    SoftTrainingSAEConfig,
+)
+
+# ---------------------------------------------------------------- training behaviour
+
+
+def test_schedule_anneals_and_ends_hard():
+    cfg = SoftTrainingSAEConfig(
+        d_in=16,
+        d_sae=64,
+        k=4,
+        total_training_steps=1000,
+        k_anneal_fraction=0.1,
+        alpha_anneal_fraction=0.2,
+        alpha_start=1.0,
+        alpha_end=0.01,
+        hard_topk_fraction=0.05,
+    )
+    assert cfg.schedule(0).k_target == 16.0 and cfg.schedule(0).alpha == 1.0
+    assert cfg.schedule(50).k_target == pytest.approx(10.0)
+    assert cfg.schedule(100).k_target == 4.0 and cfg.schedule(500).k_target == 4.0
+    assert cfg.schedule(100).alpha == pytest.approx(0.505)
+    assert cfg.schedule(200).alpha == pytest.approx(0.01)
+    assert not cfg.schedule(949).hard and cfg.schedule(950).hard
+
+
+def test_schedule_is_a_pure_function_of_the_trainer_step():
+    sae = make_training_sae(total_training_steps=100, k_anneal_fraction=0.5)
+    seen = []
+    original = sae.cfg.schedule
+    sae.cfg.schedule = lambda step: seen.append(step) or original(step)
+    x = torch.randn(16, D_MODEL)
+    losses = [
+        sae.training_forward_pass(train_step_input(x, step=10)).losses["k_loss"] for _ in range(4)
+    ]
+    assert seen == [10, 10, 10, 10]
+    assert all(torch.equal(loss, losses[0]) for loss in losses)
+
+
+def test_hard_phase_creates_every_tensor_on_the_sae_device():
+    """On the meta device a tensor made on the CPU stands out (no GPU needed to see it)."""
+    cfg = SoftTrainingSAEConfig(
+        d_in=16, d_sae=64, k=4, total_training_steps=10, hard_topk_fraction=0.5, device="meta"
+    )
+    sae = SoftTrainingSAE(cfg)
+    out = sae.training_forward_pass(train_step_input(torch.empty(8, 16, device="meta"), step=9))
+    tensors = {**out.losses, **out.metrics, "loss": out.loss}
+    assert out.metrics["softsae/hard_phase"] == 1
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor):
+            assert value.device.type == "meta", name
+
+
+def test_missing_run_length_raises_naming_the_field():
+    sae = SoftTrainingSAE(SoftTrainingSAEConfig(d_in=16, d_sae=64, k=4))
+    with pytest.raises(ValueError, match="SoftTrainingSAEConfig.total_training_steps is not set"):
+        sae.training_forward_pass(train_step_input(torch.randn(8, 16)))
+
+
+@pytest.mark.parametrize("grad_to_pre", [False, True])
+def test_soft_phase_gradients_reach_encoder_decoder_and_k_estimator(grad_to_pre):
+    sae = make_training_sae(
+        soft_topk_grad_to_pre=grad_to_pre, alpha_scale="absolute", alpha_end=0.5
+    )
+    x = torch.randn(64, D_MODEL) * 3
+    # step 2: the k target has annealed to k (before that, k_budget="normalize" puts every k
+    # at the k_max ceiling, where the estimator has no gradient)
+    out = sae.training_forward_pass(train_step_input(x, step=2))
+    assert out.metrics["softsae/hard_phase"] == 0
+    out.loss.backward()
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "W_k_in", "b_k_in", "W_k_out", "b_k_out"):
+        grad = getattr(sae, name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    # the trainer's statistics see the hard selection inference would produce (inference's
+    # k factor is the running average of the batches'; here set to this batch's)
+    sae.k_scale.fill_(out.metrics["softsae/k_scale_batch"].item())
+    torch.testing.assert_close(out.feature_acts, sae.encode(x))
+    assert set(out.losses) == {"mse_loss", "k_loss", "auxiliary_reconstruction_loss"}
+
+
+def _dense_soft_reference(sae: SoftTrainingSAE, x: torch.Tensor, step: int):
+    """The soft phase written out densely with the public operator (no candidate shortcut)."""
+    schedule = sae.cfg.schedule(step)
+    sae_in = sae.process_sae_in(x)
+    hidden_pre = sae._hidden_pre(sae_in)
+    k_raw = sae._predict_raw_k_from_sae_in(sae_in)
+    # k_budget="normalize": the batch mean of k is the target, under the k_max ceiling
+    k_hat = (k_raw * schedule.k_target / k_raw.mean()).clamp(max=sae.cfg.k_max)
+    relu_pre = hidden_pre.relu()
+    alpha = sae.soft_alpha(hidden_pre, schedule.alpha)
+    weights = softsae_lens.soft_topk(relu_pre.detach(), k_hat, alpha)
+    sae_out = sae.decode_dense(relu_pre * weights)
+    mse = (sae_out - x).pow(2).sum(-1).mean()
+    return sae_out, mse + sae.k_loss(k_raw.mean(), schedule.k_target, mse)
+
+
+@pytest.mark.parametrize("step, candidates_only", [(50, True), (0, False)])
+def test_soft_phase_equals_the_dense_formula(step, candidates_only):
+    """After the alpha anneal the soft phase runs on each row's top candidates only; early on
+    (alpha large) it takes the dense path. Both must match the dense formula, gradients too."""
+    sae = make_training_sae(d_sae=512, k=8, total_training_steps=1000, aux_loss_coefficient=0.0)
+    x = torch.randn(48, D_MODEL) * 3
+    out = sae.training_forward_pass(train_step_input(x, step=step))
+    assert out.metrics["softsae/candidates_only"] == int(candidates_only)
+    out.loss.backward()
+    grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    sae.zero_grad()
+    ref_out, ref_loss = _dense_soft_reference(sae, x, step)
+    ref_loss.backward()
+    torch.testing.assert_close(out.sae_out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, ref_loss, atol=1e-5, rtol=1e-5)
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_decode_of_sparse_activations_equals_the_dense_product(tmp_path):
+    sae = inference_copy(make_training_sae(d_sae=512, k=8), tmp_path).double()
+    x = torch.randn(4, 6, D_MODEL, dtype=torch.float64) * 3
+    acts = sae.encode(x)
+    assert ((acts != 0).sum(-1) <= sae.hard_width).all()
+    torch.testing.assert_close(sae.decode(acts), sae.decode_dense(acts), atol=1e-12, rtol=1e-12)
+    # denser than any encode (a hook that switched latents on): still the exact product
+    dense = acts.clone()
+    dense[..., : sae.hard_width + 5] = 1.0
+    torch.testing.assert_close(sae.decode(dense), sae.decode_dense(dense), atol=1e-12, rtol=1e-12)
+    # negative values a steering hook might write are decoded too
+    acts[..., 3] = -2.0
+    torch.testing.assert_close(sae.decode(acts), sae.decode_dense(acts), atol=1e-12, rtol=1e-12)
+
+
+def test_encode_and_decode_work_under_inference_mode(tmp_path):
+    # sae-probes (SAEBench's sparse probing) encodes under torch.inference_mode, where tensors
+    # keep no version counter: encode must not read one, and decode must still be exact.
+    sae = inference_copy(make_training_sae(d_sae=512, k=8), tmp_path).double()
+    x = torch.randn(5, D_MODEL, dtype=torch.float64) * 3
+    with torch.no_grad():
+        expected = sae.encode(x)
+    with torch.inference_mode():
+        acts = sae.encode(x)
+        assert not hasattr(acts, "_softsae_active")
+        torch.testing.assert_close(acts, expected)
+        torch.testing.assert_close(sae.decode(acts), sae.decode_dense(acts), atol=1e-12, rtol=1e-12)
+
+
+def test_decode_reuses_encodes_indices_only_for_untouched_activations(tmp_path):
+    sae = inference_copy(make_training_sae(d_sae=512, k=8), tmp_path).double()
+    x = torch.randn(5, D_MODEL, dtype=torch.float64) * 3
+    acts = sae.encode(x)
+    version, indices = acts._softsae_active  # what decode reuses instead of a top-k search
+    assert version == acts._version and indices.shape == (5, sae.hard_width)
+    acts.retain_grad()
+    sae.decode(acts).sum().backward()
+    # an attribution gradient reaches inactive latents too, as through the dense product
+    torch.testing.assert_close(
+        acts.grad, (sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True)).sum(-1).expand(5, -1)
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(
+            sae.decode(sae.encode(x)), sae.decode_dense(acts), atol=1e-12, rtol=1e-12
+        )
+    with torch.no_grad():
+        # an in-place hook that switches a latent on voids the remembered indices
+        sae.hook_sae_acts_post.add_hook(lambda a, hook: a.index_fill_(-1, torch.tensor([7]), 2.0))
+        try:
+            hooked = sae.encode(x)
+        finally:
+            sae.reset_hooks()
+        assert (hooked[:, 7] == 2.0).all()
+        torch.testing.assert_close(
+            sae.decode(hooked), sae.decode_dense(hooked), atol=1e-12, rtol=1e-12
+        )
+
+
+def test_hard_phase_decodes_what_a_hook_on_the_activations_returns():
+    sae = make_training_sae(total_training_steps=100, hard_topk_fraction=0.1)
+    x = torch.randn(16, D_MODEL) * 3
+    plain = sae.training_forward_pass(train_step_input(x, step=95))
+    torch.testing.assert_close(
+        plain.sae_out, sae.decode_dense(plain.feature_acts), atol=1e-5, rtol=1e-5
+    )
+    sae.hook_sae_acts_post.add_hook(lambda acts, hook: acts * 2)
+    try:
+        hooked = sae.training_forward_pass(train_step_input(x, step=95))
+    finally:
+        sae.reset_hooks()
+    torch.testing.assert_close(
+        hooked.sae_out, sae.decode_dense(hooked.feature_acts), atol=1e-5, rtol=1e-5
+    )
+    assert not torch.allclose(hooked.sae_out, plain.sae_out)
+
+
+def test_hard_phase_trains_encoder_and_decoder_but_freezes_k():
+    sae = make_training_sae(total_training_steps=100, hard_topk_fraction=0.1)
+    x = torch.randn(64, D_MODEL) * 3
+    out = sae.training_forward_pass(train_step_input(x, step=95))
+    assert out.metrics["softsae/hard_phase"] == 1
+    out.loss.backward()
+    assert sae.W_enc.grad.abs().sum() > 0 and sae.W_dec.grad.abs().sum() > 0
+    assert sae.W_k_in.grad is None and sae.W_k_out.grad is None
+    sae.k_scale.fill_(out.metrics["softsae/k_scale_batch"].item())  # this batch's k factor
+    torch.testing.assert_close(out.sae_out, sae(x))
+
+
+def test_k_loss_is_one_sided():
+    sae = make_training_sae(
+        total_training_steps=100,
+        k_anneal_fraction=0.0,
+        k_loss_scale="absolute",
+        k_budget="penalty",
+    )
+    x = torch.randn(32, D_MODEL)
+    with torch.no_grad():
+        sae.b_k_out.fill_(6.0)  # k_hat near k_max = 2k, above the target k
+    high = sae.training_forward_pass(train_step_input(x, step=10)).losses["k_loss"]
+    with torch.no_grad():
+        sae.b_k_out.fill_(-6.0)  # k_hat far below the target
+    low = sae.training_forward_pass(train_step_input(x, step=10)).losses["k_loss"]
+    assert high > 5.0 and low < 1e-6
+
+
+def test_k_loss_mse_scale_prices_a_latent_at_its_share_of_the_error():
+    x = torch.randn(32, D_MODEL) * 4
+    absolute = make_training_sae(k_anneal_fraction=0.0, k_loss_scale="absolute", k_budget="penalty")
+    relative = make_training_sae(k_anneal_fraction=0.0, k_loss_scale="mse", k_budget="penalty")
+    for sae in (absolute, relative):
+        with torch.no_grad():
+            sae.b_k_out.fill_(6.0)
+    out_abs = absolute.training_forward_pass(train_step_input(x, step=10))
+    out_rel = relative.training_forward_pass(train_step_input(x, step=10))
+    expected = out_abs.losses["k_loss"] * out_rel.losses["mse_loss"].detach() / relative.cfg.k
+    torch.testing.assert_close(out_rel.losses["k_loss"], expected)
+    assert out_rel.losses["k_loss"].requires_grad and out_rel.losses["k_loss"] > 0
+
+
+def test_aux_loss_only_with_dead_latents():
+    sae = make_training_sae()
+    x = torch.randn(16, D_MODEL)
+    none_dead = sae.training_forward_pass(
+        train_step_input(x, dead=torch.zeros(128, dtype=torch.bool))
+    )
+    all_dead = sae.training_forward_pass(
+        train_step_input(x, dead=torch.ones(128, dtype=torch.bool))
+    )
+    assert none_dead.losses["auxiliary_reconstruction_loss"] == 0
+    assert all_dead.losses["auxiliary_reconstruction_loss"] > 0
+
+
+def test_k_hat_is_float32_under_bf16_autocast():
+    sae = make_training_sae()
+    x = torch.randn(16, D_MODEL)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae.training_forward_pass(train_step_input(x, step=0))
+        k_hat = sae.predict_k(x)
+    assert k_hat.dtype == torch.float32
+    torch.testing.assert_close(k_hat, sae.predict_k(x))
+    assert torch.isfinite(out.loss)
+
+
+def test_train_toy_sae_with_run_length(tmp_path):
+    from sae_lens.synthetic import ActivationGenerator, FeatureDictionary, train_toy_sae
+
+    fd = FeatureDictionary(num_features=64, hidden_dim=16)
+    gen = ActivationGenerator(num_features=64, firing_probabilities=torch.full((64,), 0.08))
+    samples, batch = 64 * 40, 64
+    sae = SoftTrainingSAE(
+        SoftTrainingSAEConfig(d_in=16, d_sae=64, k=5, total_training_steps=samples // batch)
+    )
+    train_toy_sae(sae, fd, gen, training_samples=samples, batch_size=batch, lr=3e-3)
+    bare = SoftTrainingSAE(SoftTrainingSAEConfig(d_in=16, d_sae=64, k=5))
+    with pytest.raises(ValueError, match="total_training_steps is not set"):
+        train_toy_sae(bare, fd, gen, training_samples=samples, batch_size=batch)
+
+
+# ---------------------------------------------------------------- the k budget (k_budget)
+
+
+def _train_where_latents_pay(k_budget: str, steps: int = 1500):
+    """SoftSAE (k 8) trained on 64 learnable features in 32 dims, each input holding ~16 of
+    them: every extra latent buys reconstruction, which is where a price per latent drifts."""
+    from sae_lens.synthetic import ActivationGenerator, FeatureDictionary, train_toy_sae
+
+    torch.manual_seed(0)
+    fd = FeatureDictionary(64, 32, seed=0)
+    gen = ActivationGenerator(num_features=64, firing_probabilities=torch.full((64,), 0.25))
+    cfg = SoftTrainingSAEConfig(
+        d_in=32, d_sae=128, k=8, k_budget=k_budget, total_training_steps=steps
+    )
+    sae = SoftTrainingSAE(cfg)
+    train_toy_sae(sae, fd, gen, training_samples=steps * 256, batch_size=256, lr=3e-3)
+    sae.eval()
+    with torch.no_grad():
+        x = fd(gen(4096))
+        return (sae.encode(x) != 0).sum(-1).float(), sae.predict_k(x)
+
+
+@pytest.mark.slow
+def test_k_budget_normalize_holds_mean_l0_where_the_penalty_drifts():
+    drifted, _ = _train_where_latents_pay("penalty")
+    held, k_hat = _train_where_latents_pay("normalize")
+    # the old penalty is a price per latent: here it buys more than it costs
+    assert drifted.mean() > 8 * 1.05, drifted.mean()
+    # the constraint holds the mean L0 within 3% of k, and keeps a per-input spread
+    assert abs(held.mean().item() - 8) <= 0.03 * 8, held.mean()
+    assert k_hat.quantile(0.95) - k_hat.quantile(0.05) > 2.0
+
+
+def test_k_budget_normalize_sets_the_batch_mean_and_averages_the_factor():
+    sae = make_training_sae(total_training_steps=100, k_anneal_fraction=0.0)
+    x = torch.randn(64, D_MODEL) * 3
+    out = sae.training_forward_pass(train_step_input(x, step=10))
+    k_raw = sae.predict_k(x) / sae.k_scale  # before this step's update the factor was 1
+    scale = out.metrics["softsae/k_scale_batch"]
+    torch.testing.assert_close(scale, sae.cfg.k / out.metrics["softsae/k_raw_mean"])
+    k_used = (k_raw * scale).clamp(max=sae.cfg.k_max)
+    # what the step used: the hard selection at round(k_used)
+    torch.testing.assert_close((out.feature_acts != 0).sum(-1).float(), sae.round_k(k_used).float())
+    # the running factor moved towards this batch's (bias-corrected first step: most of the way)
+    assert abs(sae.k_scale.item() - scale.item()) < abs(1.0 - scale.item())
+
+
+def test_k_budget_normalize_anneal_leaves_the_running_factor_alone():
+    sae = make_training_sae(total_training_steps=100, k_anneal_fraction=0.5)
+    sae.training_forward_pass(train_step_input(torch.randn(32, D_MODEL), step=10))
+    assert sae.k_scale.item() == 1.0
+
+
+def test_k_scale_saves_loads_and_old_checkpoints_default_to_one(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    sae = make_training_sae()
+    sae.k_scale.fill_(1.25)
+    x = torch.randn(6, D_MODEL) * 3
+    loaded = inference_copy(sae, tmp_path)
+    assert loaded.k_scale.item() == 1.25
+    torch.testing.assert_close(loaded.predict_k(x), sae.predict_k(x))
+    # an SAE saved before k_budget existed has no k_scale: it predicted k_raw
+    weights = tmp_path / "inference" / "sae_weights.safetensors"
+    state = load_file(weights)
+    del state["k_scale"]
+    save_file(state, weights)
+    old = SAE.load_from_disk(tmp_path / "inference")
+    assert old.k_scale.item() == 1.0
+    torch.testing.assert_close(old.predict_k(x) * 1.25, sae.predict_k(x).clamp(max=16.0))
+
+
+def test_k_budget_penalty_keeps_the_factor_at_one():
+    sae = make_training_sae(total_training_steps=100, k_anneal_fraction=0.0, k_budget="penalty")
+    out = sae.training_forward_pass(train_step_input(torch.randn(32, D_MODEL), step=10))
+    assert out.metrics["softsae/k_scale_batch"].item() == 1.0 and sae.k_scale.item() == 1.0
+
+
+def test_k_budget_hard_phase_restarts_the_running_factor_from_a_plain_mean_level():
+    sae = make_training_sae(total_training_steps=100, hard_topk_fraction=0.1)
+    sae.k_scale.fill_(5.0)  # what a lagging soft-phase average might hold
+    metrics = []
+    for i, step in enumerate(range(90, 94)):
+        x = torch.randn(32, D_MODEL) * (1 + i)
+        metrics.append(sae.training_forward_pass(train_step_input(x, step=step)).metrics)
+    # k over the phase's mean raw level: a ratio of means, not the mean of the batch ratios.
+    level = sum(m["softsae/k_raw_mean"].item() for m in metrics) / len(metrics)
+    assert sae.k_scale.item() == pytest.approx(sae.cfg.k / level, rel=1e-5)
+    ratios = [m["softsae/k_scale_batch"].item() for m in metrics]
+    assert sae.k_scale.item() < sum(ratios) / len(ratios)
