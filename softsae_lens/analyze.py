@@ -31,124 +31,116 @@ prints a summary.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simple_parsing import field
+
+from softsae_lens.flags import config_parser, parse_config
 from softsae_lens.models.load import LOCAL_MODEL
+from softsae_lens.models.local import local_model_path
 
-DEFAULT_OUT = "out/analysis"
+DEFAULT_OUT = Path("out/analysis")
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m softsae_lens.analyze",
-        description="Per-token k_hat of a SoftSAE: an HTML view, PNGs and JSON records.",
-    )
-    parser.add_argument(
-        "--sae", required=True, type=Path, help="folder of a saved SoftSAE (save_inference_model)"
-    )
-    parser.add_argument(
-        "--text", action="append", default=[], help="a text to analyse (repeatable)"
-    )
-    parser.add_argument(
-        "--text-file",
-        action="append",
-        default=[],
-        type=Path,
-        help="a UTF-8 file analysed as one text (repeatable)",
-    )
-    parser.add_argument(
-        "--token-ids",
-        action="append",
-        default=[],
-        help="token ids separated by spaces or commas, analysed as one text (repeatable; "
-        "for models without a tokenizer)",
-    )
-    parser.add_argument(
-        "--out", default=DEFAULT_OUT, type=Path, help=f"output folder (default {DEFAULT_OUT})"
-    )
-    parser.add_argument(
-        "--top-latents", default=8, type=int, help="top latents kept per token (default 8)"
-    )
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "--model-path",
-        type=Path,
-        default=None,
-        help=f"a local model, offline: {LOCAL_MODEL} (default: the SAE's metadata model_name "
-        "when that is one)",
-    )
-    source.add_argument(
-        "--model",
-        default=None,
-        help="a TransformerLens model name to load instead of the one in the SAE's metadata "
-        "(a local path works as --model-path)",
-    )
-    source.add_argument(
-        "--model-factory",
-        default=None,
-        metavar="MODULE:FUNCTION",
-        help="build the model with this Python function, called with device=... (for models "
-        "neither --model-path nor --model loads); the module must be importable",
-    )
-    parser.add_argument(
-        "--max-tokens", default=1024, type=int, help="tokens kept per text (default 1024)"
-    )
-    parser.add_argument(
-        "--include-special-tokens",
-        action="store_true",
-        help="splice the SAE at BOS/EOS/PAD/SEP too and count them in every statistic (default: "
-        "left alone and left out, as in SAELens's run_evals)",
-    )
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "--k-override", type=float, help="also report the loss with every k set to this"
-    )
-    group.add_argument(
-        "--k-scale", type=float, help="also report the loss with k_hat scaled by this"
-    )
-    group.add_argument("--k-cap", type=float, help="also report the loss with k_hat capped at this")
-    parser.add_argument("--no-png", action="store_true", help="skip the two PNGs")
-    args = parser.parse_args(argv)
-    if not (args.text or args.text_file or args.token_ids):
-        parser.error("give at least one of --text, --text-file or --token-ids")
-    for path in args.text_file:
-        if not path.is_file():
-            parser.error(f"--text-file {path}: no such file (a UTF-8 text file is expected)")
-    for text in args.text:
-        if not text.strip():
-            parser.error("--text '': empty; give text to analyse")
-    if not (args.sae / "cfg.json").is_file():
-        parser.error(
-            f"--sae {args.sae}: no cfg.json there (expected a folder written by "
-            "save_inference_model or the SAELens training runner)"
-        )
-    if args.model_path is not None:
-        from softsae_lens.models.local import local_model_path
+@dataclass
+class AnalyzeConfig:
+    """Per-token k_hat of a SoftSAE: an HTML view, PNGs and JSON records."""
 
-        if local_model_path(args.model_path) is None:
-            problem = "does not exist" if not args.model_path.exists() else "is not a model"
-            parser.error(f"--model-path {args.model_path} {problem}: expected {LOCAL_MODEL}")
-    if args.model_factory is not None:
-        module_name, _, func_name = args.model_factory.partition(":")
-        if not module_name or not func_name:
-            parser.error(
-                f"--model-factory {args.model_factory}: expected MODULE:FUNCTION, "
-                "e.g. mypackage.models:build"
+    sae: Path
+    """folder of a saved SoftSAE (save_inference_model)"""
+    text: list[str] = field(default_factory=list, action="append", nargs=None, type=str)
+    """a text to analyse (repeatable)"""
+    text_file: list[Path] = field(default_factory=list, action="append", nargs=None, type=Path)
+    """a UTF-8 file analysed as one text (repeatable)"""
+    token_ids: list[str] = field(default_factory=list, action="append", nargs=None, type=str)
+    """token ids separated by spaces or commas, analysed as one text (repeatable; for models
+    without a tokenizer)"""
+    out: Path = DEFAULT_OUT
+    """output folder"""
+    top_latents: int = 8
+    """top latents kept per token"""
+    device: str = "cpu"
+    """torch device"""
+    model_path: Path | None = None
+    """a local model, offline: a .gguf file or a Hugging Face model folder (with config.json)
+    (unset: the SAE's metadata model_name when that is one)"""
+    model: str | None = None
+    """a TransformerLens model name to load instead of the one in the SAE's metadata (a local
+    path works as --model-path)"""
+    model_factory: str | None = field(default=None, metavar="MODULE:FUNCTION")
+    """build the model with this Python function, called with device=... (for models neither
+    --model-path nor --model loads); the module must be importable"""
+    max_tokens: int = 1024
+    """tokens kept per text"""
+    include_special_tokens: bool = False
+    """splice the SAE at BOS/EOS/PAD/SEP too and count them in every statistic (unset: left
+    alone and left out, as in SAELens's run_evals)"""
+    k_override: float | None = None
+    """also report the loss with every k set to this"""
+    k_scale: float | None = None
+    """also report the loss with k_hat scaled by this"""
+    k_cap: float | None = None
+    """also report the loss with k_hat capped at this"""
+    png: bool = field(default=True, negative_prefix="--no-")
+    """write the two PNGs"""
+
+    def __post_init__(self) -> None:
+        """A one-line ValueError naming the argument, its value and what is allowed."""
+        self.sae, self.out = Path(self.sae), Path(self.out)
+        self.text_file = [Path(p) for p in self.text_file]
+        if self.model_path is not None:
+            self.model_path = Path(self.model_path)
+        _at_most_one(self, "model_path", "model", "model_factory")
+        _at_most_one(self, "k_override", "k_scale", "k_cap")
+        if not (self.text or self.text_file or self.token_ids):
+            raise ValueError("give at least one of --text, --text-file or --token-ids")
+        for path in self.text_file:
+            if not path.is_file():
+                raise ValueError(
+                    f"--text-file {path}: no such file (a UTF-8 text file is expected)"
+                )
+        for text in self.text:
+            if not text.strip():
+                raise ValueError("--text '': empty; give text to analyse")
+        if not (self.sae / "cfg.json").is_file():
+            raise ValueError(
+                f"--sae {self.sae}: no cfg.json there (expected a folder written by "
+                "save_inference_model or the SAELens training runner)"
             )
-    if args.top_latents < 0:
-        parser.error(f"--top-latents must be >= 0, got {args.top_latents}")
-    if args.max_tokens < 1:
-        parser.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
-    return args
+        if self.model_path is not None and local_model_path(self.model_path) is None:
+            problem = "does not exist" if not self.model_path.exists() else "is not a model"
+            raise ValueError(f"--model-path {self.model_path} {problem}: expected {LOCAL_MODEL}")
+        if self.model_factory is not None:
+            module_name, _, func_name = self.model_factory.partition(":")
+            if not module_name or not func_name:
+                raise ValueError(
+                    f"--model-factory {self.model_factory}: expected MODULE:FUNCTION, "
+                    "e.g. mypackage.models:build"
+                )
+        if self.top_latents < 0:
+            raise ValueError(f"--top-latents must be >= 0, got {self.top_latents}")
+        if self.max_tokens < 1:
+            raise ValueError(f"--max-tokens must be >= 1, got {self.max_tokens}")
+
+
+def _at_most_one(cfg: AnalyzeConfig, *names: str) -> None:
+    given = [name for name in names if getattr(cfg, name) is not None]
+    if len(given) > 1:
+        flags = [f"--{name.replace('_', '-')}" for name in given]
+        raise ValueError(f"argument {flags[1]}: not allowed with argument {flags[0]}")
+
+
+def _parse_args(argv: Sequence[str] | None) -> AnalyzeConfig:
+    parser = config_parser(AnalyzeConfig, "python -m softsae_lens.analyze")
+    return parse_config(parser, argv, usage_on_error=True).cfg
 
 
 def _from_factory(spec: str, device: str) -> Any:
@@ -300,7 +292,7 @@ def main(argv: Sequence[str] | None = None, *, model: Any | None = None) -> dict
         meta["k_override"] = override_summary
 
     paths = analysis.write_analysis(
-        records, args.out, meta=meta, title="SoftSAE: latents per token", png=not args.no_png
+        records, args.out, meta=meta, title="SoftSAE: latents per token", png=args.png
     )
     stats = json.loads(paths["corpus_stats"].read_text(encoding="utf-8"))
 

@@ -26,13 +26,18 @@ def config_parser(config_class: type, prog: str, description: str | None = None)
     return parser
 
 
-def parse_config(parser: Any, argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_config(
+    parser: Any, argv: Sequence[str] | None, usage_on_error: bool = False
+) -> argparse.Namespace:
     """Parse ``argv``; a ValueError the config's ``__post_init__`` raises for a bad value becomes
-    ``SystemExit`` with its one-line message (no traceback for a user's mistake)."""
+    ``SystemExit`` with its one-line message (no traceback for a user's mistake), or, with
+    ``usage_on_error``, argparse's usage line and ``error: <message>`` (exit status 2)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     # --a_b is --a-b (SAELens's CLI spells its flags with underscores).
     argv = [re.sub(r"^(--[^=]*)", lambda m: m[1].replace("_", "-"), a) for a in argv]
     try:
         return parser.parse_args(argv)
     except ValueError as err:
+        if usage_on_error:
+            parser.error(str(err))
         raise SystemExit(str(err)) from None
