@@ -11,7 +11,7 @@ Loads the SAE with ``sae_lens.SAE.load_from_disk`` (after ``import softsae_lens`
 "soft"), then the model, first of:
 
 1. ``--model-path``: a local ``.gguf`` file or Hugging Face model folder, booted offline by
-   :func:`softsae_lens.models.load_bridge`;
+   :func:`softsae_lens.models.local.load_bridge`;
 2. ``--model``: a local path as above, else a TransformerLens model name
    (``HookedSAETransformer.from_pretrained_no_processing``);
 3. ``--model-factory module:function``: any Python function returning the model (called with

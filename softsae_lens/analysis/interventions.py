@@ -131,7 +131,7 @@ def with_k_override(
             and SEP positions alone in the forwards you run in the block. A plain
             ``SAETransformerBridge`` cannot do that (a warning says so): boot
             :class:`softsae_lens.models.bridge.SAEBridge` instead (what
-            :func:`softsae_lens.models.load_bridge` returns).
+            :func:`softsae_lens.models.local.load_bridge` returns).
 
     Yields:
         ``model`` (or ``sae`` when ``model`` is None).
@@ -153,7 +153,7 @@ def with_k_override(
         logger.warning(
             "%s.saes() has no exclude_special_tokens: forwards run inside with_k_override splice "
             "the SAE at special tokens too (token_k_report and loss_with_k_override do not); "
-            "use softsae_lens.models.bridge.SAEBridge (softsae_lens.models.load_bridge) instead",
+            "use softsae_lens.models.bridge.SAEBridge (softsae_lens.models.local.load_bridge) instead",
             type(model).__name__,
         )
     with ExitStack() as stack:

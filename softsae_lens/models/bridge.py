@@ -116,7 +116,7 @@ class SAEBridge(SAETransformerBridge):
     """``SAETransformerBridge`` whose hooks survive SAE splices, with special-token exclusion.
 
     Boot it like its parent (``SAEBridge.boot_transformers(name_or_folder, device=..., dtype=...)``)
-    or with :func:`softsae_lens.models.load_bridge`. Differences from the parent:
+    or with :func:`softsae_lens.models.local.load_bridge`. Differences from the parent:
 
     - after ``reset_saes`` / the end of ``saes(...)`` the site holds its original HookPoint again
       (see the module docstring for what the parent leaves behind);

