@@ -4,7 +4,8 @@ Handed a ``"text"`` dataset, SAELens's ``ActivationsStore`` tokenises on every r
 that the data is not tokenised. :func:`tokenize_corpus` does instead what SAELens's own
 ``PretokenizeRunner`` does with its defaults (``concat_and_batch_sequences``: BOS first in
 every row and between documents, which is also what the store does on the fly with
-``prepend_bos=True``), splits held-out documents first (by document hash, see
+``prepend_bos=True``, then a seeded shuffle of the rows, its ``shuffle=True``), splits held-out
+documents first (by document hash, see
 :func:`~softsae_lens.data.corpus.sources.split_documents`), and saves both splits with
 ``datasets.save_to_disk`` under a key made of the tokenizer, the documents and the context
 size, so the work happens once per corpus and tokenizer.
@@ -210,7 +211,7 @@ def _shuffled_rows(rows: list[list[int]], seed: int, split: str) -> list[list[in
     SoftSAE's and BatchTopK's inference budgets are estimated over the last steps of the run
     (a 2x sweep whose final 16 steps fell on one plain document set SoftSAE's L0 22% over
     its target), and the first held-out rows ``run_evals`` reads were a handful of
-    documents."""
+    documents. SAELens's ``PretokenizeRunner`` shuffles its packed rows too (``shuffle=True``)."""
     order = list(range(len(rows)))
     random.Random(f"{seed}\0{split}").shuffle(order)
     return [rows[i] for i in order]
