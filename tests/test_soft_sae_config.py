@@ -89,19 +89,13 @@ def test_defaults_are_valid_whatever_d_in_and_k():
     assert SoftTrainingSAEConfig(d_in=512, d_sae=1024, k=8).k_target_start == 512.0
 
 
-FLOAT_FIELDS = [
-    "k_max",
-    "k_loss_coefficient",
-    "k_loss_beta",
-    "k_target_start",
-    "k_anneal_fraction",
-    "alpha_start",
-    "alpha_end",
-    "alpha_anneal_fraction",
-    "hard_topk_fraction",
-    "aux_loss_coefficient",
-    "k_scale_decay",
-]
+# Every float field SoftTrainingSAEConfig declares (inherited ones are SAELens's to check).
+FLOAT_FIELDS = sorted(
+    name
+    for name, annotation in vars(SoftTrainingSAEConfig)["__annotations__"].items()
+    if str(annotation) in ("float", "float | None")
+)
+assert len(FLOAT_FIELDS) == 11, FLOAT_FIELDS  # a field that stops being a float is noticed
 
 
 @pytest.mark.parametrize("name", FLOAT_FIELDS)
