@@ -431,7 +431,7 @@ def _train_then_exit(cfg: ActivationsRunnerConfig, kill_in: str | None) -> None:
         if kill_in is not None:
             import sae_lens.training.sae_trainer as trainer_module
 
-            import softsae_lens.training.on_arrays as runner_module
+            import softsae_lens.training.array_checkpoints as runner_module
 
             def die(*args, **kwargs):
                 os.kill(os.getpid(), signal.SIGKILL)
