@@ -14,12 +14,8 @@ from sae_lens import SAE, TopKTrainingSAEConfig
 from safetensors.torch import save_file
 
 from softsae_lens import SoftTrainingSAEConfig
-from softsae_lens.data.activations import (
-    ActivationBatches,
-    iter_row_batches,
-    open_activations,
-    split_rows,
-)
+from softsae_lens.data.activations import open_activations
+from softsae_lens.data.batches import ActivationBatches, iter_row_batches, split_rows
 from softsae_lens.train_activations import main, parse_args
 from softsae_lens.training.on_arrays import ActivationsRunnerConfig, train_on_activations
 

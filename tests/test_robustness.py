@@ -67,7 +67,7 @@ def test_nonfinite_row_fails_before_training_and_skip_trains_without_it(tmp_path
         train_on_activations(cfg, progress=False)
     assert f"activations={path}: 2 of 3000 rows hold NaN or inf (rows 17, 2990)" in str(err.value)
     # A held-out row failed the run only after training; it is found before now too.
-    from softsae_lens.data.activations import split_rows
+    from softsae_lens.data.batches import split_rows
 
     held_out = int(split_rows(3000, 0.1, 100_000, 0)[1][0])
     only_held_out = sparse_rows(3000)
@@ -620,7 +620,7 @@ def test_sigterm_stops_a_run_on_arrays_with_a_checkpoint_that_resumes_exactly(
     import os
     import signal
 
-    from softsae_lens.data.activations import ActivationBatches
+    from softsae_lens.data.batches import ActivationBatches
 
     root, _ = uninterrupted
     real_next, served = ActivationBatches.__next__, [0]

@@ -1,12 +1,9 @@
-"""Activations stored on disk as arrays, served to SAELens's trainer as a data provider.
+"""Activations stored on disk as arrays: one source of rows, ``[n_rows, d_in]``, opened lazily.
 
-Holds: opening one source of activation rows, ``[n_rows, d_in]``, from a ``.npy`` file
-(memory-mapped), a ``.safetensors`` file (memory-mapped through its header), a ``.pt``/``.pth``
-file (``torch.load(mmap=True)``), a folder of such shards (rows concatenated in natural name
-order), or a ``datasets`` folder written by SAELens's ``CacheActivationsRunner``; a seeded
-train/held-out split of the rows; :class:`ActivationBatches`, the endless shuffled iterator of
-``[batch, d_in]`` tensors that ``sae_lens.SAETrainer`` takes as ``data_provider``; and
-:func:`iter_row_batches` for ordered passes (evaluation).
+Reads a ``.npy`` file (memory-mapped), a ``.safetensors`` file (memory-mapped through its
+header), a ``.pt``/``.pth`` file (``torch.load(mmap=True)``), a folder of such shards (rows
+concatenated in natural name order), or a ``datasets`` folder written by SAELens's
+``CacheActivationsRunner``. :mod:`softsae_lens.data.batches` serves the rows to training.
 
 Arrays with more than two dimensions are read as rows of their last dimension (``[n, ctx, d]``
 gives ``n * ctx`` rows), which is also how a cached-activations dataset's ``[ctx, d]`` cells
@@ -18,23 +15,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = [
-    "SUFFIXES",
-    "ActivationBatches",
-    "ActivationRows",
-    "find_nonfinite_rows",
-    "iter_row_batches",
-    "open_activations",
-    "split_rows",
-]
+__all__ = ["SUFFIXES", "ActivationRows", "bad_argument", "open_activations"]
 
 SUFFIXES = (".npy", ".safetensors", ".pt", ".pth")
 _ALLOWED = (
@@ -46,7 +34,8 @@ _ALLOWED = (
 _SAFETENSORS_FLOATS = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": np.uint16}
 
 
-def _fail(argument: str, value: Any, allowed: str) -> ValueError:
+def bad_argument(argument: str, value: Any, allowed: str) -> ValueError:
+    """The ValueError for ``argument=value``, saying what is allowed."""
     return ValueError(f"{argument}={value!s}: {allowed}")
 
 
@@ -82,14 +71,14 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
 
 def _rows_and_width(shape: Sequence[int], source: str, argument: str) -> tuple[int, int]:
     if len(shape) < 2:
-        raise _fail(
+        raise bad_argument(
             argument,
             source,
             f"activations must have at least 2 dimensions ([n_rows, d_in]), got shape {tuple(shape)}",
         )
     n_rows, d_in = math.prod(shape[:-1]), int(shape[-1])
     if n_rows == 0 or d_in == 0:
-        raise _fail(argument, source, f"activations are empty (shape {tuple(shape)})")
+        raise bad_argument(argument, source, f"activations are empty (shape {tuple(shape)})")
     return n_rows, d_in
 
 
@@ -123,7 +112,7 @@ class _DatasetRows(ActivationRows):
     def __init__(self, dataset: Any, column: str, source: str, argument: str):
         first = np.asarray(dataset.with_format("numpy")[0][column])
         if first.ndim not in (1, 2):
-            raise _fail(
+            raise bad_argument(
                 argument,
                 source,
                 f"column {column!r} must hold [d_in] or [ctx, d_in] cells, got a cell of shape {first.shape}",
@@ -165,7 +154,7 @@ class _ConcatRows(ActivationRows):
 def _check_float(dtype: Any, source: str, argument: str) -> None:
     is_float = dtype.is_floating_point if isinstance(dtype, torch.dtype) else dtype.kind == "f"
     if not is_float:
-        raise _fail(
+        raise bad_argument(
             argument,
             source,
             f"activations must be floating point (float16, bfloat16, float32 or float64), got dtype {dtype}",
@@ -175,10 +164,12 @@ def _check_float(dtype: Any, source: str, argument: str) -> None:
 def _pick_key(keys: Sequence[str], key: str | None, source: str, argument: str) -> str:
     if key is not None:
         if key not in keys:
-            raise _fail(f"{argument} key", key, f"not in {source}; its tensors are {sorted(keys)}")
+            raise bad_argument(
+                f"{argument} key", key, f"not in {source}; its tensors are {sorted(keys)}"
+            )
         return key
     if len(keys) != 1:
-        raise _fail(
+        raise bad_argument(
             argument,
             source,
             f"holds {len(keys)} tensors {sorted(keys)}; name one with key=... (--key on the command line)",
@@ -190,9 +181,9 @@ def _open_npy(path: Path, argument: str) -> ActivationRows:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
-        raise _fail(argument, path, f"not a plain numeric .npy array ({err})") from err
+        raise bad_argument(argument, path, f"not a plain numeric .npy array ({err})") from err
     except (EOFError, OSError) as err:
-        raise _fail(
+        raise bad_argument(
             argument,
             path,
             f"not a readable .npy file (empty or truncated: {err or type(err).__name__})",
@@ -209,12 +200,14 @@ def _open_safetensors(path: Path, key: str | None, argument: str) -> ActivationR
             if not isinstance(header, dict):
                 raise ValueError("the header is not a JSON object")
         except (ValueError, UnicodeDecodeError) as err:
-            raise _fail(argument, path, "not a safetensors file (unreadable header)") from err
+            raise bad_argument(
+                argument, path, "not a safetensors file (unreadable header)"
+            ) from err
     header.pop("__metadata__", None)
     name = _pick_key(list(header), key, str(path), argument)
     entry = header[name]
     if entry["dtype"] not in _SAFETENSORS_FLOATS:
-        raise _fail(
+        raise bad_argument(
             argument,
             path,
             f"activations must be floating point (F16, BF16, F32 or F64), tensor {name!r} is {entry['dtype']}",
@@ -241,7 +234,7 @@ def _open_pt(path: Path, key: str | None, argument: str) -> ActivationRows:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types for a damaged file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise _fail(
+        raise bad_argument(
             argument,
             path,
             f"not a readable .pt file written by torch.save (empty, truncated or damaged: {reason})",
@@ -252,7 +245,7 @@ def _open_pt(path: Path, key: str | None, argument: str) -> ActivationRows:
         name = _pick_key(list(tensors), key, source, argument)
         obj, source = tensors[name], f"{path}[{name}]"
     if not isinstance(obj, torch.Tensor):
-        raise _fail(
+        raise bad_argument(
             argument,
             path,
             f"a .pt file must hold a tensor or a dict of tensors, got {type(obj).__name__}",
@@ -266,7 +259,7 @@ def _open_dataset(path: Path, key: str | None, argument: str) -> ActivationRows:
 
     dataset = datasets.load_from_disk(str(path))
     if isinstance(dataset, datasets.DatasetDict):
-        raise _fail(argument, path, "is a DatasetDict; pass the folder of one split")
+        raise bad_argument(argument, path, "is a DatasetDict; pass the folder of one split")
     columns = [c for c in dataset.column_names if c != "token_ids"]
     column = _pick_key(columns, key, str(path), argument)
     return _DatasetRows(dataset, column, f"{path}[{column}]", argument)
@@ -280,13 +273,17 @@ def _open_file(path: Path, key: str | None, argument: str) -> ActivationRows:
     suffix = path.suffix.lower()
     if suffix == ".npy":
         if key is not None:
-            raise _fail(f"{argument} key", key, "a .npy file holds one array; leave key unset")
+            raise bad_argument(
+                f"{argument} key", key, "a .npy file holds one array; leave key unset"
+            )
         return _open_npy(path, argument)
     if suffix == ".safetensors":
         return _open_safetensors(path, key, argument)
     if suffix in (".pt", ".pth"):
         return _open_pt(path, key, argument)
-    raise _fail(argument, path, f"unsupported file type {path.suffix!r}; allowed: {_ALLOWED}")
+    raise bad_argument(
+        argument, path, f"unsupported file type {path.suffix!r}; allowed: {_ALLOWED}"
+    )
 
 
 def open_activations(
@@ -320,168 +317,13 @@ def open_activations(
         key=_natural_key,
     )
     if not shards:
-        raise _fail(argument, path, f"folder holds no activation files; allowed: {_ALLOWED}")
+        raise bad_argument(argument, path, f"folder holds no activation files; allowed: {_ALLOWED}")
     parts = [_open_file(shard, key, argument) for shard in shards]
     for part in parts[1:]:
         if part.d_in != parts[0].d_in:
-            raise _fail(
+            raise bad_argument(
                 argument,
                 path,
                 f"shards differ in width: {parts[0].source} has d_in={parts[0].d_in}, {part.source} has d_in={part.d_in}",
             )
     return parts[0] if len(parts) == 1 else _ConcatRows(parts, str(path))
-
-
-def split_rows(
-    n_rows: int, eval_fraction: float, max_eval_rows: int | None = None, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random split of ``range(n_rows)`` into (train, held-out) sorted index arrays.
-
-    The held-out part has ``round(eval_fraction * n_rows)`` rows, at most ``max_eval_rows``.
-    Rows are drawn from the whole array, not its tail, so data written in order (one
-    document or class after another) is represented in both parts.
-    """
-    if not 0.0 <= eval_fraction < 1.0:
-        raise _fail("eval_fraction", eval_fraction, "must be in [0, 1)")
-    n_eval = round(eval_fraction * n_rows)
-    if max_eval_rows is not None:
-        if max_eval_rows < 0:
-            raise _fail("max_eval_rows", max_eval_rows, "must be >= 0")
-        n_eval = min(n_eval, max_eval_rows)
-    if eval_fraction > 0 and n_eval == 0:
-        raise _fail(
-            "eval_fraction",
-            eval_fraction,
-            f"holds out no rows of {n_rows}; raise it to at least {1 / n_rows:.3g} or set it to 0",
-        )
-    order = np.random.default_rng(seed).permutation(n_rows)
-    return np.sort(order[n_eval:]), np.sort(order[:n_eval])
-
-
-def _checked(batch: torch.Tensor, rows: ActivationRows, indices: np.ndarray) -> torch.Tensor:
-    finite = torch.isfinite(batch).all(dim=-1)
-    if not bool(finite.all()):
-        bad = int(indices[int((~finite).nonzero()[0])])
-        raise ValueError(f"{rows.source}: row {bad} holds NaN or inf; activations must be finite")
-    return batch
-
-
-@dataclass
-class ActivationBatches(Iterator[torch.Tensor]):
-    """Endless shuffled ``[batch_size, d_in]`` batches over ``indices`` of ``rows``.
-
-    Each pass visits every row once in a new seeded order; a batch may span the end of one
-    pass and the start of the next, so every batch is full. Batches are converted to
-    ``dtype`` on the CPU and checked for NaN/inf (a ValueError names the row).
-
-    Attributes:
-        rows: the activation source.
-        indices: the rows to serve (for example the training part of :func:`split_rows`).
-        batch_size: rows per batch; at most ``len(indices)``.
-        seed: seed of the shuffling.
-        dtype: dtype of the served batches.
-    """
-
-    rows: ActivationRows
-    indices: np.ndarray
-    batch_size: int
-    seed: int = 0
-    dtype: torch.dtype = torch.float32
-
-    def __post_init__(self) -> None:
-        if self.batch_size <= 0:
-            raise _fail("batch_size", self.batch_size, "must be a positive integer")
-        if self.batch_size > len(self.indices):
-            raise _fail(
-                "batch_size",
-                self.batch_size,
-                f"must be at most the {len(self.indices)} training rows of {self.rows.source}",
-            )
-        self._rng = np.random.default_rng(self.seed)
-        self._new_pass()
-        self._position = 0
-        self.passes = 0
-
-    def _new_pass(self) -> None:
-        # The generator's state before drawing this pass's order: the order is redrawn from it
-        # on resume instead of being stored (it has one entry per row).
-        self._pass_rng_state = self._rng.bit_generator.state
-        self._order = self._rng.permutation(self.indices)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Where the iterator stands (JSON-ready): enough to continue with the same batches."""
-        return {
-            "n_indices": len(self.indices),
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "passes": self.passes,
-            "position": self._position,
-            "pass_rng_state": self._pass_rng_state,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict` of an iterator over the same rows and indices."""
-        for name, value in (
-            ("n_indices", len(self.indices)),
-            ("batch_size", self.batch_size),
-            ("seed", self.seed),
-        ):
-            if state.get(name) != value:
-                raise _fail(
-                    name,
-                    value,
-                    f"the saved data position was taken with {name}={state.get(name)}; they must match",
-                )
-        self._rng.bit_generator.state = state["pass_rng_state"]
-        self._new_pass()
-        self._position, self.passes = int(state["position"]), int(state["passes"])
-
-    def __next__(self) -> torch.Tensor:
-        take = self._order[self._position : self._position + self.batch_size]
-        self._position += len(take)
-        if len(take) < self.batch_size:
-            self._new_pass()
-            self.passes += 1
-            self._position = self.batch_size - len(take)
-            take = np.concatenate([take, self._order[: self._position]])
-        # Sorted reads touch the file in order; row order inside a batch does not matter.
-        take = np.sort(take)
-        return _checked(self.rows.rows(take).to(self.dtype), self.rows, take)
-
-
-def find_nonfinite_rows(
-    rows: ActivationRows,
-    indices: np.ndarray | None = None,
-    batch_size: int = 4096,
-    progress: bool = True,
-    desc: str = "checking activations",
-) -> np.ndarray:
-    """The rows among ``indices`` (default: all) that hold NaN or inf, in one streaming pass
-    (``batch_size`` rows at a time, a progress bar unless ``progress`` is False)."""
-    from tqdm.auto import tqdm
-
-    if indices is None:
-        indices = np.arange(rows.n_rows)
-    bad = []
-    with tqdm(total=len(indices), desc=desc, unit="rows", disable=not progress) as bar:
-        for start in range(0, len(indices), batch_size):
-            take = indices[start : start + batch_size]
-            finite = torch.isfinite(rows.rows(take)).all(dim=-1).numpy()
-            if not finite.all():
-                bad.append(take[~finite])
-            bar.update(len(take))
-    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
-
-
-def iter_row_batches(
-    rows: ActivationRows,
-    indices: np.ndarray | None = None,
-    batch_size: int = 4096,
-    dtype: torch.dtype = torch.float32,
-) -> Iterator[torch.Tensor]:
-    """``rows`` at ``indices`` (default: all) in order, ``batch_size`` at a time, as ``dtype``."""
-    if indices is None:
-        indices = np.arange(rows.n_rows)
-    for start in range(0, len(indices), batch_size):
-        take = indices[start : start + batch_size]
-        yield _checked(rows.rows(take).to(dtype), rows, take)

@@ -18,7 +18,8 @@ from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens.util import str_to_dtype
 from tqdm.auto import tqdm
 
-from softsae_lens.data.activations import ActivationRows, iter_row_batches
+from softsae_lens.data.activations import ActivationRows
+from softsae_lens.data.batches import iter_row_batches
 
 __all__ = ["HeldOutEvaluator", "evaluate_on_rows"]
 

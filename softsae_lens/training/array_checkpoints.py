@@ -13,7 +13,7 @@ import torch
 from sae_lens.constants import RUNNER_CFG_FILENAME, SPARSITY_FILENAME, TRAINER_STATE_FILENAME
 from sae_lens.training.sae_trainer import SAETrainer
 
-from softsae_lens.data.activations import ActivationBatches
+from softsae_lens.data.batches import ActivationBatches
 from softsae_lens.training.checkpoints import checkpoint_folders, is_complete, mark_complete
 
 if TYPE_CHECKING:

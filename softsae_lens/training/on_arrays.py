@@ -24,13 +24,8 @@ from sae_lens.training.sae_trainer import SAETrainer
 from sae_lens.util import str_to_dtype
 from safetensors.torch import save_file
 
-from softsae_lens.data.activations import (
-    ActivationBatches,
-    ActivationRows,
-    find_nonfinite_rows,
-    open_activations,
-    split_rows,
-)
+from softsae_lens.data.activations import ActivationRows, open_activations
+from softsae_lens.data.batches import ActivationBatches, find_nonfinite_rows, split_rows
 from softsae_lens.evals.heldout import HeldOutEvaluator, evaluate_on_rows
 from softsae_lens.training.array_checkpoints import (
     EVAL_METRICS_FILENAME,

@@ -20,7 +20,8 @@ def train_both(settings: Settings, emb_path: Path, n_rows: int) -> dict[str, Any
     from sae_lens import TopKTrainingSAEConfig
 
     from softsae_lens import SoftTrainingSAEConfig
-    from softsae_lens.data.activations import open_activations, split_rows
+    from softsae_lens.data.activations import open_activations
+    from softsae_lens.data.batches import split_rows
     from softsae_lens.evals.heldout import evaluate_on_rows
     from softsae_lens.models.minilm import D_MODEL
     from softsae_lens.training.on_arrays import ActivationsRunnerConfig, train_on_activations
