@@ -1,4 +1,4 @@
-"""What the demo and the sweep share on the command line: the model and text flags, a phase clock."""
+"""The sweep's model and text flags (the demo's are DemoConfig's fields), and the phase clock both print."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ __all__ = ["PhaseClock", "add_model_and_text_flags"]
 
 
 def add_model_and_text_flags(parser: Any, default_sources: tuple[str, ...]) -> None:
-    """``--model``, ``--model-path`` and ``--sources``, as the demo and the sweep both take them
-    (checked afterwards by :func:`check_model_choice`)."""
+    """``--model``, ``--model-path`` and ``--sources`` (checked afterwards by
+    :func:`softsae_lens.models.check_model_choice`)."""
     from softsae_lens.data.corpus.sources import SOURCES, parse_sources
 
     parser.add_argument(
