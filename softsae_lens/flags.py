@@ -9,7 +9,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["config_parser", "parse_config"]
+__all__ = ["config_parser", "parse_config", "spell_flags"]
+
+
+def spell_flags(argv: Sequence[str], sep: str) -> list[str]:
+    """``argv`` with every ``--flag`` name spelt with ``sep`` between words (``"-"``: ``--a-b``;
+    ``"_"``: SAELens's ``--a_b``), so either spelling works; values are left alone."""
+    other = "_" if sep == "-" else "-"
+    return [re.sub(r"^--[^=]+", lambda m: m[0][:2] + m[0][2:].replace(other, sep), a) for a in argv]
 
 
 def config_parser(config_class: type, prog: str, description: str | None = None) -> Any:
@@ -32,11 +39,8 @@ def parse_config(
     """Parse ``argv``; a ValueError the config's ``__post_init__`` raises for a bad value becomes
     ``SystemExit`` with its one-line message (no traceback for a user's mistake), or, with
     ``usage_on_error``, argparse's usage line and ``error: <message>`` (exit status 2)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    # --a_b is --a-b (SAELens's CLI spells its flags with underscores).
-    argv = [re.sub(r"^(--[^=]*)", lambda m: m[1].replace("_", "-"), a) for a in argv]
     try:
-        return parser.parse_args(argv)
+        return parser.parse_args(spell_flags(sys.argv[1:] if argv is None else argv, "-"))
     except ValueError as err:
         if usage_on_error:
             parser.error(str(err))

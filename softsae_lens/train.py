@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch.distributed as dist
 from sae_lens.llm_sae_training_runner import _parse_cfg_args
 
+from softsae_lens.flags import spell_flags
 from softsae_lens.training.checkpoints import CheckpointError
 from softsae_lens.training.interrupt import TrainingInterrupted
 from softsae_lens.training.run_length import configure_runner
@@ -24,10 +25,11 @@ from softsae_lens.training.runner import DistributedSAETrainingRunner
 
 
 def parse_args(args: Sequence[str]):
-    """Parse SAELens CLI arguments (``--architecture soft`` included) into a runner config."""
+    """Parse SAELens CLI arguments (``--architecture soft`` included; ``--d-sae`` for ``--d_sae``
+    too) into a runner config."""
     import softsae_lens  # noqa: F401  (registers "soft" before the parser reads the registry)
 
-    return configure_runner(_parse_cfg_args(list(args)))
+    return configure_runner(_parse_cfg_args(spell_flags(args, "_")))
 
 
 def main(args: Sequence[str] | None = None) -> None:

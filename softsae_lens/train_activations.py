@@ -29,6 +29,7 @@ from typing import Any
 from sae_lens import TrainingSAEConfig
 
 from softsae_lens.data.activations import open_activations
+from softsae_lens.flags import spell_flags
 from softsae_lens.training.interrupt import TrainingInterrupted
 from softsae_lens.training.on_arrays import (
     ActivationsRun,
@@ -62,7 +63,7 @@ def parse_args(argv: Sequence[str]) -> ActivationsRunnerConfig[Any]:
 
     import softsae_lens  # noqa: F401  (registers "soft" before the registry is read)
 
-    argv = list(argv) or ["--help"]
+    argv = spell_flags(argv, "_") or ["--help"]  # --d-sae works as --d_sae
     d_in = _probe_width(argv) or 512
     choices = {
         name: partial(config_class, d_in=d_in, d_sae=8 * d_in)
