@@ -1,7 +1,7 @@
 """Data-parallel training under torch.distributed: 2 CPU processes (Gloo) on the tiny model.
 
 The two processes start once for the module (``two_ranks``) and run every scenario of
-``_distributed_helpers`` in their own working directories; single-process references run here.
+``distributed_scenarios`` in their own working directories; single-process references run here.
 """
 
 import json
@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from _distributed_helpers import (
+from datasets import DatasetDict
+from distributed_scenarios import (
     GLOBAL_BATCH,
     OTHER_ARCHITECTURES,
     ROWS,
@@ -26,7 +27,6 @@ from _distributed_helpers import (
     run_two_ranks,
     runner_cfg,
 )
-from datasets import DatasetDict
 from helpers import build_tiny_model, tiny_runner_cfg, token_dataset
 from sae_lens import SAE, LanguageModelSAETrainingRunner
 from safetensors.torch import load_file

@@ -296,7 +296,7 @@ def run_two_ranks(root: Path) -> list[dict]:
     import softsae_lens
 
     multiprocessing.get_context("forkserver").set_forkserver_preload(
-        ["_distributed_helpers", "softsae_lens", "sae_lens"]
+        ["distributed_scenarios", "softsae_lens", "sae_lens"]
     )
     mp.start_processes(
         _worker,
