@@ -26,7 +26,9 @@ def test_bad_flags_name_the_flag_value_and_rule(argv, message):
 def test_eval_budget_follows_the_flags():
     cfg = parse_args(["--eval-batches", "3", "--eval-batch-prompts", "4", "--context-size", "64"])
     budget = cfg.eval_budget()
-    assert (budget.ce_batches, budget.variance_batches) == (3, 3)
+    # L0 and explained variance read many more rows than the CE score: they are cheap, and an
+    # adaptive SAE's mean L0 on a few documents is off by several percent.
+    assert (budget.ce_batches, budget.variance_batches) == (3, 32)
     assert budget.ce_tokens == 3 * 4 * 64 and budget.k_report_tokens == 64
     assert parse_args(["--eval-variance-batches", "9"]).eval_budget().variance_batches == 9
 

@@ -39,7 +39,9 @@ class EvalBudget:
     Attributes:
         ce_batches: batches for the CE-loss and KL-div scores (three full forwards each).
         variance_batches: batches for explained variance, MSE, L0 and dead latents (one
-            forward up to the hook's layer each).
+            forward up to the hook's layer each, so cheap). An adaptive SAE's mean L0 depends
+            on which documents it sees: on 48 rows it moves by several percent, which hides
+            whether the L0 is on target.
         batch_prompts: rows of ``context_size`` tokens per batch.
         context_size: tokens per row.
         k_report_docs: held-out documents for SoftSAE's per-token k_hat statistics.
@@ -47,7 +49,7 @@ class EvalBudget:
     """
 
     ce_batches: int = 6
-    variance_batches: int = 6
+    variance_batches: int = 32
     batch_prompts: int = 8
     context_size: int = 128
     k_report_docs: int = 24

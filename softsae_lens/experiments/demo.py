@@ -81,8 +81,9 @@ class DemoConfig:
     """learning rate (both SAEs)"""
     eval_batches: int = 6
     """held-out batches per SAE for the CE-loss and KL scores (3 model forwards each)"""
-    eval_variance_batches: int | None = None
-    """held-out batches per SAE for explained variance, MSE, L0 (unset: --eval-batches)"""
+    eval_variance_batches: int = 32
+    """held-out batches per SAE for explained variance, MSE, L0 (one forward to the hook each;
+    an adaptive SAE's L0 needs many documents to be measured within a few percent)"""
     eval_batch_prompts: int = 8
     """rows of --context-size tokens per evaluation batch"""
     k_report_docs: int = 24
@@ -97,14 +98,12 @@ class DemoConfig:
     def __post_init__(self) -> None:
         """A one-line ValueError naming the flag, its value and the rule."""
         positive = ("tokens", "k", "context_size", "batch_tokens", "eval_batches")
-        positive += ("eval_batch_prompts",)
-        for name in (*positive, "eval_variance_batches", "k_report_docs"):
+        positive += ("eval_batch_prompts", "eval_variance_batches")
+        for name in (*positive, "k_report_docs"):
             value = getattr(self, name)
             if value is not None and (value <= 0 if name in positive else value < 0):
                 allowed = "positive" if name in positive else ">= 0"
                 raise ValueError(f"--{name.replace('_', '-')} must be {allowed}, got {value}")
-        if self.eval_variance_batches == 0:
-            raise ValueError("--eval-variance-batches must be positive, got 0")
         check_model_choice(self.model, self.model_path)
         if self.tokens < self.batch_tokens:
             raise ValueError(
@@ -115,7 +114,7 @@ class DemoConfig:
         """What ``run_evals`` and the k_hat report read per SAE."""
         return EvalBudget(
             ce_batches=self.eval_batches,
-            variance_batches=self.eval_variance_batches or self.eval_batches,
+            variance_batches=self.eval_variance_batches,
             batch_prompts=self.eval_batch_prompts,
             context_size=self.context_size,
             k_report_docs=self.k_report_docs,

@@ -257,11 +257,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     todo = [c for c in grid if _load(args.out / c.name) is None]
     print(
         f"[grid] {len(grid)} cells x {len(args.seeds)} seeds x 2 SAEs, {args.samples:,} samples "
-        f"each; {len(grid) - len(todo)} done, {len(todo)} to run. On a 2-core CPU a seed takes "
-        "about 1-2 min per SAE at 2,048 features and 5-10 min at 4,096 (orthogonalising "
-        "4,096 directions adds about 3 min per seed, once: the stream is cached)",
+        f"each; {len(grid) - len(todo)} done, {len(todo)} to run",
         flush=True,
     )
+    for features, dims in sorted(set(args.sizes)):
+        walls = [
+            r["wall_s"] / len(r["realistic_settings"]["seeds"])
+            for c in grid
+            if (c.features, c.dims) == (features, dims)
+            and (r := _load(args.out / c.name)) is not None
+        ]
+        cost = (
+            f"{statistics.fmean(walls) / 60:.0f} min per seed, measured on {len(walls)} done "
+            "cell(s) (wall time, on whatever else the machine was running)"
+            if walls
+            else "not measured yet (no cell of this size done)"
+        )
+        print(f"[grid] {features:,} x {dims}: {cost}", flush=True)
     if args.plan_only:
         for cell in todo:
             argv = cell_argv(cell, args.out, args.seeds, args.samples, args.quick)

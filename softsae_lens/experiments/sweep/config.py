@@ -61,7 +61,7 @@ class SweepConfig:
     device: str = "cpu"
     threads: int = 1
     eval_batches: int = 1
-    eval_variance_batches: int = 6
+    eval_variance_batches: int = 32
     eval_batch_prompts: int = 8
     k_report_docs: int = 12
     mp_max_iterations_factor: float = 2.0
