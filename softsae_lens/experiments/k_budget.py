@@ -38,6 +38,16 @@ def _load(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _load_noted(entry: str) -> dict[str, Any]:
+    """``DIR[=NOTE]``: the run's results, with the note (if any) and the folder it came from."""
+    folder, _, note = entry.partition("=")
+    results = _load(Path(folder))
+    results["folder"] = Path(folder)
+    if note:
+        results["note"] = note
+    return results
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:+.1%}"
 
@@ -114,8 +124,9 @@ def synthetic_lines(results: dict[str, Any]) -> list[str]:
         def ms(key: str, digits: int = 3, agg: dict[str, Any] = agg) -> str:
             return format_mean_std(agg.get(key), digits)
 
+        when = f"{steps:,}" + (f" ({results['note']})" if results.get("note") else "")
         lines.append(
-            f"| {steps:,} | {results['labels'].get(name, name)} | {ms('mean_l0', 2)} | {off} | "
+            f"| {when} | {results['labels'].get(name, name)} | {ms('mean_l0', 2)} | {off} | "
             f"{ms('mcc')} | {ms('f1')} | {ms('explained_variance')} | "
             f"{ms('spearman_k_hat') if 'spearman_k_hat' in agg else '-'} | "
             f"{ms('dead_latents', 0)} |"
@@ -183,17 +194,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         "(e.g. which code or data it ran on)",
     )
     p.add_argument(
-        "--synthetic", type=Path, nargs="*", default=[], help="ground-truth output folders"
+        "--synthetic",
+        nargs="*",
+        default=[],
+        metavar="DIR[=NOTE]",
+        help="ground-truth output folders, each with an optional note as for --sweeps",
     )
     p.add_argument("--out", type=Path, default=Path("out/l0"), help="where results.md goes")
     args = p.parse_args(argv)
     if not args.sweeps and not args.synthetic:
         p.error("give --sweeps and/or --synthetic folders holding results.json")
-    folders = [Path(entry.partition("=")[0]) for entry in args.sweeps]
-    sweeps = [_load(f) for f in folders]
-    for s, entry, folder in zip(sweeps, args.sweeps, folders, strict=True):
-        if entry.partition("=")[2]:
-            s["note"] = entry.partition("=")[2]
+    sweeps = [_load_noted(entry) for entry in args.sweeps]
+    for s in sweeps:
+        folder = s["folder"]
         c = s["config"]
         s.setdefault(
             "command",
@@ -201,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f" --targets {','.join(str(t) for t in c['targets'])} --tokens {c['tokens']}"
             f" --soft-k-budget {c.get('soft_k_budget', 'penalty')} --out {folder}",
         )
-    text = markdown(sweeps, [_load(f) for f in args.synthetic])
+    text = markdown(sweeps, [_load_noted(entry) for entry in args.synthetic])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(text)
     print(text)
