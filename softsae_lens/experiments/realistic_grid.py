@@ -261,15 +261,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         flush=True,
     )
     for features, dims in sorted(set(args.sizes)):
+        # Every finished cell of this size under --out, in or out of this grid, prices a seed.
         walls = [
             r["wall_s"] / len(r["realistic_settings"]["seeds"])
-            for c in grid
-            if (c.features, c.dims) == (features, dims)
-            and (r := _load(args.out / c.name)) is not None
+            for folder in sorted(args.out.glob(f"f{features}-d{dims}-*"))
+            if (r := _load(folder)) is not None
         ]
         cost = (
-            f"{statistics.fmean(walls) / 60:.0f} min per seed, measured on {len(walls)} done "
-            "cell(s) (wall time, on whatever else the machine was running)"
+            f"{statistics.fmean(walls) / 60:.0f} min per seed, measured on {len(walls)} finished "
+            "cell(s) of this size (wall time, on whatever else the machine was running)"
             if walls
             else "not measured yet (no cell of this size done)"
         )
