@@ -53,16 +53,15 @@ EXPERIMENTS = (
         "l0/results.md",
         "python -m softsae_lens.experiments.k_budget --sweeps out/l0/sweep_2x=NOTE "
         "out/l0/sweep_1x_shuffled out/l0/sweep_2x_shuffled out/l0/sweep_4x_shuffled "
-        "--synthetic out/l0/synth_1000=NOTE out/l0/synth_1000_v2 (each written by the command "
-        "its page names)",
+        "--synthetic out/l0/synth_1000=NOTE out/l0/synth_1000_v2 out/grid/f2048-d128-plain-lr0.003=NOTE "
+        "(each written by the command its page names)",
         "Results of the k budget: held-out L0 against the target",
         "k-budget.md",
     ),
     Experiment(
         "realistic-grid",
         "grid/results.md",
-        "python -m softsae_lens.experiments.realistic_grid report --out out/grid "
-        "--sizes 2048x128 4096x256 --directions ortho --lrs 1e-3 3e-3",
+        "python -m softsae_lens.experiments.realistic_grid report --out out/grid",
         "Realistic ground truth over a grid of settings: SoftSAE against TopK",
         "synthetic.md#a-grid-of-settings",
     ),
