@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from softsae_lens.experiments.synthetic.report import format_mean_std
+from softsae_lens.experiments.synthetic.summary import mean_std
 
 __all__ = ["Cell", "cells", "cell_argv", "markdown", "main"]
 
@@ -115,13 +116,6 @@ def _load(folder: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _mean_std(values: Sequence[float], digits: int = 3) -> str:
-    if not values:
-        return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
-
-
 def _cell_rows(cell: Cell, results: dict[str, Any]) -> tuple[list[str], list[str]]:
     per_seed = [r for r in results["per_seed"] if r["regime"] == "realistic"]
     settings = results["realistic_settings"]
@@ -150,7 +144,7 @@ def _cell_rows(cell: Cell, results: dict[str, Any]) -> tuple[list[str], list[str
     for key in _SCORES:
         d = [r["metrics"]["soft"][key] - r["metrics"]["topk"][key] for r in paired]
         wins = sum(v >= 0 for v in d)
-        diffs.append(f"{_mean_std(d)} ({wins}/{len(d)})" if d else "-")
+        diffs.append(f"{format_mean_std(mean_std(d))} ({wins}/{len(d)})" if d else "-")
     l0 = [r["metrics"]["soft"]["mean_l0"] / r["k"] - 1 for r in paired]
     off = f"{statistics.fmean(l0):+.1%}" if l0 else "-"
     return scores, [f"{head} " + " | ".join(diffs) + f" | {off} |"]

@@ -59,7 +59,7 @@ def _get(m: dict[str, Any], key: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) else None
 
 
-def _mean_std(values: Sequence[float]) -> dict[str, Any]:
+def mean_std(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "per_seed": list(values)}
 
 
@@ -101,7 +101,7 @@ def flatten_hierarchy(m: dict[str, Any]) -> dict[str, float]:
 def _aggregate_hierarchy(runs: Sequence[_SeedMetrics], name: str) -> dict[str, Any]:
     flat = [flatten_hierarchy(r.metrics[name]) for r in runs]
     keys = dict.fromkeys(k for f in flat for k in f)
-    return {k: _mean_std([f[k] for f in flat if k in f]) for k in keys}
+    return {k: mean_std([f[k] for f in flat if k in f]) for k in keys}
 
 
 def aggregate(runs: Sequence[_SeedMetrics]) -> dict[str, dict[str, Any]]:
@@ -113,7 +113,7 @@ def aggregate(runs: Sequence[_SeedMetrics]) -> dict[str, dict[str, Any]]:
         for key in (*_SCALAR_KEYS, *_CORRELATION_KEYS):
             vals = [v for r in runs if (v := _get(r.metrics[name], key)) is not None]
             if vals:
-                entry[key] = _mean_std(vals)
+                entry[key] = mean_std(vals)
         within = [r.metrics[name].get("spearman_k_hat_within_mode") for r in runs]
         if all(w is not None for w in within):
             entry["spearman_k_hat_within_mode"] = {
