@@ -244,6 +244,8 @@ def build_sae(
         factor = overrides.pop("k_max_factor", settings.k_max_factor)
         if factor is not None:
             overrides.setdefault("k_max", float(min(regime.d_sae, factor * k)))
+        if overrides.get("k_target_start") == "k":
+            overrides["k_target_start"] = float(k)
         if overrides.get("k_estimator_width") == "d_sae":
             overrides["k_estimator_width"] = regime.d_sae
         if "train_code" in overrides:  # an experiment-only training variant (.prototype)
@@ -280,6 +282,8 @@ REALISTIC_ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "hard_25": {"kind": "soft", "hard_topk_fraction": 0.25},
     "hard_50": {"kind": "soft", "hard_topk_fraction": 0.5},
     "alpha_end_0.05": {"kind": "soft", "alpha_end": 0.05},
+    "alpha_end_0.1": {"kind": "soft", "alpha_end": 0.1},
+    "alpha_end_0.2": {"kind": "soft", "alpha_end": 0.2},
     "alpha_end_1e-3": {"kind": "soft", "alpha_end": 1e-3},
     "alpha_anneal_10pct": {"kind": "soft", "alpha_anneal_fraction": 0.1},
     "grad_to_pre": {"kind": "soft", "soft_topk_grad_to_pre": True},
@@ -292,6 +296,13 @@ REALISTIC_ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "estimator_d_sae": {"kind": "soft", "k_estimator_width": "d_sae"},
     "aux_coef_1": {"kind": "soft", "aux_loss_coefficient": 1.0},
     "no_decoder_rescale": {"kind": "soft", "rescale_acts_by_decoder_norm": False},
+    "k_start_at_k": {"kind": "soft", "k_target_start": "k"},
+    "k_anneal_10pct": {"kind": "soft", "k_anneal_fraction": 0.1},
+    "alpha_start_0.01": {"kind": "soft", "alpha_start": 0.01},
+    "sparse_start": {"kind": "soft", "k_target_start": "k", "alpha_start": 0.01},
+    "estimator_random_init": {"kind": "soft", "train_code": "soft", "k_estimator_init": "random"},
+    "estimator_lr_0.1": {"kind": "soft", "train_code": "soft", "k_estimator_lr_scale": 0.1},
+    "estimator_lr_0.01": {"kind": "soft", "train_code": "soft", "k_estimator_lr_scale": 0.01},
 }
 REALISTIC_ABLATION_DESCRIPTIONS = {
     "topk": "SAELens TopK, k = round(true L0 of the d_sae most frequent features) (reference)",
@@ -303,6 +314,8 @@ REALISTIC_ABLATION_DESCRIPTIONS = {
     "hard_25": "hard_topk_fraction 0.25 (default 0.04)",
     "hard_50": "hard_topk_fraction 0.5",
     "alpha_end_0.05": "alpha floor 0.05 of the RMS positive pre-activation (default 0.01)",
+    "alpha_end_0.1": "alpha floor 0.1 (default 0.01)",
+    "alpha_end_0.2": "alpha floor 0.2 (default 0.01)",
     "alpha_end_1e-3": "alpha floor 1e-3 (default 0.01)",
     "alpha_anneal_10pct": "alpha annealed over 10% of the steps (default 1%)",
     "grad_to_pre": "soft_topk_grad_to_pre True: the soft weights' gradient reaches the pre-activations",
@@ -315,4 +328,11 @@ REALISTIC_ABLATION_DESCRIPTIONS = {
     "estimator_d_sae": "k-estimator width d_sae, as the paper (default d_sae / 4)",
     "aux_coef_1": "aux_loss_coefficient 1.0, TopK's SAELens default (default 1/32, the paper's)",
     "no_decoder_rescale": "rescale_acts_by_decoder_norm False (default True)",
+    "k_start_at_k": "the k target starts at k: the budget holds from the first step (default: anneals from max(d_in, k_max) over 1% of the steps)",
+    "k_anneal_10pct": "the k target anneals over 10% of the steps (default 1%)",
+    "alpha_start_0.01": "alpha starts at its floor 0.01 (no alpha anneal; default: from 1.0 over 1% of the steps)",
+    "sparse_start": "k_start_at_k and alpha_start_0.01 together: no dense start at all",
+    "estimator_random_init": "k-estimator's first layer random directions, same norms (default: a copy of encoder columns)",
+    "estimator_lr_0.1": "k-estimator's learning rate 0.1x the encoder's (reparametrised; default 1x)",
+    "estimator_lr_0.01": "k-estimator's learning rate 0.01x the encoder's",
 }
