@@ -85,6 +85,12 @@ def test_every_generated_flag_has_help_from_its_field_docstring(name):
         ("realistic_grid", ["report", "--plan_only"], "plan_only", True),
         ("k_budget", ["--sweeps", "a=b", "c", "--out", "o"], "sweeps", ["a=b", "c"]),
         ("convert", ["--hook_name", "h", "ae.pt", "out"], "hook_name", "h"),
+        (
+            "dashboards",
+            ["--sae", "s", "--text", "a", "--top_by", "frequency"],
+            "top_by",
+            "frequency",
+        ),
     ],
 )
 def test_the_converted_clis_take_both_spellings_and_their_list_syntax(name, argv, field, value):
