@@ -4,12 +4,21 @@ from the field docstrings, ``--a-b`` with ``--a_b`` accepted too, a bad value a 
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["config_parser", "parse_config", "spell_flags"]
+__all__ = [
+    "comma_separated",
+    "config_parser",
+    "one_or_more",
+    "optional",
+    "parse_config",
+    "spell_flags",
+    "switch",
+]
 
 
 def spell_flags(argv: Sequence[str], sep: str) -> list[str]:
@@ -19,17 +28,65 @@ def spell_flags(argv: Sequence[str], sep: str) -> list[str]:
     return [re.sub(r"^--[^=]+", lambda m: m[0][:2] + m[0][2:].replace(other, sep), a) for a in argv]
 
 
-def config_parser(config_class: type, prog: str, description: str | None = None) -> Any:
-    """A parser with a flag per field of ``config_class`` (parsed into ``cfg``)."""
+def switch() -> Any:
+    """A field for an on/off flag that takes no value (argparse's ``store_true``, default off).
+
+    simple_parsing's own bool flags take an optional ``true``/``false`` after them, so one written
+    before a positional argument (``convert --overwrite ae.pt out``) would swallow it."""
+    from simple_parsing import field
+
+    return field(default=False, action="store_true")
+
+
+def comma_separated(default: tuple[Any, ...], parse: Any, metavar: str) -> Any:
+    """A field for a flag taking one comma-separated value (``--targets 16,32,64``) that
+    ``parse`` turns into a tuple (raising ``argparse.ArgumentTypeError`` for a bad one)."""
+    from simple_parsing import field
+
+    return field(default=default, type=parse, nargs=None, metavar=metavar)
+
+
+def optional(metavar: str) -> Any:
+    """A field for a flag that is unset (``None``) unless given, and then takes one value
+    (simple_parsing would otherwise let an ``X | None`` flag be given with no value)."""
+    from simple_parsing import field
+
+    return field(default=None, nargs=None, metavar=metavar)
+
+
+def one_or_more(default: Sequence[Any] | None, metavar: str, **argparse_options: Any) -> Any:
+    """A field for a flag taking one or more values after it (``--lrs 1e-3 3e-3``): a list,
+    a fresh copy of ``default`` when the flag is not given (``None`` stays ``None``: unset).
+    ``argparse_options`` (``type``, ``choices``) go to ``add_argument``."""
+    from simple_parsing import field
+
+    if "choices" not in argparse_options:  # simple_parsing shows a plain metavar as it is
+        metavar = f"{metavar} [{metavar} ...]"
+    if default is None:
+        return field(default=None, nargs="+", metavar=metavar, **argparse_options)
+    return field(
+        default_factory=lambda: list(default),
+        nargs="+",
+        required=False,  # simple_parsing makes any nargs="+" flag required otherwise
+        metavar=metavar,
+        **argparse_options,
+    )
+
+
+def config_parser(
+    config_class: type, prog: str, description: str | None = None, default: Any = None
+) -> Any:
+    """A parser with a flag per field of ``config_class`` (parsed into ``cfg``); ``default``, an
+    instance of it, supplies the defaults of its command-line fields instead of the class's."""
     from simple_parsing import ArgumentParser, DashVariant
 
     parser = ArgumentParser(
         prog=prog,
-        description=description or config_class.__doc__,
+        description=description or inspect.getdoc(config_class),
         add_option_string_dash_variants=DashVariant.DASH,
         add_config_path_arg=False,
     )
-    parser.add_arguments(config_class, dest="cfg")
+    parser.add_arguments(config_class, dest="cfg", default=default)
     return parser
 
 

@@ -13,6 +13,7 @@ PACKAGE = ROOT / "softsae_lens"
 # Each unit (a top-level module or subpackage of softsae_lens) with its layer: a module may
 # import its own unit and units of lower layers only. Units of one layer are independent.
 LAYERS: list[set[str]] = [
+    {"soft_topk_threshold"},  # the operator's threshold solve
     {"soft_topk"},  # the operator
     {"soft_config", "soft_encoder"},  # the architecture: configs, the classes' shared parts
     {"soft_sae"},  # the architecture: the inference and training classes
@@ -100,11 +101,13 @@ def test_imports_point_down(module):
     assert not upward, f"{module} imports sideways or up: " + "; ".join(upward)
 
 
-def test_the_operator_imports_torch_only():
+@pytest.mark.parametrize("module", ["softsae_lens.soft_topk", "softsae_lens.soft_topk_threshold"])
+def test_the_operator_imports_torch_only(module):
     third_party = {
         target.split(".")[0]
-        for _, target in _imports("softsae_lens.soft_topk")
-        if target.split(".")[0] not in sys.stdlib_module_names and target != "__future__"
+        for _, target in _imports(module)
+        if target.split(".")[0] not in {*sys.stdlib_module_names, "softsae_lens"}
+        and target != "__future__"
     }
     assert third_party == {"torch"}
 

@@ -417,16 +417,14 @@ def test_sigterm_in_one_process_leaves_a_resumable_checkpoint(tiny_model, tmp_pa
 
 
 def _train_then_exit(cfg: ActivationsRunnerConfig, kill_in: str | None) -> None:
-    """A forked child: train (optionally SIGKILLing itself inside a checkpoint write), exit."""
+    """A child: train (optionally SIGKILLing itself inside a checkpoint write), exit."""
     import os
     import signal
     import traceback
 
     import torch
 
-    # A forked child must not enter the OpenMP pool its parent started (libgomp is not
-    # fork-safe: the full suite's earlier tests leave the pool running and the child hangs).
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # as the children always ran: the kill moments were tuned so
     try:
         if kill_in is not None:
             import sae_lens.training.sae_trainer as trainer_module
@@ -445,6 +443,10 @@ def _train_then_exit(cfg: ActivationsRunnerConfig, kill_in: str | None) -> None:
         traceback.print_exc()
         os._exit(1)
     os._exit(0)
+
+
+def _exit_at_once() -> None:
+    """A child that does nothing: starting it starts the forkserver and its imports."""
 
 
 @pytest.mark.slow
@@ -469,7 +471,18 @@ def test_sigkill_at_random_moments_never_takes_an_incomplete_checkpoint(npy_path
         _cfg(npy_path, whole, checkpoint_path=str(whole / "ckpt"), **settings), progress=False
     )
     ckpt, out = tmp_path / "ckpt", tmp_path / "killed"
-    fork = multiprocessing.get_context("fork")
+    # Children fork from a forkserver: a fresh single-threaded process that has imported the
+    # libraries once. Forked from this process instead, a child inherits locks that this
+    # process's other threads (OpenMP's pool, left running by earlier tests) held at the fork,
+    # and under load it once hung on one (a futex) for good. A no-op child first starts the
+    # server (unless a test before started it), so that the random kills below time training,
+    # not the imports.
+    forkserver = multiprocessing.get_context("forkserver")
+    forkserver.set_forkserver_preload(["test_robustness", "softsae_lens", "sae_lens"])
+    warm_up = forkserver.Process(target=_exit_at_once)
+    warm_up.start()
+    warm_up.join(300)
+    assert warm_up.exitcode == 0, f"the forkserver's first child exited with {warm_up.exitcode}"
     moments = random.Random(25)
     plan = ["sae_lens", None, "marker", None, None, None, None, None]
     seen_incomplete, taken = 0, []
@@ -484,7 +497,7 @@ def test_sigkill_at_random_moments_never_takes_an_incomplete_checkpoint(npy_path
         )
         if latest is None and ckpt.exists():  # killed while writing the first: start over
             shutil.rmtree(ckpt)
-        child = fork.Process(target=_train_then_exit, args=(cfg, kill_in))
+        child = forkserver.Process(target=_train_then_exit, args=(cfg, kill_in))
         child.start()
         if kill_in is None and attempt < len(plan):
             time.sleep(moments.uniform(0.02, 0.3))

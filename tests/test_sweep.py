@@ -62,6 +62,10 @@ def test_defaults_and_quick_mode():
     quick = parse_args(["--quick", "--tokens", "4096"])
     assert quick.tokens == 4096 and quick.d_sae == QUICK["d_sae"]
     assert str(quick.out) == "out/sweep_quick"
+    # A flag given beside --quick wins even where its value is the normal default.
+    beside = parse_args(["--eval-variance-batches", "32", "--quick", "--out", "out/sweep"])
+    assert (beside.eval_variance_batches, str(beside.out)) == (32, "out/sweep")
+    assert beside.eval_batch_prompts == QUICK["eval_batch_prompts"]
     picked = parse_args(["--architectures", "soft,jumprelu", "--targets", "8,4"])
     assert [r[0] for r in picked.runs()] == ["soft-8", "soft-4", "jumprelu-8", "jumprelu-4"]
 

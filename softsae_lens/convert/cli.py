@@ -7,52 +7,55 @@ exit status 2. Holds no conversion logic.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from simple_parsing import field
 
 from softsae_lens.convert.paper_format import PaperCheckpointError
 from softsae_lens.convert.to_softsae import DTYPES, convert_paper_checkpoint
+from softsae_lens.flags import config_parser, optional, parse_config, switch
 
-__all__ = ["main"]
+__all__ = ["ConvertConfig", "main", "parse_args"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m softsae_lens.convert",
-        description=(
-            "Convert a SoftSAE checkpoint trained with the paper's code (dictionary_learning "
-            "fork: ae.pt plus config.json; LLM SoftSAE or CLIP SoftTopKSAE) into a SAELens SAE "
-            "folder (architecture 'soft', k_rounding='floor') that takes and returns raw "
-            "activations. Load it with: import softsae_lens; "
-            "sae_lens.SAE.load_from_disk(OUT_DIR)."
-        ),
-    )
-    parser.add_argument("checkpoint", help="the paper's ae.pt, or the folder holding it")
-    parser.add_argument("out_dir", help="folder to write cfg.json and sae_weights.safetensors to")
-    parser.add_argument(
-        "--hook-name",
-        help="TransformerLens hook the SAE reads, e.g. blocks.12.hook_resid_post "
-        "(default: from config.json's submodule_name/layer when unambiguous)",
-    )
-    parser.add_argument("--model-name", help="model name for the metadata (default: lm_name)")
-    parser.add_argument(
-        "--config", help="the run's config.json (default: beside the checkpoint)", type=Path
-    )
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="default: float32")
-    parser.add_argument(
-        "--unsafe-pickle",
-        action="store_true",
-        help="allow a checkpoint that is not a plain state dict (runs pickled code: trusted files only)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an SAE in OUT_DIR")
-    return parser
+@dataclass
+class ConvertConfig:
+    """Convert a SoftSAE checkpoint trained with the paper's code (dictionary_learning fork:
+    ae.pt plus config.json; LLM SoftSAE or CLIP SoftTopKSAE) into a SAELens SAE folder
+    (architecture 'soft', k_rounding='floor') that takes and returns raw activations. Load it
+    with: import softsae_lens; sae_lens.SAE.load_from_disk(OUT_DIR)."""
+
+    checkpoint: str = field(positional=True, metavar="CHECKPOINT")
+    """the paper's ae.pt, or the folder holding it"""
+    out_dir: str = field(positional=True, metavar="OUT_DIR")
+    """folder to write cfg.json and sae_weights.safetensors to"""
+    hook_name: str | None = optional("HOOK")
+    """TransformerLens hook the SAE reads, e.g. blocks.12.hook_resid_post (unset: from
+    config.json's submodule_name/layer when unambiguous)"""
+    model_name: str | None = optional("NAME")
+    """model name for the metadata (unset: config.json's lm_name)"""
+    config: Path | None = optional("PATH")
+    """the run's config.json (unset: the one beside the checkpoint)"""
+    dtype: str = field(default="float32", choices=DTYPES)
+    """dtype of the written weights"""
+    unsafe_pickle: bool = switch()
+    """allow a checkpoint that is not a plain state dict (runs pickled code: trusted files only)"""
+    overwrite: bool = switch()
+    """replace an SAE in OUT_DIR"""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ConvertConfig:
+    """The converter's command line (one flag or positional per :class:`ConvertConfig` field)."""
+    parser = config_parser(ConvertConfig, "python -m softsae_lens.convert")
+    return parse_config(parser, argv, usage_on_error=True).cfg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (0, or 2 with a message on stderr)."""
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         sae = convert_paper_checkpoint(
             args.checkpoint,

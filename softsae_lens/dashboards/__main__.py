@@ -29,17 +29,12 @@ __all__ = ["main", "parse_args", "run"]
 
 
 def parse_args(argv: Sequence[str]) -> DashboardsConfig:
-    """Parse the flags into a :class:`DashboardsConfig` (help from its field docstrings)."""
-    from simple_parsing import ArgumentParser, DashVariant
+    """Parse the flags into a :class:`DashboardsConfig` (help from its field docstrings;
+    ``--a_b`` accepted for ``--a-b``)."""
+    from softsae_lens.flags import config_parser, parse_config
 
-    parser = ArgumentParser(
-        prog="python -m softsae_lens.dashboards",
-        description=DashboardsConfig.__doc__,
-        add_option_string_dash_variants=DashVariant.DASH,
-        add_config_path_arg=False,
-    )
-    parser.add_arguments(DashboardsConfig, dest="cfg")
-    return parser.parse_args(list(argv)).cfg
+    parser = config_parser(DashboardsConfig, "python -m softsae_lens.dashboards")
+    return parse_config(parser, argv).cfg
 
 
 def _documents(cfg: DashboardsConfig) -> tuple[list[str], str]:

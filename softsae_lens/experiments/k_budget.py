@@ -11,12 +11,14 @@ from the target, its k_hat spread, and its scores against TopK at SoftSAE's own 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from simple_parsing import field
 
 from softsae_lens.experiments.sweep.report import (
     PARETO_METRICS,
@@ -25,8 +27,9 @@ from softsae_lens.experiments.sweep.report import (
     off_target,
 )
 from softsae_lens.experiments.synthetic.report import format_mean_std
+from softsae_lens.flags import config_parser, parse_config
 
-__all__ = ["markdown", "main"]
+__all__ = ["KBudgetConfig", "main", "markdown", "parse_args"]
 
 _SYNTHETIC_SAES = ("soft", "k_budget_penalty", "topk", "topk_plus1", "batchtopk")
 
@@ -180,30 +183,33 @@ def markdown(sweeps: Sequence[dict[str, Any]], synthetic: Sequence[dict[str, Any
     return "\n".join(lines)
 
 
+@dataclass
+class KBudgetConfig:
+    """Write the k budget's results page from sweep and ground-truth results."""
+
+    sweeps: list[str] = field(default_factory=list, nargs="*", metavar="[DIR[=NOTE] ...]")
+    """sweep output folders, each with an optional note shown beside its run length (e.g. which
+    code or data it ran on)"""
+    synthetic: list[str] = field(default_factory=list, nargs="*", metavar="[DIR[=NOTE] ...]")
+    """ground-truth output folders, each with an optional note as for --sweeps"""
+    out: Path = field(default=Path("out/l0"), metavar="DIR")
+    """where results.md goes"""
+
+    def __post_init__(self) -> None:
+        """A one-line ValueError when there is nothing to read."""
+        if not self.sweeps and not self.synthetic:
+            raise ValueError("give --sweeps and/or --synthetic folders holding results.json")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> KBudgetConfig:
+    """The page's command line (one flag per :class:`KBudgetConfig` field)."""
+    parser = config_parser(KBudgetConfig, "python -m softsae_lens.experiments.k_budget")
+    return parse_config(parser, argv, usage_on_error=True).cfg
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m softsae_lens.experiments.k_budget",
-        description="Write the k budget's results page from sweep and ground-truth results.",
-    )
-    p.add_argument(
-        "--sweeps",
-        nargs="*",
-        default=[],
-        metavar="DIR[=NOTE]",
-        help="sweep output folders, each with an optional note shown beside its run length "
-        "(e.g. which code or data it ran on)",
-    )
-    p.add_argument(
-        "--synthetic",
-        nargs="*",
-        default=[],
-        metavar="DIR[=NOTE]",
-        help="ground-truth output folders, each with an optional note as for --sweeps",
-    )
-    p.add_argument("--out", type=Path, default=Path("out/l0"), help="where results.md goes")
-    args = p.parse_args(argv)
-    if not args.sweeps and not args.synthetic:
-        p.error("give --sweeps and/or --synthetic folders holding results.json")
+    """Read the runs the flags name and write ``OUT/results.md``."""
+    args = parse_args(argv)
     sweeps = [_load_noted(entry) for entry in args.sweeps]
     for s in sweeps:
         folder = s["folder"]

@@ -16,7 +16,6 @@ by seed (same stream), with how many seeds SoftSAE won.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from softsae_lens.experiments.realistic_grid_config import parse_args
 from softsae_lens.experiments.synthetic.report import format_mean_std
 from softsae_lens.experiments.synthetic.summary import mean_std
 
@@ -95,20 +95,6 @@ def cell_argv(
     if cell.orthogonalize:
         argv.append("--realistic-orthogonalize")
     return argv
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        features, dims = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--sizes: {text!r} is not FEATURESxDIMS (e.g. 2048x128)"
-        ) from None
-    if features <= dims or dims <= 0:
-        raise argparse.ArgumentTypeError(
-            f"--sizes: {text!r} needs more true features than dimensions, both positive"
-        )
-    return features, dims
 
 
 def _load(folder: Path) -> dict[str, Any] | None:
@@ -198,46 +184,8 @@ def markdown(out: Path, grid: Sequence[Cell]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m softsae_lens.experiments.realistic_grid",
-        description="SoftSAE against TopK on realistic ground truth over sizes, feature "
-        "directions and learning rates (run the grid, or write its results page).",
-    )
-    p.add_argument("action", choices=("run", "report"))
-    p.add_argument("--out", type=Path, default=Path("out/grid"), help="the grid's folder")
-    p.add_argument(
-        "--sizes",
-        type=_size,
-        nargs="+",
-        default=[(2048, 128), (4096, 256)],
-        metavar="FEATURESxDIMS",
-        help="true features x dimensions (default 2048x128 4096x256; width = features / 4)",
-    )
-    p.add_argument(
-        "--directions",
-        nargs="+",
-        choices=("ortho", "plain"),
-        default=["ortho", "plain"],
-        help="orthogonalised feature directions (SynthSAEBench's) and/or plain random ones",
-    )
-    p.add_argument(
-        "--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3], help="learning rates"
-    )
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds per cell")
-    p.add_argument(
-        "--samples", type=int, default=2_048_000, help="training samples (batches of 1,024)"
-    )
-    p.add_argument("--plan-only", action="store_true", help="with run: list the cells and stop")
-    p.add_argument(
-        "--quick", action="store_true", help="with run: each cell's tiny run (the test suite's)"
-    )
-    args = p.parse_args(argv)
-    for name in ("lrs",):
-        bad = [v for v in getattr(args, name) if not v > 0]
-        if bad:
-            p.error(f"--{name}: {bad[0]} is not a positive number")
-    if args.samples < 1024:
-        p.error(f"--samples: {args.samples} is below one batch of 1,024")
+    """Run the missing cells or write the results page (flags: :mod:`.realistic_grid_config`)."""
+    args = parse_args(argv)
     grid = cells(args.sizes, args.directions, args.lrs)
     if args.action == "report":
         text = markdown(args.out, grid)

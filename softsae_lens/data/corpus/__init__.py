@@ -6,6 +6,8 @@
   reading its source files.
 * :mod:`softsae_lens.data.corpus.tokens`: :func:`tokenize_corpus`, the pre-tokenised, cached rows
   SAELens trains and evaluates on.
+* :mod:`softsae_lens.data.corpus.stream`: how many of those tokens a SAELens run reads, and the
+  warnings a pre-tokenised dataset triggers there.
 """
 
 from softsae_lens.data.corpus.sources import (
@@ -25,14 +27,12 @@ from softsae_lens.data.corpus.stdlib import (
     stdlib_doc_documents,
     stdlib_source_documents,
 )
-from softsae_lens.data.corpus.tokens import (
-    TokenCorpus,
+from softsae_lens.data.corpus.stream import (
     pretokenized_warnings_ignored,
     runner_stream_tokens,
     stream_tokens_needed,
-    tokenize_corpus,
-    tokenizer_fingerprint,
 )
+from softsae_lens.data.corpus.tokens import TokenCorpus, tokenize_corpus, tokenizer_fingerprint
 
 __all__ = [
     "FORTUNES_DIR",

@@ -17,9 +17,7 @@ import hashlib
 import json
 import random
 import shutil
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,14 +28,7 @@ from softsae_lens.data.corpus.sources import Corpus, split_documents
 if TYPE_CHECKING:
     import datasets
 
-__all__ = [
-    "TokenCorpus",
-    "pretokenized_warnings_ignored",
-    "runner_stream_tokens",
-    "stream_tokens_needed",
-    "tokenize_corpus",
-    "tokenizer_fingerprint",
-]
+__all__ = ["TokenCorpus", "tokenize_corpus", "tokenizer_fingerprint"]
 
 # Bump when the row layout or the cached files change.
 # 2: rows are shuffled after packing (see _shuffled_rows).
@@ -114,40 +105,6 @@ class TokenCorpus:
                 "budget or add text (apt-get install fortunes python3.11-doc) so no token is "
                 "seen twice"
             )
-
-
-def stream_tokens_needed(
-    training_tokens: int,
-    train_batch_size_tokens: int,
-    context_size: int,
-    n_batches_in_buffer: int,
-    store_batch_size_prompts: int,
-    n_batches_for_norm_estimate: int = 0,
-) -> int:
-    """Upper bound on the tokens a SAELens training run pulls from its dataset.
-
-    The trainer consumes ``training_tokens``; estimating the activation scale first takes
-    ``n_batches_for_norm_estimate`` batches that are not counted as training; and the mixing
-    buffer reads up to ``n_batches_in_buffer * context_size`` tokens plus one store batch
-    ahead of what it serves.
-    """
-    return (
-        training_tokens
-        + n_batches_for_norm_estimate * train_batch_size_tokens
-        + (n_batches_in_buffer + store_batch_size_prompts) * context_size
-    )
-
-
-def runner_stream_tokens(runner_cfg: Any) -> int:
-    """:func:`stream_tokens_needed` for a SAELens runner config (single- or multi-SAE)."""
-    return stream_tokens_needed(
-        runner_cfg.training_tokens,
-        runner_cfg.train_batch_size_tokens,
-        runner_cfg.context_size,
-        runner_cfg.n_batches_in_buffer,
-        runner_cfg.store_batch_size_prompts,
-        runner_cfg.n_batches_for_norm_estimate,
-    )
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -378,25 +335,3 @@ def tokenize_corpus(
     train = datasets.load_from_disk(str(folder / "train"))
     heldout = datasets.load_from_disk(str(folder / "heldout"))
     return result(train, heldout, meta, folder)
-
-
-@contextmanager
-def pretokenized_warnings_ignored() -> Iterator[None]:
-    """Silence two SAELens warnings that a pre-tokenised dataset always triggers.
-
-    * ``ActivationsStore.__init__`` compares ``len(dataset)`` with ``total_training_tokens``,
-      rows against tokens, so a dataset of 128-token rows always "contains fewer samples" than
-      the run needs, even when it holds many times the tokens. Call
-      :meth:`TokenCorpus.check_budget` first: it does that check in tokens.
-    * ``ActivationsStore._iterate_tokenized_sequences`` wraps each row, already a tensor once
-      it sets the dataset's format to torch, in ``torch.tensor(...)``, which warns about
-      copy-constructing a tensor on every row.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="The training dataset contains fewer samples", category=UserWarning
-        )
-        warnings.filterwarnings(
-            "ignore", message="To copy construct from a tensor", category=UserWarning
-        )
-        yield

