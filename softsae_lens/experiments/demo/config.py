@@ -11,6 +11,7 @@ from softsae_lens.data.corpus import SOURCES, parse_sources
 from softsae_lens.evals.lm import EvalBudget
 from softsae_lens.flags import config_parser, parse_config
 from softsae_lens.models import check_model_choice
+from softsae_lens.training.decoder_bias import DecoderBiasInit
 
 __all__ = ["DEFAULT_OUT", "SAE_NAMES", "DemoConfig", "parse_args"]
 
@@ -46,6 +47,8 @@ class DemoConfig:
     """tokens per step"""
     lr: float = 1e-3
     """learning rate (both SAEs)"""
+    b_dec_init: DecoderBiasInit = "zeros"
+    """where both SAEs' decoder bias starts: zeros (SAELens's default) or mean (the mean activation of the first training rows; for residual streams whose mean dominates, as Gemma's does)"""
     eval_batches: int = 6
     """held-out batches per SAE for the CE-loss and KL scores (3 model forwards each)"""
     eval_variance_batches: int = 32

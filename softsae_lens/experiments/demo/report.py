@@ -63,7 +63,8 @@ def write_report(out: Path, summary: dict[str, Any]) -> str:
         f"- Text: {summary['corpus']}",
         *(f"  - {line.strip()}" for line in summary["corpus_sources"].splitlines()),
         f"- Training: {summary['training_tokens']:,} tokens, {summary['steps']} steps of {summary['batch_tokens']} "
-        f"tokens, lr {summary['lr']}, d_sae {summary['d_sae']}, k {summary['k']} (both SAEs, same activations)",
+        f"tokens, lr {summary['lr']}, d_sae {summary['d_sae']}, k {summary['k']}, "
+        f"decoder bias from {summary.get('b_dec_init', 'zeros')} (both SAEs, same activations)",
         f"- Evaluation: CE/KL on {ev['ce_tokens']:,} held-out tokens, explained variance and L0 on "
         f"{ev['variance_tokens']:,} (special tokens excluded)",
         f"- Wall time: {summary['wall_time_s']:.0f} s (training {summary['train_time_s']:.0f} s)",

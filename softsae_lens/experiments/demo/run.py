@@ -24,6 +24,7 @@ from softsae_lens.experiments.demo.config import SAE_NAMES, DemoConfig, parse_ar
 from softsae_lens.experiments.demo.report import plot_k_hist, write_report
 from softsae_lens.experiments.lm_shared import PhaseClock
 from softsae_lens.models import load_model_and_hook
+from softsae_lens.training.decoder_bias import activation_mean, start_decoder_bias_at_mean
 from softsae_lens.training.run_length import multi_runner_config
 
 __all__ = ["DemoText", "load_text", "main", "run_demo", "runner_config"]
@@ -135,6 +136,20 @@ def _plan(
     return {"stream_tokens": needed, "eval_cost": cost, "forward_seconds": forward}
 
 
+def _training_mean(model: Any, hook_name: str, text: DemoText, rows: int = 32) -> Any:
+    """The mean activation over the first ``rows`` training rows, special tokens left out."""
+    if text.tokens is None:
+        raise ValueError(
+            "--b-dec-init mean needs the local corpus (its pre-tokenised rows), not --dataset"
+        )
+    ids = torch.tensor(text.train[:rows]["tokens"])
+    mean = activation_mean(
+        model, hook_name, ids.split(8), exclude_token_ids=model.tokenizer.all_special_ids
+    )
+    print(f"[demo] decoder bias starts at the mean of {mean.tokens:,} training tokens", flush=True)
+    return mean
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Train both SAEs, evaluate them, write ``cfg.out`` and return the summary dict."""
     from sae_lens import SAE
@@ -172,7 +187,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         flush=True,
     )
     with pretokenized_warnings_ignored():
-        MultiSAETrainingRunner(runner_cfg, override_model=model, override_dataset=text.train).run()
+        runner = MultiSAETrainingRunner(
+            runner_cfg, override_model=model, override_dataset=text.train
+        )
+        if cfg.b_dec_init == "mean":
+            start_decoder_bias_at_mean(runner.saes, _training_mean(model, hook_name, text))
+        runner.run()
     clock.lap("training")
 
     saes = {
@@ -207,6 +227,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "steps": steps,
         "batch_tokens": cfg.batch_tokens,
         "lr": cfg.lr,
+        "b_dec_init": cfg.b_dec_init,
         "d_sae": saes["softsae"].cfg.d_sae,
         "k": cfg.k,
         "seed": cfg.seed,

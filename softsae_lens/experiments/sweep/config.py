@@ -28,6 +28,7 @@ from simple_parsing import field
 from softsae_lens.data.corpus.sources import SOURCES, parse_sources
 from softsae_lens.flags import comma_separated, config_parser, optional, parse_config, switch
 from softsae_lens.models import check_model_choice
+from softsae_lens.training.decoder_bias import DecoderBiasInit
 
 ARCHITECTURES = (
     "soft",
@@ -79,6 +80,8 @@ class SweepConfig:
     """latents of every SAE (unset: 4 x d_model)"""
     lr: float = 1e-3
     """learning rate of every SAE"""
+    b_dec_init: DecoderBiasInit = "zeros"
+    """where every SAE's decoder bias starts: zeros (SAELens's default) or mean (the pilot rows' mean activation; for residual streams whose mean dominates, as Gemma's does)"""
     batch_tokens: int = 512
     """tokens per step"""
     context_size: int = 128

@@ -99,6 +99,15 @@ def sae_configs(cfg: SweepConfig, d_in: int, d_sae: int) -> dict[str, Any]:
     return {name: sae_config(arch, target, d_in, d_sae, cfg) for name, arch, target in cfg.runs()}
 
 
+@torch.no_grad()
+def _with_decoder_bias(sae: Any, cfg: SweepConfig, scaled_pilot: torch.Tensor) -> Any:
+    """The SAE with its decoder bias at the pilot's mean when ``--b-dec-init mean`` (set before
+    JumpReLU's threshold is calibrated on the pilot, which reads it)."""
+    if cfg.b_dec_init == "mean":
+        sae.b_dec.copy_(scaled_pilot.mean(0).to(sae.b_dec.dtype))
+    return sae
+
+
 def build_saes(
     cfg: SweepConfig, sae_cfgs: dict[str, Any], scaled_pilot: torch.Tensor
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -111,13 +120,15 @@ def build_saes(
         sae_cfg = sae_cfgs[name]
         torch.manual_seed(cfg.seed)  # every architecture starts from the same seed
         if arch == "matching_pursuit":
-            saes[name] = L0SteeredMatchingPursuit(sae_cfg, target_l0=target)
+            saes[name] = _with_decoder_bias(
+                L0SteeredMatchingPursuit(sae_cfg, target_l0=target), cfg, scaled_pilot
+            )
             knobs[name] = {
                 "max_iterations": sae_cfg.max_iterations,
                 "initial_residual_threshold": sae_cfg.residual_threshold,
             }
             continue
-        saes[name] = get_sae_training_class(arch)[0](sae_cfg)
+        saes[name] = _with_decoder_bias(get_sae_training_class(arch)[0](sae_cfg), cfg, scaled_pilot)
         if arch == "jumprelu":
             threshold = calibrate_jumprelu_threshold(saes[name], scaled_pilot, target)
             knobs[name] = {"sparsity_loss": "quadratic", "initial_threshold": threshold}
