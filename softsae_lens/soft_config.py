@@ -150,6 +150,11 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
             a start at or above ``k_max`` is the same (k_hat never exceeds ``k_max``).
         k_anneal_fraction: fraction of the steps over which the k target anneals (paper: about 1 percent).
         alpha_start, alpha_end: the Soft Top-K's Laplace scale anneals linearly between these.
+            The floor ``alpha_end`` (relative: 0.05 of the RMS positive pre-activation) keeps
+            the weights of latents just below the threshold away from 0, so they still get a
+            share of the reconstruction's gradient; at 0.01 (the default before) SoftSAE kept
+            more dead and duplicated latents than TopK at lr 1e-3 on realistic ground truth.
+            Far larger floors break the switch to hard top-k (0.2 failed there).
         alpha_anneal_fraction: fraction of the steps over which alpha anneals (paper: about 1 percent).
         alpha_scale: ``"relative"`` multiplies alpha by the batch's RMS positive
             pre-activation, so one setting means the same on every model and normalisation;
@@ -184,7 +189,7 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
     k_target_start: float | None = None
     k_anneal_fraction: float = 0.01
     alpha_start: float = 1.0
-    alpha_end: float = 1e-2
+    alpha_end: float = 0.05
     alpha_anneal_fraction: float = 0.01
     alpha_scale: AlphaScale = "relative"
     soft_topk_grad_to_pre: bool = False

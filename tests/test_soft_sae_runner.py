@@ -136,7 +136,12 @@ def test_runner_compile_sae_trains_soft(tiny_model, tmp_path):
     for compiled in (False, True):
         torch.manual_seed(0)
         sae_cfg = SoftTrainingSAEConfig(
-            d_in=D_MODEL, d_sae=128, k=8, alpha_anneal_fraction=0.0, k_anneal_fraction=0.0
+            d_in=D_MODEL,
+            d_sae=128,
+            k=8,
+            alpha_anneal_fraction=0.0,
+            k_anneal_fraction=0.0,
+            alpha_end=0.01,  # a floor whose left-out weights round away: the candidate path
         )
         cfg = configure_runner(
             _runner_cfg(tmp_path / str(compiled), compile_sae=compiled, sae=sae_cfg)

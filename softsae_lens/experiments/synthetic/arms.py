@@ -107,6 +107,8 @@ SOFT_CONFIG_FIELDS = (
 
 # Every SoftSAE variant sets all the fields it is about, so it reads the same whatever the
 # experiment's own overrides are; all use k_max = 4k unless they say otherwise.
+# The toy ablation's "(a)": the package defaults of the round it was run in (alpha_end is 0.05
+# now, its "alpha_end_0.05" row).
 _PACKAGE_DEFAULTS = {"alpha_scale": "relative", "alpha_end": 1e-2, "soft_topk_grad_to_pre": False}
 ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "topk": {"kind": "topk"},
@@ -281,7 +283,7 @@ REALISTIC_ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "straight_through_no_hard": {"kind": "soft", **_ST, "hard_topk_fraction": 0.0},
     "hard_25": {"kind": "soft", "hard_topk_fraction": 0.25},
     "hard_50": {"kind": "soft", "hard_topk_fraction": 0.5},
-    "alpha_end_0.05": {"kind": "soft", "alpha_end": 0.05},
+    "alpha_end_0.01": {"kind": "soft", "alpha_end": 0.01},
     "alpha_end_0.1": {"kind": "soft", "alpha_end": 0.1},
     "alpha_end_0.2": {"kind": "soft", "alpha_end": 0.2},
     "alpha_end_1e-3": {"kind": "soft", "alpha_end": 1e-3},
@@ -298,8 +300,14 @@ REALISTIC_ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "no_decoder_rescale": {"kind": "soft", "rescale_acts_by_decoder_norm": False},
     "k_start_at_k": {"kind": "soft", "k_target_start": "k"},
     "k_anneal_10pct": {"kind": "soft", "k_anneal_fraction": 0.1},
-    "alpha_start_0.01": {"kind": "soft", "alpha_start": 0.01},
-    "sparse_start": {"kind": "soft", "k_target_start": "k", "alpha_start": 0.01},
+    "alpha_start_0.01": {"kind": "soft", "alpha_start": 0.01, "alpha_end": 0.01},
+    "sparse_start": {"kind": "soft", "k_target_start": "k", "alpha_start": 0.01, "alpha_end": 0.01},
+    "sparse_start_alpha_0.05": {
+        "kind": "soft",
+        "k_target_start": "k",
+        "alpha_start": 0.05,
+        "alpha_end": 0.05,
+    },
     "estimator_random_init": {"kind": "soft", "train_code": "soft", "k_estimator_init": "random"},
     "estimator_lr_0.1": {"kind": "soft", "train_code": "soft", "k_estimator_lr_scale": 0.1},
     "estimator_lr_0.01": {"kind": "soft", "train_code": "soft", "k_estimator_lr_scale": 0.01},
@@ -313,10 +321,10 @@ REALISTIC_ABLATION_DESCRIPTIONS = {
     "straight_through_no_hard": "straight_through with hard_topk_fraction 0 (k keeps learning to the end)",
     "hard_25": "hard_topk_fraction 0.25 (default 0.04)",
     "hard_50": "hard_topk_fraction 0.5",
-    "alpha_end_0.05": "alpha floor 0.05 of the RMS positive pre-activation (default 0.01)",
-    "alpha_end_0.1": "alpha floor 0.1 (default 0.01)",
-    "alpha_end_0.2": "alpha floor 0.2 (default 0.01)",
-    "alpha_end_1e-3": "alpha floor 1e-3 (default 0.01)",
+    "alpha_end_0.01": "alpha floor 0.01 of the RMS positive pre-activation (the default before; default 0.05)",
+    "alpha_end_0.1": "alpha floor 0.1 (default 0.05)",
+    "alpha_end_0.2": "alpha floor 0.2 (default 0.05)",
+    "alpha_end_1e-3": "alpha floor 1e-3 (default 0.05)",
     "alpha_anneal_10pct": "alpha annealed over 10% of the steps (default 1%)",
     "grad_to_pre": "soft_topk_grad_to_pre True: the soft weights' gradient reaches the pre-activations",
     "k_max_4k": "k_max = 4k (default 2k)",
@@ -330,8 +338,9 @@ REALISTIC_ABLATION_DESCRIPTIONS = {
     "no_decoder_rescale": "rescale_acts_by_decoder_norm False (default True)",
     "k_start_at_k": "the k target starts at k: the budget holds from the first step (default: anneals from max(d_in, k_max) over 1% of the steps)",
     "k_anneal_10pct": "the k target anneals over 10% of the steps (default 1%)",
-    "alpha_start_0.01": "alpha starts at its floor 0.01 (no alpha anneal; default: from 1.0 over 1% of the steps)",
-    "sparse_start": "k_start_at_k and alpha_start_0.01 together: no dense start at all",
+    "alpha_start_0.01": "alpha held at 0.01, the previous floor (no alpha anneal; default: from 1.0 over 1% of the steps to 0.05)",
+    "sparse_start": "k_start_at_k and alpha_start_0.01 together: no dense start at all (floor 0.01)",
+    "sparse_start_alpha_0.05": "sparse_start with alpha held at 0.05 throughout",
     "estimator_random_init": "k-estimator's first layer random directions, same norms (default: a copy of encoder columns)",
     "estimator_lr_0.1": "k-estimator's learning rate 0.1x the encoder's (reparametrised; default 1x)",
     "estimator_lr_0.01": "k-estimator's learning rate 0.01x the encoder's",
