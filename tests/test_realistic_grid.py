@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from softsae_lens.experiments import ablation_table
 from softsae_lens.experiments import realistic_grid as G
 
 
@@ -26,6 +27,22 @@ def test_one_quick_cell_runs_and_its_page_pairs_softsae_with_topk_by_seed(tmp_pa
     wins = sum(d >= 0 for d in diffs)
     assert f"{sum(diffs) / 2:.3f} ± " in page and f"({wins}/2)" in page
     assert "| 256 / 32 | 64 |" in page and "Not run yet" not in page
+
+    # The ablation table reads the same cell: SoftSAE's row per seed, differenced with TopK's.
+    ablation_table.main(
+        ["--runs", f"{tmp_path / cell.name}=a note", "--out", str(tmp_path / "abl")]
+    )
+    table = (tmp_path / "abl" / "results.md").read_text()
+    assert "## 256 true features / 32 dims, plain, lr 0.003, " in table and "(a note)" in table
+    for r in results["per_seed"]:
+        soft_run, topk_run = r["metrics"]["soft"], r["metrics"]["topk"]
+        delta = soft_run["mcc"] - topk_run["mcc"]
+        alpha = soft_run["soft_config"]["alpha_end"]
+        assert (
+            f"| soft | SoftSAE, package defaults | {r['seed']} | {alpha:g} | {soft_run['mcc']:.3f} "
+            in table
+        )
+        assert f"| {delta:+.3f} |" in table
 
     # A second run finds the cell done and trains nothing; a missing cell is named on the page.
     capsys.readouterr()
