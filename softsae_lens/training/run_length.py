@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from softsae_lens.soft_sae import SoftTrainingSAEConfig
 
@@ -66,45 +66,52 @@ def set_run_length(
     sae_cfg.add_training_info_to_metadata()
 
 
+class SideBySideSettings(Protocol):
+    """What SAEs trained side by side on one activation stream share (the sweep's settings have
+    these fields; the demo is a preset of the sweep)."""
+
+    context_size: int
+    tokens: int
+    batch_tokens: int
+    lr: float
+    device: str
+    seed: int
+    out: Path
+    autocast: bool
+
+
 def multi_runner_config(
     saes: dict[str, Any],
+    settings: SideBySideSettings,
     hook_name: str,
     model_name: str,
     dataset_path: str,
-    *,
-    context_size: int,
-    tokens: int,
-    batch_tokens: int,
-    lr: float,
-    device: str,
-    seed: int,
-    out: Path,
-    autocast: bool = False,
 ) -> Any:
-    """SAELens's multi-SAE runner config for SAEs trained side by side on one activation stream
-    (the demo's and the sweep's), with SoftSAE's run length filled in."""
+    """SAELens's multi-SAE runner config for ``saes`` trained side by side on ``hook_name``'s
+    activation stream, with SoftSAE's run length filled in; the saved SAEs go to
+    ``settings.out / "saes"``."""
     from sae_lens import LoggingConfig
     from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 
-    steps = tokens // batch_tokens
+    steps = settings.tokens // settings.batch_tokens
     runner_cfg = MultiSAETrainingRunnerConfig(
         saes=saes,
         hook_names=hook_name,
         model_name=model_name,
         dataset_path=dataset_path,
-        context_size=context_size,
-        training_tokens=tokens,
-        train_batch_size_tokens=batch_tokens,
-        n_batches_in_buffer=max(4, math.ceil(2 * batch_tokens / context_size)),
+        context_size=settings.context_size,
+        training_tokens=settings.tokens,
+        train_batch_size_tokens=settings.batch_tokens,
+        n_batches_in_buffer=max(4, math.ceil(2 * settings.batch_tokens / settings.context_size)),
         store_batch_size_prompts=8,
-        lr=lr,
+        lr=settings.lr,
         lr_warm_up_steps=max(1, steps // 20),
-        device=device,
-        seed=seed,
-        autocast=autocast,
+        device=settings.device,
+        seed=settings.seed,
+        autocast=settings.autocast,
         exclude_special_tokens=True,
         logger=LoggingConfig(log_to_wandb=False),
-        output_path=str(out / "saes"),
+        output_path=str(settings.out / "saes"),
         checkpoint_path=None,
         n_checkpoints=0,
         n_batches_for_norm_estimate=min(20, steps),

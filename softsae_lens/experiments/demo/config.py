@@ -9,6 +9,7 @@ from simple_parsing import field
 
 from softsae_lens.data.corpus import SOURCES, parse_sources
 from softsae_lens.evals.lm import EvalBudget
+from softsae_lens.experiments.sweep.config import SweepConfig
 from softsae_lens.flags import config_parser, parse_config
 from softsae_lens.models import check_model_choice
 from softsae_lens.training.decoder_bias import DecoderBiasInit
@@ -17,6 +18,7 @@ __all__ = ["DEFAULT_OUT", "SAE_NAMES", "DemoConfig", "parse_args"]
 
 DEFAULT_OUT = Path("out/demo")
 SAE_NAMES = ("softsae", "topk")
+SAE_ARCHITECTURES = ("soft", "topk")
 
 
 @dataclass
@@ -80,16 +82,37 @@ class DemoConfig:
                 f"--tokens={self.tokens} is less than one batch (--batch-tokens={self.batch_tokens})"
             )
 
+    def as_sweep(self) -> SweepConfig:
+        """The demo as a preset of the LM-comparison pipeline: SoftSAE and TopK at ``k``, named
+        ``softsae`` and ``topk``, 8 x d_model latents unless ``--d-sae``, no pilot batch."""
+        import torch
+
+        return SweepConfig(
+            targets=(self.k,),
+            architectures=SAE_ARCHITECTURES,
+            names=dict(zip(SAE_ARCHITECTURES, SAE_NAMES, strict=True)),
+            d_sae=self.d_sae,
+            d_sae_per_d_model=8,
+            pilot_rows=0,
+            l0_report=False,
+            label="demo",
+            dataset=self.dataset,
+            # the demo leaves torch's thread count as it finds it
+            threads=torch.get_num_threads(),
+            **{name: getattr(self, name) for name in _SHARED},
+        )
+
     def eval_budget(self) -> EvalBudget:
         """What ``run_evals`` and the k_hat report read per SAE."""
-        return EvalBudget(
-            ce_batches=self.eval_batches,
-            variance_batches=self.eval_variance_batches,
-            batch_prompts=self.eval_batch_prompts,
-            context_size=self.context_size,
-            k_report_docs=self.k_report_docs,
-            k_report_tokens=self.context_size,
-        )
+        return self.as_sweep().eval_budget()
+
+
+# Demo flags that are sweep settings of the same name and meaning.
+_SHARED = (
+    *("tokens", "layer", "model", "model_path", "sources", "out", "context_size", "batch_tokens"),
+    *("lr", "b_dec_init", "eval_batches", "eval_variance_batches", "eval_batch_prompts"),
+    *("k_report_docs", "seed", "device", "plan_only"),
+)
 
 
 def parse_args(argv: list[str] | None = None) -> DemoConfig:

@@ -19,5 +19,6 @@ one line per architecture), one ``pareto_<metric>.png`` per metric, and the trai
 ``saes/<architecture>-<target>`` (``SAE.load_from_disk`` after ``import softsae_lens``).
 
 Modules: :mod:`.config` (flags, SAE configs), :mod:`.calibrate` (L0 targeting without a k),
-:mod:`.run` (the pipeline), :mod:`.report` (tables and plots).
+:mod:`.saes` (pilot batch, untrained SAEs), :mod:`.plan` (predicted costs), :mod:`.run` (the
+LM-comparison pipeline, of which the demo is a preset), :mod:`.report` (tables and plots).
 """

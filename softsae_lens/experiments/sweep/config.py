@@ -26,6 +26,7 @@ from typing import Any
 from simple_parsing import field
 
 from softsae_lens.data.corpus.sources import SOURCES, parse_sources
+from softsae_lens.evals.lm import EvalBudget
 from softsae_lens.flags import comma_separated, config_parser, optional, parse_config, switch
 from softsae_lens.models import check_model_choice
 from softsae_lens.training.decoder_bias import DecoderBiasInit
@@ -117,7 +118,9 @@ class SweepConfig:
     previous one-sided penalty alone"""
     pilot_rows: int = 16
     """rows of the pilot batch (from the far end of the training split) that sets the activation
-    scale, starts JumpReLU's threshold and times a training step"""
+    scale, starts JumpReLU's threshold and times a training step (0: no pilot, as in the demo:
+    the SAEs draw in turn from the seeded stream, the plan prices the evaluation only and the
+    decoder bias starts at the first training rows' mean; not with jumprelu)"""
     autocast: bool = switch()
     """train the SAEs under bf16 autocast"""
     plan_only: bool = switch()
@@ -128,6 +131,19 @@ class SweepConfig:
     --pilot-rows and --out"""
     replot: Path | None = optional("RESULTS_JSON")
     """redraw results.md and the plots next to an earlier results.json; train nothing"""
+    # What a preset of the pipeline sets (the demo, :mod:`softsae_lens.experiments.demo`); no flags.
+    names: dict[str, str] | None = field(default=None, cmd=False)
+    """each architecture's SAE name (its folder under ``out/saes``; one target only), in place of
+    ``<architecture>-<target>``"""
+    d_sae_per_d_model: int = field(default=4, cmd=False)
+    """``d_sae`` when ``--d-sae`` is unset, in multiples of the model's ``d_model``"""
+    dataset: str | None = field(default=None, cmd=False)
+    """a Hugging Face dataset with a 'text' column, streamed, in place of the local corpus (its
+    first 200 documents held out; needs ``pilot_rows=0``)"""
+    l0_report: bool = field(default=True, cmd=False)
+    """compare every SAE's per-token L0 with the token's surprisal (with ``k_report_docs``)"""
+    label: str = field(default="sweep", cmd=False)
+    """the prefix of the progress lines"""
 
     def __post_init__(self) -> None:
         """A one-line ValueError naming the first setting that cannot work (with ``--replot``,
@@ -140,7 +156,7 @@ class SweepConfig:
 
     def run_name(self, arch: str, target: int) -> str:
         """Name of one SAE (its folder under ``out/saes``)."""
-        return f"{arch}-{target}"
+        return f"{arch}-{target}" if self.names is None else self.names[arch]
 
     def runs(self) -> list[tuple[str, str, int]]:
         """``(name, architecture, target)`` for every SAE, architecture-major."""
@@ -149,6 +165,17 @@ class SweepConfig:
     @property
     def steps(self) -> int:
         return self.tokens // self.batch_tokens
+
+    def eval_budget(self) -> EvalBudget:
+        """What ``run_evals`` and the per-token reports read per SAE."""
+        return EvalBudget(
+            ce_batches=self.eval_batches,
+            variance_batches=self.eval_variance_batches,
+            batch_prompts=self.eval_batch_prompts,
+            context_size=self.context_size,
+            k_report_docs=self.k_report_docs,
+            k_report_tokens=self.context_size,
+        )
 
 
 # A smoke test of the whole pipeline on the real model: every SAE, a few steps, tiny evals.
@@ -192,14 +219,22 @@ def validate(cfg: SweepConfig) -> None:
         "eval_batches",
         "eval_variance_batches",
         "eval_batch_prompts",
-        "pilot_rows",
     ):
         if getattr(cfg, name) <= 0:
             raise ValueError(
                 f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}"
             )
-    if cfg.k_report_docs < 0:
-        raise ValueError(f"--k-report-docs must be >= 0, got {cfg.k_report_docs}")
+    for name in ("k_report_docs", "pilot_rows"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.pilot_rows == 0 and "jumprelu" in cfg.architectures:
+        raise ValueError("jumprelu needs a pilot batch to start its threshold: --pilot-rows > 0")
+    if cfg.dataset is not None and cfg.pilot_rows:
+        raise ValueError("a streamed dataset has no far end for a pilot batch: pilot_rows=0")
+    if cfg.names is not None and (
+        len(cfg.targets) != 1 or set(cfg.names) != set(cfg.architectures)
+    ):
+        raise ValueError(f"names {cfg.names} need one target and a name per architecture")
     if cfg.tokens < cfg.batch_tokens:
         raise ValueError(
             f"--tokens={cfg.tokens} is less than one batch (--batch-tokens={cfg.batch_tokens})"
