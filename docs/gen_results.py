@@ -52,8 +52,10 @@ EXPERIMENTS = (
         "k-budget",
         "l0/results.md",
         "python -m softsae_lens.experiments.k_budget --sweeps out/l0/sweep_2x=NOTE "
-        "out/l0/sweep_1x_shuffled out/l0/sweep_2x_shuffled out/l0/sweep_4x_shuffled "
-        "--synthetic out/l0/synth_1000=NOTE out/l0/synth_1000_v2 out/grid/f2048-d128-plain-lr0.003=NOTE "
+        "out/l0/sweep_1x_shuffled=NOTE out/l0/sweep_2x_shuffled=NOTE out/l0/sweep_4x_shuffled=NOTE "
+        "out/l0/sweep_1x_alpha05=NOTE out/l0/sweep_2x_alpha05=NOTE --synthetic out/l0/synth_1000=NOTE "
+        "out/l0/synth_1000_v2=NOTE out/l0/synth_1000_v3=NOTE out/grid/f2048-d128-plain-lr0.003=NOTE "
+        "out/grid2/f2048-d128-plain-lr0.003=NOTE --out out/l0 "
         "(each written by the command its page names)",
         "Results of the k budget: held-out L0 against the target",
         "k-budget.md",
