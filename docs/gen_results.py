@@ -62,8 +62,9 @@ EXPERIMENTS = (
     ),
     Experiment(
         "realistic-grid",
-        "grid/results.md",
-        "python -m softsae_lens.experiments.realistic_grid report --out out/grid",
+        "grid2/results.md",
+        "python -m softsae_lens.experiments.realistic_grid report --out out/grid2 "
+        "--sizes 2048x128 4096x256 --directions ortho plain --lrs 0.0003 0.001 0.003",
         "Realistic ground truth over a grid of settings: SoftSAE against TopK",
         "synthetic.md#a-grid-of-settings",
     ),

@@ -295,7 +295,7 @@ def test_train_toy_sae_with_run_length(tmp_path):
 # ---------------------------------------------------------------- the k budget (k_budget)
 
 
-def _train_where_latents_pay(k_budget: str, steps: int = 1500):
+def _train_where_latents_pay(k_budget: str, steps: int = 1500, **overrides):
     """SoftSAE (k 8) trained on 64 learnable features in 32 dims, each input holding ~16 of
     them: every extra latent buys reconstruction, which is where a price per latent drifts."""
     from sae_lens.synthetic import ActivationGenerator, FeatureDictionary, train_toy_sae
@@ -304,7 +304,7 @@ def _train_where_latents_pay(k_budget: str, steps: int = 1500):
     fd = FeatureDictionary(64, 32, seed=0)
     gen = ActivationGenerator(num_features=64, firing_probabilities=torch.full((64,), 0.25))
     cfg = SoftTrainingSAEConfig(
-        d_in=32, d_sae=128, k=8, k_budget=k_budget, total_training_steps=steps
+        d_in=32, d_sae=128, k=8, k_budget=k_budget, total_training_steps=steps, **overrides
     )
     sae = SoftTrainingSAE(cfg)
     train_toy_sae(sae, fd, gen, training_samples=steps * 256, batch_size=256, lr=3e-3)
@@ -316,13 +316,26 @@ def _train_where_latents_pay(k_budget: str, steps: int = 1500):
 
 @pytest.mark.slow
 def test_k_budget_normalize_holds_mean_l0_where_the_penalty_drifts():
-    drifted, _ = _train_where_latents_pay("penalty")
-    held, k_hat = _train_where_latents_pay("normalize")
+    # the alpha floor the constraint was built at, 0.01 (the default since is the next test's)
+    drifted, _ = _train_where_latents_pay("penalty", alpha_end=0.01)
+    held, k_hat = _train_where_latents_pay("normalize", alpha_end=0.01)
     # the old penalty is a price per latent: here it buys more than it costs
     assert drifted.mean() > 8 * 1.05, drifted.mean()
     # the constraint holds the mean L0 within 3% of k, and keeps a per-input spread
     assert abs(held.mean().item() - 8) <= 0.03 * 8, held.mean()
     assert k_hat.quantile(0.95) - k_hat.quantile(0.05) > 2.0
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known (issue 22): at the default alpha floor 0.05 the decoder bias moves during the "
+    "hard phase, the frozen k-estimator reads x - b_dec, so its raw level climbs (8.1 -> 10.0 "
+    "here) and the plain mean the inference factor is taken from lags it: L0 8.86 for k 8",
+)
+def test_k_budget_normalize_holds_mean_l0_at_the_default_alpha_floor():
+    held, _ = _train_where_latents_pay("normalize")
+    assert abs(held.mean().item() - 8) <= 0.03 * 8, held.mean()
 
 
 def test_k_budget_normalize_sets_the_batch_mean_and_averages_the_factor():
