@@ -67,3 +67,29 @@ def test_the_sweep_starts_every_architecture_at_the_pilot_mean_before_calibratin
     cfg.b_dec_init = "zeros"
     for sae in build_saes(cfg, sae_configs(cfg, d_in, 64), pilot)[0].values():
         assert not sae.b_dec.detach().any()
+
+
+def test_the_demo_starts_at_the_mean_of_its_first_training_rows_on_a_bridge(tmp_path):
+    """The path without a pilot (the demo's): a forward that stops at the hook's block, and
+    the special tokens SAELens's runner drops from the stream left out."""
+    from helpers import build_tiny_hf_model
+    from sae_lens.util import get_special_token_ids
+
+    from softsae_lens.data.corpus import load_corpus, tokenize_corpus
+    from softsae_lens.experiments.sweep.saes import start_at_training_mean
+    from softsae_lens.models.local import load_bridge
+
+    model = load_bridge(build_tiny_hf_model(tmp_path / "model"), device="cpu")
+    hook = "blocks.0.hook_out"
+    text = tokenize_corpus(
+        load_corpus(("pydoc",)), model.tokenizer, context_size=32, cache_root=tmp_path / "c"
+    )
+    sae = make_training_sae(d_in=32, normalize_activations="expected_average_only_in")
+    start_at_training_mean({"soft": sae}, model, hook, text, "test", rows=4)
+
+    ids = torch.tensor(text.train[:4]["tokens"])
+    _, cache = model.run_with_cache(ids, names_filter=[hook])  # a full forward
+    keep = ~torch.isin(ids, torch.tensor(get_special_token_ids(model.tokenizer)))
+    acts = cache[hook][keep].float()
+    want = acts.mean(0) * math.sqrt(32) / acts.norm(dim=-1).mean()
+    torch.testing.assert_close(sae.b_dec.detach(), want, rtol=1e-4, atol=1e-5)

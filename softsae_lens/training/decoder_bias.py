@@ -40,11 +40,18 @@ def activation_mean(
     """Mean of ``hook_name``'s activations over ``rows`` (batches of token ids, ``[batch, seq]``),
     leaving out the tokens in ``exclude_token_ids`` (SAELens's runner drops special tokens from
     the training stream, so they are left out here too)."""
+    from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
+
     excluded = torch.tensor(sorted(set(exclude_token_ids)), dtype=torch.long)
+    # The forward stops at the hook's block: nothing after it (an unembedding of 262k tokens
+    # on Gemma) is needed.
+    stop_at_layer = extract_stop_at_layer_from_tlens_hook_name(hook_name)
     total: torch.Tensor | None = None
     norm_total, count = 0.0, 0
     for batch in rows:
-        _, cache = model.run_with_cache(batch, names_filter=[hook_name])
+        _, cache = model.run_with_cache(
+            batch, names_filter=[hook_name], stop_at_layer=stop_at_layer
+        )
         acts = cache[hook_name].float()
         keep = ~torch.isin(batch.to(acts.device), excluded.to(acts.device))
         kept = acts[keep]

@@ -93,9 +93,13 @@ def start_at_training_mean(
         raise ValueError(
             "--b-dec-init mean needs the local corpus (its pre-tokenised rows), not --dataset"
         )
+    from sae_lens.util import get_special_token_ids
+
     ids = torch.tensor(text.train[:rows]["tokens"])
+    # The tokens SAELens's runner drops from the stream (exclude_special_tokens=True), as the
+    # pilot does: the tokenizer's all_special_ids would also drop chat-template tokens.
     mean = activation_mean(
-        model, hook_name, ids.split(8), exclude_token_ids=model.tokenizer.all_special_ids
+        model, hook_name, ids.split(8), exclude_token_ids=get_special_token_ids(model.tokenizer)
     )
     print(
         f"[{label}] decoder bias starts at the mean of {mean.tokens:,} training tokens", flush=True
