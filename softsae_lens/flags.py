@@ -46,6 +46,22 @@ def comma_separated(default: tuple[Any, ...], parse: Any, metavar: str) -> Any:
     return field(default=default, type=parse, nargs=None, metavar=metavar)
 
 
+def names_from(allowed: Sequence[str], text: str, noun: str) -> tuple[str, ...]:
+    """``text``'s comma-separated names, each one of ``allowed``, for a ``comma_separated``
+    flag's parser.
+
+    Raises:
+        argparse.ArgumentTypeError: naming the unknown names and the allowed ones.
+    """
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [v for v in values if v not in allowed]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown {noun}(s) {unknown or text!r}; choose from {','.join(allowed)}"
+        )
+    return values
+
+
 def optional(metavar: str) -> Any:
     """A field for a flag that is unset (``None``) unless given, and then takes one value
     (simple_parsing would otherwise let an ``X | None`` flag be given with no value)."""

@@ -224,15 +224,9 @@ def parse_sources(text: str) -> tuple[str, ...]:
     Raises:
         argparse.ArgumentTypeError: naming the unknown names and the allowed ones.
     """
-    import argparse
+    from softsae_lens.flags import names_from
 
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    unknown = [v for v in values if v not in SOURCES]
-    if not values or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown source(s) {unknown or text!r}; choose from {','.join(SOURCES)}"
-        )
-    return values
+    return names_from(SOURCES, text, "source")
 
 
 def _split_key(seed: int, text: str) -> bytes:

@@ -27,7 +27,14 @@ from simple_parsing import field
 
 from softsae_lens.data.corpus.sources import SOURCES, parse_sources
 from softsae_lens.evals.lm import EvalBudget
-from softsae_lens.flags import comma_separated, config_parser, optional, parse_config, switch
+from softsae_lens.flags import (
+    comma_separated,
+    config_parser,
+    names_from,
+    optional,
+    parse_config,
+    switch,
+)
 from softsae_lens.models import check_model_choice
 from softsae_lens.training.decoder_bias import DecoderBiasInit
 
@@ -58,13 +65,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _arch_list(text: str) -> tuple[str, ...]:
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    unknown = [v for v in values if v not in ARCHITECTURES]
-    if not values or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown architecture(s) {unknown or text!r}; choose from {','.join(ARCHITECTURES)}"
-        )
-    return values
+    return names_from(ARCHITECTURES, text, "architecture")
 
 
 @dataclass
