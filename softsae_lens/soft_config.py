@@ -131,8 +131,10 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
             buys more reconstruction than the price (it drifts up as the dictionary improves).
         k_scale_decay: decay of the running average of the raw level behind the normalising
             factor that inference uses (``k_budget="normalize"``); it starts once the k target
-            has annealed to ``k``, and restarts as a plain mean when the hard phase freezes
-            the estimator.
+            has annealed to ``k``, and restarts (a plain mean for its first steps) when the hard
+            phase freezes the estimator. Short (ten batches) because the frozen estimator reads
+            ``x - b_dec`` and the decoder bias still moves in the hard phase: a longer average
+            lags the level inference will see.
         k_loss_coefficient: weight of the k term. With ``k_budget="penalty"`` the one-sided
             penalty ``softplus_beta(mean_batch(k_hat) - k_target)``; with ``"normalize"`` a
             two-sided pin ``log(mean_batch(k_raw) / k)^2`` that keeps the raw predictions'
@@ -182,7 +184,7 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
     aux_loss_coefficient: float = 1 / 32
     total_training_steps: int | None = None
     k_budget: KBudget = "normalize"
-    k_scale_decay: float = 0.99
+    k_scale_decay: float = 0.9
     k_loss_coefficient: float = 1.0
     k_loss_scale: KLossScale = "mse"
     k_loss_beta: float = 5.0

@@ -265,9 +265,9 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
         scale = schedule.k_target / k_raw_mean.clamp(min=_K_MARGIN)
         if schedule.k_target <= self.cfg.k:
             if schedule.hard:
-                # The estimator is frozen: a mean of this phase's factors (then a running
-                # average) is unbiased, where one carried over from the soft phase would lag
-                # behind the level the estimator ended at.
+                # The estimator's weights are frozen, so restart: one carried over from the
+                # soft phase would lag behind the level they ended at. Still a short average,
+                # not a plain mean over the phase: b_dec learns on, and the level moves with it.
                 n = schedule.steps_in_hard
                 decay = min(self.cfg.k_scale_decay, n / (n + 1))
             else:
