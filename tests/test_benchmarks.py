@@ -55,3 +55,23 @@ def test_soft_topk_benchmark_prints_ratios_and_row_sums():
     (result,) = report["results"]
     assert result["forward_backward_over_matmul"] > 0
     assert result["max_row_sum_rel_error"] < 1e-5
+
+
+def test_dense_inputs_floor_benchmark_prints_scores_per_setting():
+    report = _run(
+        "dense_inputs_floor.py",
+        "--true-l0",
+        "16",
+        "--floors",
+        "0.05",
+        "--seeds",
+        "0",
+        "--steps",
+        "60",
+    )
+    names = {r["sae"] for r in report["results"]}
+    assert names == {"topk", "soft alpha_end=0.05 hard_topk_fraction=0.04"}
+    for row in report["results"]:
+        assert row["true_l0"] == 16 and row["k"] == 8
+        assert -10 < row["explained_variance"]["mean"] <= 1
+        assert 0 < row["l0"]["mean"] <= 8

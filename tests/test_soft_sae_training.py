@@ -1,5 +1,7 @@
 """SoftTrainingSAE: the schedule, the soft and hard phases, the losses and the k budget."""
 
+import logging
+
 import pytest
 import torch
 from helpers import (
@@ -335,6 +337,34 @@ def test_k_budget_normalize_holds_mean_l0_at_the_default_alpha_floor():
     lagging, _ = _train_where_latents_pay("normalize", k_scale_decay=0.99)
     assert lagging.mean() > 8 * 1.05, lagging.mean()
 
+
+@pytest.mark.slow
+def test_the_switch_to_hard_top_k_warns_where_soft_weights_spread_inputs_over_more_latents(caplog):
+    # 16 true features per input and k 8: at the alpha floor 0.05 the soft weights come to
+    # spread each input over more than k latents at partial weight (here from about step 500;
+    # runs of 700 or 1,000 steps had not got there), which the hard top-k of inference undoes
+    with caplog.at_level(logging.WARNING, logger="softsae_lens.soft_sae"):
+        _train_where_latents_pay("normalize")
+    (switch,) = [r for r in caplog.records if "switched to hard top-k" in r.getMessage()]
+    ratio = float(switch.getMessage().split("error ")[1].split("x")[0])
+    assert ratio > 10, switch.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="softsae_lens.soft_sae"):
+        _train_where_latents_pay("normalize", alpha_end=0.01)
+    assert not [r for r in caplog.records if "switched to hard top-k" in r.getMessage()]
+
+
+def test_hard_selection_mse_is_the_hard_top_k_error_in_the_soft_phase_and_the_loss_after():
+    sae = make_training_sae(total_training_steps=100)
+    x = torch.randn(32, D_MODEL) * 3
+    soft = sae.training_forward_pass(train_step_input(x, step=50))
+    with torch.no_grad():
+        # feature_acts is the hard top-k at the step's k: what the switch would decode
+        expected = sae.mse_loss_fn(sae.decode(soft.feature_acts), x).sum(-1).mean()
+    torch.testing.assert_close(soft.metrics["softsae/hard_selection_mse"], expected)
+    assert not torch.allclose(expected, soft.losses["mse_loss"])
+    hard = sae.training_forward_pass(train_step_input(x, step=99))
+    torch.testing.assert_close(hard.metrics["softsae/hard_selection_mse"], hard.losses["mse_loss"])
 
 
 def test_k_budget_normalize_sets_the_batch_mean_and_averages_the_factor():
