@@ -7,9 +7,13 @@ true features than ``k``, those near-threshold latents carry real signal during 
 and the switch takes it away. This trains on SAELens's toy generator (64 features in 32 dims,
 every feature firing with the same probability, so the true L0 is ``64 * p``) at k 8 and prints
 JSON per setting: held-out explained variance and L0 of the inference SAE, mean and spread over
-seeds.
+seeds. ``--hard-selection-coefficients`` adds SoftSAE runs that also train the hard selection in the
+soft phase (``hard_selection_loss_coefficient``).
 
-    python benchmarks/dense_inputs_floor.py --true-l0 8 16 24 --seeds 0 1 2
+    python benchmarks/dense_inputs_floor.py --true-l0 8 16 24 --floors 0.01 0.03 0.05 \
+        --hard-fractions 0.04 0.25 --seeds 0 1 2
+    python benchmarks/dense_inputs_floor.py --true-l0 8 16 24 --floors 0.05 \
+        --hard-selection-coefficients 0 0.1 1 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -21,12 +25,18 @@ import statistics
 N_FEATURES, D_IN, D_SAE, K, BATCH = 64, 32, 128, 8, 256
 
 
-def _settings(floors: list[float], hard_fractions: list[float]) -> list[tuple[str, dict]]:
+def _settings(
+    floors: list[float], hard_fractions: list[float], coefficients: list[float]
+) -> list[tuple[str, dict]]:
     out = [("topk", {})]
     for floor in floors:
         for hard in hard_fractions:
-            name = f"soft alpha_end={floor} hard_topk_fraction={hard}"
-            out.append((name, {"alpha_end": floor, "hard_topk_fraction": hard}))
+            for coefficient in coefficients:
+                name = f"soft alpha_end={floor} hard_topk_fraction={hard}"
+                if coefficient:
+                    name += f" hard_selection_loss_coefficient={coefficient}"
+                overrides = {"alpha_end": floor, "hard_topk_fraction": hard}
+                out.append((name, overrides | {"hard_selection_loss_coefficient": coefficient}))
     return out
 
 
@@ -65,6 +75,7 @@ def main() -> None:
     p.add_argument("--true-l0", type=float, nargs="+", default=[8, 16, 24])
     p.add_argument("--floors", type=float, nargs="+", default=[0.01, 0.03, 0.05])
     p.add_argument("--hard-fractions", type=float, nargs="+", default=[0.04])
+    p.add_argument("--hard-selection-coefficients", type=float, nargs="+", default=[0.0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--threads", type=int, default=1)
@@ -74,7 +85,7 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     torch.set_num_threads(args.threads)
-    settings = _settings(args.floors, args.hard_fractions)
+    settings = _settings(args.floors, args.hard_fractions, args.hard_selection_coefficients)
     jobs = [(t, s, n, o) for t in args.true_l0 for n, o in settings for s in args.seeds]
     rows: dict[tuple[float, str], list[tuple[float, float]]] = {}
     for true_l0, seed, name, overrides in tqdm(jobs, desc="SAEs"):

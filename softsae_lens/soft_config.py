@@ -168,6 +168,13 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
             a TopK SAE.
         hard_topk_fraction: fraction of the steps, at the end, trained with the hard per-row
             top-k used at inference (paper: 10k of 244k steps, about 4 percent).
+        hard_selection_loss_coefficient: weight, in the soft phase, of the reconstruction error
+            of the hard top-k that inference uses (on top of the soft reconstruction's). The
+            soft weights sum to k_hat per input but may spread it over more latents at partial
+            weight; where inputs hold more true features than k that pays, the soft phase
+            learns it (from a large enough ``alpha_end``), and the switch to hard top-k undoes
+            it (toy: explained variance 0.39 against TopK's 0.71). This term keeps the hard
+            selection trained all along. 0 (default) leaves it out, as in the paper.
         aux_loss_coefficient: weight of TopK's dead-latent auxiliary loss (paper: 1/32).
         use_sparse_activations: TopK's sparse-COO training option; not supported (must stay
             False): the soft phase needs every pre-activation.
@@ -196,6 +203,7 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
     alpha_scale: AlphaScale = "relative"
     soft_topk_grad_to_pre: bool = False
     hard_topk_fraction: float = 0.04
+    hard_selection_loss_coefficient: float = 0.0
 
     def __post_init__(self) -> None:
         _validate_inference_fields(self)
@@ -248,6 +256,8 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
             _fail("hard_topk_fraction", self.hard_topk_fraction, "in [0, 1)")
         if _number(self, "aux_loss_coefficient") < 0:
             _fail("aux_loss_coefficient", self.aux_loss_coefficient, ">= 0")
+        if _number(self, "hard_selection_loss_coefficient") < 0:
+            _fail("hard_selection_loss_coefficient", self.hard_selection_loss_coefficient, ">= 0")
         if self.use_sparse_activations is not False:
             _fail(
                 "use_sparse_activations",

@@ -335,11 +335,11 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
                     )
                 self._soft_hard_gap = None
             return mse_loss.detach()
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.cfg.hard_selection_loss_coefficient > 0):
             width = self.hard_width
             hard_out = self._decode_selected(hard_values, top_indices[..., :width], hidden_pre)
             hard_mse = self.mse_loss_fn(hard_out, step_input.sae_in).sum(dim=-1).mean()
-            self._soft_hard_gap = hard_mse / mse_loss.detach().clamp(min=1e-12)
+        self._soft_hard_gap = hard_mse.detach() / mse_loss.detach().clamp(min=1e-12)
         return hard_mse
 
     @override
@@ -382,6 +382,9 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
             "k_loss": k_loss,
             **self.calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out),
         }
+        if self.cfg.hard_selection_loss_coefficient > 0:
+            coefficient = self.cfg.hard_selection_loss_coefficient * (not schedule.hard)
+            losses["hard_selection_loss"] = coefficient * hard_mse
         k_detached = k_hat.detach()
         metrics: dict[str, Any] = {
             "softsae/k_hat_mean": k_detached.mean(),
@@ -395,7 +398,7 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
             "softsae/alpha_schedule": schedule.alpha,
             "softsae/hard_phase": int(schedule.hard),
             "softsae/candidates_only": int(candidates_only),
-            "softsae/hard_selection_mse": hard_mse,
+            "softsae/hard_selection_mse": hard_mse.detach(),
         }
         return TrainStepOutput(
             sae_in=step_input.sae_in,

@@ -68,9 +68,13 @@ def test_dense_inputs_floor_benchmark_prints_scores_per_setting():
         "0",
         "--steps",
         "60",
+        "--hard-selection-coefficients",
+        "0",
+        "1",
     )
     names = {r["sae"] for r in report["results"]}
-    assert names == {"topk", "soft alpha_end=0.05 hard_topk_fraction=0.04"}
+    soft = "soft alpha_end=0.05 hard_topk_fraction=0.04"
+    assert names == {"topk", soft, soft + " hard_selection_loss_coefficient=1.0"}
     for row in report["results"]:
         assert row["true_l0"] == 16 and row["k"] == 8
         assert -10 < row["explained_variance"]["mean"] <= 1

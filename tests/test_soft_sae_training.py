@@ -351,7 +351,25 @@ def test_the_switch_to_hard_top_k_warns_where_soft_weights_spread_inputs_over_mo
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="softsae_lens.soft_sae"):
         _train_where_latents_pay("normalize", alpha_end=0.01)
+        _train_where_latents_pay("normalize", hard_selection_loss_coefficient=1.0)
     assert not [r for r in caplog.records if "switched to hard top-k" in r.getMessage()]
+
+
+def test_hard_selection_loss_trains_the_inference_selection_in_the_soft_phase_only():
+    sae = make_training_sae(total_training_steps=100, hard_selection_loss_coefficient=0.5)
+    x = torch.randn(32, D_MODEL) * 3
+    soft = sae.training_forward_pass(train_step_input(x, step=50))
+    term = soft.losses["hard_selection_loss"]
+    torch.testing.assert_close(term, 0.5 * soft.metrics["softsae/hard_selection_mse"])
+    torch.testing.assert_close(soft.loss, sum(soft.losses.values()))
+    (grad,) = torch.autograd.grad(term, sae.W_dec)
+    assert grad.abs().sum() > 0
+    hard = sae.training_forward_pass(train_step_input(x, step=99))
+    assert hard.losses["hard_selection_loss"] == 0
+    off = make_training_sae(total_training_steps=100)
+    assert "hard_selection_loss" not in off.training_forward_pass(train_step_input(x)).losses
+    with pytest.raises(ValueError, match="hard_selection_loss_coefficient"):
+        SoftTrainingSAEConfig(d_in=8, d_sae=16, k=2, hard_selection_loss_coefficient=-1.0)
 
 
 def test_hard_selection_mse_is_the_hard_top_k_error_in_the_soft_phase_and_the_loss_after():

@@ -102,6 +102,7 @@ SOFT_CONFIG_FIELDS = (
     "alpha_scale",
     "soft_topk_grad_to_pre",
     "hard_topk_fraction",
+    "hard_selection_loss_coefficient",
     "aux_loss_coefficient",
 )
 
@@ -285,6 +286,7 @@ REALISTIC_ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "hard_50": {"kind": "soft", "hard_topk_fraction": 0.5},
     "alpha_end_0.01": {"kind": "soft", "alpha_end": 0.01},
     "alpha_end_0.03": {"kind": "soft", "alpha_end": 0.03},
+    "hard_selection_loss": {"kind": "soft", "hard_selection_loss_coefficient": 1.0},
     "alpha_end_0.1": {"kind": "soft", "alpha_end": 0.1},
     "alpha_end_0.2": {"kind": "soft", "alpha_end": 0.2},
     "alpha_end_1e-3": {"kind": "soft", "alpha_end": 1e-3},
@@ -324,6 +326,7 @@ REALISTIC_ABLATION_DESCRIPTIONS = {
     "hard_50": "hard_topk_fraction 0.5",
     "alpha_end_0.01": "alpha floor 0.01 of the RMS positive pre-activation (the default before; default 0.05)",
     "alpha_end_0.03": "alpha floor 0.03 (where the toy with inputs denser than k still switches to hard top-k cleanly)",
+    "hard_selection_loss": "hard_selection_loss_coefficient 1: the soft phase also trains the hard top-k of inference (default 0)",
     "alpha_end_0.1": "alpha floor 0.1 (default 0.05)",
     "alpha_end_0.2": "alpha floor 0.2 (default 0.05)",
     "alpha_end_1e-3": "alpha floor 1e-3 (default 0.05)",
