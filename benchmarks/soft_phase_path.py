@@ -6,7 +6,8 @@ left-out Soft Top-K weight is below float32 rounding, and takes the dense path o
 path; this trains SoftSAEs on SmolLM2-135M's layer-5 activations of the local text (the sweep's
 size: d_sae 2304, k 32, batches of 1,024 tokens, Adam at lr 1e-3, SAELens's grad-norm clip) and
 prints JSON per floor: the fraction of soft-phase steps (after the first 10) that took the
-candidate path and their median wall time.
+candidate path, their median wall time, and at the last soft step the hard top-k's reconstruction
+error over the soft one (what the switch to the inference selection will cost).
 
     python benchmarks/soft_phase_path.py --steps 300 --alpha-ends 0.01 0.05
 """
@@ -81,6 +82,9 @@ def main() -> None:
             if not out.metrics["softsae/hard_phase"] and step >= 10:
                 candidates.append(int(out.metrics["softsae/candidates_only"]))
                 seconds.append(elapsed)
+                hard_over_soft = (
+                    out.metrics["softsae/hard_selection_mse"] / out.losses["mse_loss"]
+                ).item()
         seconds.sort()
         print(
             json.dumps(
@@ -89,6 +93,7 @@ def main() -> None:
                     "soft_steps": len(candidates),
                     "candidate_path_fraction": sum(candidates) / len(candidates),
                     "median_soft_step_s": seconds[len(seconds) // 2],
+                    "last_soft_step_hard_over_soft_mse": round(hard_over_soft, 4),
                 }
             ),
             flush=True,
