@@ -71,7 +71,7 @@ def main() -> None:
                     coefficients={},
                     dead_neuron_mask=None,
                     n_training_steps=step,
-                    is_logging_step=False,
+                    is_logging_step=True,  # the hard selection's error is computed to be logged
                 )
             )
             out.loss.backward()

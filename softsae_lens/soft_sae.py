@@ -309,14 +309,17 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
         hard_values: torch.Tensor,
         top_indices: torch.Tensor,
         hidden_pre: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | None:
         """The reconstruction error of the hard top-k that inference uses, on this batch.
 
         In the hard phase it is the step's own ``mse_loss``. In the soft phase the soft weights
         may spread the reconstruction over more than ``k_hat`` latents per input (inputs denser
         than k, a large ``alpha_end``); this error shows what inference would lose, and the first
         hard step warns once when the last soft step's ratio to ``mse_loss`` was over
-        ``_HARD_SWITCH_WARN_RATIO``.
+        ``_HARD_SWITCH_WARN_RATIO``. The soft phase computes it where it is used: on logging
+        steps, on the last soft step (for the warning) and, with
+        ``hard_selection_loss_coefficient``, on every step; elsewhere it returns None (the extra
+        decode cost about 5% of a soft step on the sweep's size).
         """
         if schedule.hard:
             gap = getattr(self, "_soft_hard_gap", None)
@@ -327,15 +330,20 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
                         "SoftSAE switched to hard top-k with the inference selection's "
                         "reconstruction error %.1fx the soft phase's: the soft weights spread "
                         "each input over more latents than k_hat. Seen where inputs hold more "
-                        "true features than k at a large alpha_end (%g); a lower alpha_end "
-                        "(0.03 or 0.01) or a longer hard_topk_fraction (%g) avoids it.",
+                        "true features than k at a large alpha_end (%g); "
+                        "hard_selection_loss_coefficient=0.3 (now %g) or a lower alpha_end "
+                        "(0.03 or 0.01) avoids it.",
                         ratio,
                         self.cfg.alpha_end,
-                        self.cfg.hard_topk_fraction,
+                        self.cfg.hard_selection_loss_coefficient,
                     )
                 self._soft_hard_gap = None
             return mse_loss.detach()
-        with torch.set_grad_enabled(self.cfg.hard_selection_loss_coefficient > 0):
+        trains = self.cfg.hard_selection_loss_coefficient > 0
+        last_soft = self.cfg.schedule(self.schedule_step(step_input.n_training_steps) + 1).hard
+        if not (trains or last_soft or step_input.is_logging_step):
+            return None
+        with torch.set_grad_enabled(trains):
             width = self.hard_width
             hard_out = self._decode_selected(hard_values, top_indices[..., :width], hidden_pre)
             hard_mse = self.mse_loss_fn(hard_out, step_input.sae_in).sum(dim=-1).mean()
@@ -383,6 +391,7 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
             **self.calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out),
         }
         if self.cfg.hard_selection_loss_coefficient > 0:
+            assert hard_mse is not None  # computed on every step when it trains
             coefficient = self.cfg.hard_selection_loss_coefficient * (not schedule.hard)
             losses["hard_selection_loss"] = coefficient * hard_mse
         k_detached = k_hat.detach()
@@ -398,8 +407,9 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
             "softsae/alpha_schedule": schedule.alpha,
             "softsae/hard_phase": int(schedule.hard),
             "softsae/candidates_only": int(candidates_only),
-            "softsae/hard_selection_mse": hard_mse.detach(),
         }
+        if hard_mse is not None:
+            metrics["softsae/hard_selection_mse"] = hard_mse.detach()
         return TrainStepOutput(
             sae_in=step_input.sae_in,
             sae_out=sae_out,

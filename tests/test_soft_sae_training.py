@@ -1,5 +1,6 @@
 """SoftTrainingSAE: the schedule, the soft and hard phases, the losses and the k budget."""
 
+import dataclasses
 import logging
 
 import pytest
@@ -375,7 +376,11 @@ def test_hard_selection_loss_trains_the_inference_selection_in_the_soft_phase_on
 def test_hard_selection_mse_is_the_hard_top_k_error_in_the_soft_phase_and_the_loss_after():
     sae = make_training_sae(total_training_steps=100)
     x = torch.randn(32, D_MODEL) * 3
-    soft = sae.training_forward_pass(train_step_input(x, step=50))
+    # computed where it is logged (and on the last soft step, for the switch's warning)
+    quiet = sae.training_forward_pass(train_step_input(x, step=50))
+    assert "softsae/hard_selection_mse" not in quiet.metrics
+    logging = dataclasses.replace(train_step_input(x, step=50), is_logging_step=True)
+    soft = sae.training_forward_pass(logging)
     with torch.no_grad():
         # feature_acts is the hard top-k at the step's k: what the switch would decode
         expected = sae.mse_loss_fn(sae.decode(soft.feature_acts), x).sum(-1).mean()
