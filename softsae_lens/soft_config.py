@@ -300,6 +300,7 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
             hard=step >= total - hard_steps,
             steps_at_k=max(0, step - math.ceil(self.k_anneal_fraction * total)),
             steps_in_hard=max(0, step - (total - hard_steps)),
+            last_soft=hard_steps > 0 and step == total - hard_steps - 1,
         )
 
 
@@ -316,3 +317,6 @@ class SoftSchedule:
     # Steps since the hard phase began (0 before): there the estimator is frozen, and the
     # k factor's running average restarts as a plain mean of the frozen estimator's factors.
     steps_in_hard: int = 0
+    # The step before the hard phase: the switch's warning compares the hard selection's error
+    # with the soft one's there.
+    last_soft: bool = False

@@ -340,8 +340,7 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
                 self._soft_hard_gap = None
             return mse_loss.detach()
         trains = self.cfg.hard_selection_loss_coefficient > 0
-        last_soft = self.cfg.schedule(self.schedule_step(step_input.n_training_steps) + 1).hard
-        if not (trains or last_soft or step_input.is_logging_step):
+        if not (trains or schedule.last_soft or step_input.is_logging_step):
             return None
         with torch.set_grad_enabled(trains):
             width = self.hard_width
