@@ -379,8 +379,8 @@ def test_hard_selection_mse_is_the_hard_top_k_error_in_the_soft_phase_and_the_lo
     # computed where it is logged (and on the last soft step, for the switch's warning)
     quiet = sae.training_forward_pass(train_step_input(x, step=50))
     assert "softsae/hard_selection_mse" not in quiet.metrics
-    logging = dataclasses.replace(train_step_input(x, step=50), is_logging_step=True)
-    soft = sae.training_forward_pass(logging)
+    logged_step = dataclasses.replace(train_step_input(x, step=50), is_logging_step=True)
+    soft = sae.training_forward_pass(logged_step)
     with torch.no_grad():
         # feature_acts is the hard top-k at the step's k: what the switch would decode
         expected = sae.mse_loss_fn(sae.decode(soft.feature_acts), x).sum(-1).mean()
