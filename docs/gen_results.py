@@ -51,12 +51,9 @@ EXPERIMENTS = (
     Experiment(
         "k-budget",
         "l0/results.md",
-        "python -m softsae_lens.experiments.k_budget --sweeps out/l0/sweep_2x=NOTE "
-        "out/l0/sweep_1x_shuffled=NOTE out/l0/sweep_2x_shuffled=NOTE out/l0/sweep_4x_shuffled=NOTE "
-        "out/l0/sweep_1x_alpha05=NOTE out/l0/sweep_2x_alpha05=NOTE --synthetic out/l0/synth_1000=NOTE "
-        "out/l0/synth_1000_v2=NOTE out/l0/synth_1000_v3=NOTE out/grid/f2048-d128-plain-lr0.003=NOTE "
-        "out/grid2/f2048-d128-plain-lr0.003=NOTE --out out/l0 "
-        "(each written by the command its page names)",
+        "python -m softsae_lens.experiments.k_budget --sweeps out/sweep out/l0/sweep_2x "
+        "out/l0/sweep_4x out/gemma_sweep=NOTE --synthetic out/l0/synth_1000 out/l0/synth_2000 "
+        "--out out/l0 (each written by the command its page names)",
         "Results of the k budget: held-out L0 against the target",
         "k-budget.md",
     ),
@@ -81,6 +78,14 @@ EXPERIMENTS = (
         "gemma_demo/report.md",
         "make gemma-demo",
         "Results of the demo on a second language model: SoftSAE and TopK at k = 32 on Gemma-3-270M",
+        "models.md#a-second-language-model-gemma-3-270m",
+    ),
+    Experiment(
+        "gemma-sweep",
+        "gemma_sweep/results.md",
+        "make gemma-sweep",
+        "Results of the sweep on a second language model: SoftSAE and TopK at L0 16, 32, 64 on "
+        "Gemma-3-270M",
         "models.md#a-second-language-model-gemma-3-270m",
     ),
     Experiment(

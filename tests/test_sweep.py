@@ -302,6 +302,20 @@ def test_sweep_runs_on_a_local_hugging_face_folder(tmp_path):
     with pytest.raises(SystemExit):
         parse_args(["--model-path", str(tmp_path)])  # no config.json there
 
+    # The k budget's page names the model and a command that reruns this sweep, every
+    # non-default flag included
+    from softsae_lens.experiments.k_budget import markdown, sweep_command
+
+    saved = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    command = sweep_command(saved)
+    assert f"--model-path {folder}" in command and "--d-sae 64" in command
+    assert "--architectures soft,topk" in command and "--layer 1" in command
+    assert "--tokens 2560" in command and "--quick" not in command and "--lr" not in command
+    reparsed = parse_args(command.split()[3:] + ["--plan-only"])
+    assert (reparsed.d_sae, reparsed.layer, reparsed.targets) == (64, 1, (4,))
+    saved["command"] = command
+    assert f"## {folder.name} (the sweep)" in markdown([saved], [])
+
 
 def test_matched_l0_rows_interpolate_topk_in_log_l0():
     from softsae_lens.experiments.sweep.report import interpolate_at_l0, matched_l0_rows

@@ -137,6 +137,44 @@ def synthetic_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _model_label(results: dict[str, Any]) -> str:
+    """The sweep's model as a reader knows it: SmolLM2 by default, else the file or name given."""
+    c = results["config"]
+    if c.get("model_path"):
+        return Path(c["model_path"]).name
+    return c.get("model") or "SmolLM2-135M-Instruct"
+
+
+def sweep_command(results: dict[str, Any]) -> str:
+    """The sweep's command line: every flag whose value differs from its default."""
+    from dataclasses import fields
+
+    from softsae_lens.experiments.sweep.config import SweepConfig
+
+    defaults = {f.name: getattr(SweepConfig(), f.name) for f in fields(SweepConfig)}
+    parts = ["python -m softsae_lens.experiments.sweep"]
+    for name, value in results["config"].items():
+        if name not in defaults or name in ("plan_only", "quick", "replot"):
+            continue
+        default = defaults[name]
+        if isinstance(default, Path) or (default is None and isinstance(value, str)):
+            same = str(default) == str(value)
+        elif isinstance(default, tuple):
+            same = tuple(default) == tuple(value or ())
+        else:
+            same = default == value
+        if same or value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts.append(f"{flag} {','.join(str(v) for v in value)}")
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
 def markdown(sweeps: Sequence[dict[str, Any]], synthetic: Sequence[dict[str, Any]]) -> str:
     lines = [
         "# The k budget: held-out L0 against the target",
@@ -144,22 +182,26 @@ def markdown(sweeps: Sequence[dict[str, Any]], synthetic: Sequence[dict[str, Any
         "Written by `python -m softsae_lens.experiments.k_budget` from the runs' own results.json.",
         "",
     ]
-    if sweeps:
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for s in sweeps:
+        by_model.setdefault(_model_label(s), []).append(s)
+    for model, runs in by_model.items():
         lines += [
-            "## SmolLM2-135M (the sweep): SoftSAE and TopK at each run length",
+            f"## {model} (the sweep): SoftSAE and TopK at each run length",
             "",
             "Held-out `run_evals`, special tokens excluded. In brackets: SoftSAE's score minus "
             "TopK's interpolated (linearly in log L0) to SoftSAE's held-out L0 (TopK's outermost "
             "run where that L0 is within 3% beyond it; n/a further out).",
             "",
-            *sweep_lines(sweeps),
+            *sweep_lines(runs),
             "",
             "Commands:",
             "",
             *(
                 f"- `{s.get('command', 'python -m softsae_lens.experiments.sweep')}`"
                 + (f" ({s['note']})" if s.get("note") else "")
-                for s in sweeps
+                + (f" ({s['wall_time_s'] / 60:.0f} min)" if s.get("wall_time_s") else "")
+                for s in runs
             ),
             "",
         ]
@@ -212,14 +254,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     sweeps = [_load_noted(entry) for entry in args.sweeps]
     for s in sweeps:
-        folder = s["folder"]
-        c = s["config"]
-        s.setdefault(
-            "command",
-            f"python -m softsae_lens.experiments.sweep --architectures {','.join(c['architectures'])}"
-            f" --targets {','.join(str(t) for t in c['targets'])} --tokens {c['tokens']}"
-            f" --soft-k-budget {c.get('soft_k_budget', 'penalty')} --out {folder}",
-        )
+        s.setdefault("command", sweep_command(s))
     text = markdown(sweeps, [_load_noted(entry) for entry in args.synthetic])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(text)
