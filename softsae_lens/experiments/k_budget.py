@@ -25,6 +25,7 @@ from softsae_lens.experiments.sweep.report import (
     format_number,
     matched_l0_rows,
     off_target,
+    sweep_command,
 )
 from softsae_lens.experiments.synthetic.report import format_mean_std
 from softsae_lens.flags import config_parser, parse_config
@@ -143,36 +144,6 @@ def _model_label(results: dict[str, Any]) -> str:
     if c.get("model_path"):
         return Path(c["model_path"]).name
     return c.get("model") or "SmolLM2-135M-Instruct"
-
-
-def sweep_command(results: dict[str, Any]) -> str:
-    """The sweep's command line: every flag whose value differs from its default."""
-    from dataclasses import fields
-
-    from softsae_lens.experiments.sweep.config import SweepConfig
-
-    defaults = {f.name: getattr(SweepConfig(), f.name) for f in fields(SweepConfig)}
-    parts = ["python -m softsae_lens.experiments.sweep"]
-    for name, value in results["config"].items():
-        if name not in defaults or name in ("plan_only", "quick", "replot"):
-            continue
-        default = defaults[name]
-        if isinstance(default, Path) or (default is None and isinstance(value, str)):
-            same = str(default) == str(value)
-        elif isinstance(default, tuple):
-            same = tuple(default) == tuple(value or ())
-        else:
-            same = default == value
-        if same or value is None:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            parts.append(flag)
-        elif isinstance(value, (list, tuple)):
-            parts.append(f"{flag} {','.join(str(v) for v in value)}")
-        else:
-            parts.append(f"{flag} {value}")
-    return " ".join(parts)
 
 
 def markdown(sweeps: Sequence[dict[str, Any]], synthetic: Sequence[dict[str, Any]]) -> str:

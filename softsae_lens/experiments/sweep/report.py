@@ -20,6 +20,7 @@ __all__ = [
     "matched_l0_rows",
     "off_target",
     "plot_pareto",
+    "sweep_command",
     "write_outputs",
 ]
 
@@ -62,6 +63,38 @@ def _knob(run: dict[str, Any]) -> str:
     return ""
 
 
+def sweep_command(results: dict[str, Any]) -> str:
+    """The sweep's command line: every flag whose value differs from its default."""
+    from dataclasses import fields
+
+    from softsae_lens.experiments.sweep.config import SweepConfig
+
+    defaults = {f.name: getattr(SweepConfig(), f.name) for f in fields(SweepConfig)}
+    parts = ["python -m softsae_lens.experiments.sweep"]
+    for name, value in results["config"].items():
+        if name not in defaults or name in ("plan_only", "quick", "replot"):
+            continue
+        default = defaults[name]
+        if isinstance(default, Path) or (default is None and isinstance(value, str)):
+            same = str(default) == str(value)
+        elif isinstance(default, tuple):
+            same = tuple(default) == tuple(value or ())
+        else:
+            same = default == value
+        if same or value is None:
+            continue
+        if name == "out" and Path(value).is_absolute() and Path(value).is_relative_to(Path.cwd()):
+            value = Path(value).relative_to(Path.cwd())  # as typed from the repository root
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts.append(f"{flag} {','.join(str(v) for v in value)}")
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The report: the setup, one table row per SAE, and SoftSAE's per-token k statistics."""
     cfg = results["config"]
@@ -84,6 +117,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{budget.get('variance_tokens', 0):,}; dead latents = never active on those tokens",
         f"- Wall time: {results.get('wall_time_s', 0) / 60:.1f} min ({phases}); predicted "
         f"{plan['total_cpu_seconds'] / 60:.1f} min of CPU",
+        f"- Command: `{sweep_command(results)}`",
         "",
         "| architecture | target L0 | L0 | L0 off target | explained variance | MSE | "
         "CE-loss score | KL-div score | dead latents | step CPU s | sparsity knob |",
