@@ -52,7 +52,7 @@ EXPERIMENTS = (
         "k-budget",
         "l0/results.md",
         "python -m softsae_lens.experiments.k_budget --sweeps out/sweep out/l0/sweep_2x "
-        "out/l0/sweep_4x out/gemma_sweep=NOTE --synthetic out/l0/synth_1000 out/l0/synth_2000 "
+        "out/l0/sweep_4x out/gemma_sweep --synthetic out/l0/synth_1000 out/l0/synth_2000 "
         "--out out/l0 (each written by the command its page names)",
         "Results of the k budget: held-out L0 against the target",
         "k-budget.md",

@@ -32,7 +32,14 @@ from softsae_lens.flags import config_parser, parse_config
 
 __all__ = ["KBudgetConfig", "main", "markdown", "parse_args"]
 
-_SYNTHETIC_SAES = ("soft", "k_budget_penalty", "topk", "topk_plus1", "batchtopk")
+_SYNTHETIC_SAES = (
+    "soft",
+    "k_budget_penalty",
+    "hard_selection_loss_0.3",
+    "topk",
+    "topk_plus1",
+    "batchtopk",
+)
 
 
 def _load(folder: Path) -> dict[str, Any]:
@@ -138,6 +145,11 @@ def synthetic_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _relative_paths(command: str) -> str:
+    """A recorded command as typed from the repository root (absolute paths under it shortened)."""
+    return command.replace(f"{Path.cwd()}/", "")
+
+
 def _model_label(results: dict[str, Any]) -> str:
     """The sweep's model as a reader knows it: SmolLM2 by default, else the file or name given."""
     c = results["config"]
@@ -190,7 +202,10 @@ def markdown(sweeps: Sequence[dict[str, Any]], synthetic: Sequence[dict[str, Any
             "",
             "Commands:",
             "",
-            *(f"- `{s['command']}` ({s['wall_s'] / 60:.0f} min)" for s in synthetic),
+            *(
+                f"- `{_relative_paths(s['command'])}` ({s['wall_s'] / 60:.0f} min)"
+                for s in synthetic
+            ),
             "",
         ]
     return "\n".join(lines)
