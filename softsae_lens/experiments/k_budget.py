@@ -25,6 +25,7 @@ from softsae_lens.experiments.sweep.report import (
     format_number,
     matched_l0_rows,
     off_target,
+    relative_to_cwd,
     sweep_command,
 )
 from softsae_lens.experiments.synthetic.report import format_mean_std
@@ -145,11 +146,6 @@ def synthetic_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _relative_paths(command: str) -> str:
-    """A recorded command as typed from the repository root (absolute paths under it shortened)."""
-    return command.replace(f"{Path.cwd()}/", "")
-
-
 def _model_label(results: dict[str, Any]) -> str:
     """The sweep's model as a reader knows it: SmolLM2 by default, else the file or name given."""
     c = results["config"]
@@ -203,7 +199,7 @@ def markdown(sweeps: Sequence[dict[str, Any]], synthetic: Sequence[dict[str, Any
             "Commands:",
             "",
             *(
-                f"- `{_relative_paths(s['command'])}` ({s['wall_s'] / 60:.0f} min)"
+                f"- `{relative_to_cwd(s['command'])}` ({s['wall_s'] / 60:.0f} min)"
                 for s in synthetic
             ),
             "",

@@ -20,6 +20,7 @@ __all__ = [
     "matched_l0_rows",
     "off_target",
     "plot_pareto",
+    "relative_to_cwd",
     "sweep_command",
     "write_outputs",
 ]
@@ -63,13 +64,16 @@ def _knob(run: dict[str, Any]) -> str:
     return ""
 
 
+def relative_to_cwd(command: str) -> str:
+    """A recorded command as typed from the working directory (absolute paths under it shortened)."""
+    return command.replace(f"{Path.cwd()}/", "")
+
+
 def sweep_command(results: dict[str, Any]) -> str:
     """The sweep's command line: every flag whose value differs from its default."""
-    from dataclasses import fields
-
     from softsae_lens.experiments.sweep.config import SweepConfig
 
-    defaults = {f.name: getattr(SweepConfig(), f.name) for f in fields(SweepConfig)}
+    defaults = vars(SweepConfig())
     parts = ["python -m softsae_lens.experiments.sweep"]
     for name, value in results["config"].items():
         if name not in defaults or name in ("plan_only", "quick", "replot"):
@@ -83,8 +87,6 @@ def sweep_command(results: dict[str, Any]) -> str:
             same = default == value
         if same or value is None:
             continue
-        if name == "out" and Path(value).is_absolute() and Path(value).is_relative_to(Path.cwd()):
-            value = Path(value).relative_to(Path.cwd())  # as typed from the repository root
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             parts.append(flag)
@@ -92,7 +94,7 @@ def sweep_command(results: dict[str, Any]) -> str:
             parts.append(f"{flag} {','.join(str(v) for v in value)}")
         else:
             parts.append(f"{flag} {value}")
-    return " ".join(parts)
+    return relative_to_cwd(" ".join(parts))
 
 
 def markdown(results: dict[str, Any]) -> str:
