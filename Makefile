@@ -25,7 +25,7 @@ export SOFTSAE_REQUIRE_CHROMIUM ?= 1
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install chromium test test-fast demo gemma-demo gemma-sweep sweep minilm lint bench docs-results docs clean saebench-env saebench
+.PHONY: install chromium test test-fast demo gemma-demo gemma-sweep sweep minilm lint bench docs-results docs clean saebench-env saebench saebench-2m
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -125,6 +125,25 @@ saebench-env: $(SAEBENCH_VENV)/.installed
 
 saebench: saebench-env
 	$(SB_PY) -m softsae_lens.experiments.saebench $(SAEBENCH_ARGS)
+
+# The real-budget run (docs/saebench.md): SoftSAE and SAELens's topk, batchtopk,
+# matryoshka_batchtopk and jumprelu at L0 16/32/64 trained on 2M tokens by two sweeps side by side
+# (one per core; with the cache the first computes SmolLM2's activations once and the other waits
+# for them), then SAEBench's offline evals on the 15 SAEs in two processes writing one report
+# (out/saebench/results.md). SAEBENCH_2M_CACHE= (empty) trains from the stream instead.
+SAEBENCH_2M_TOKENS ?= 2000000
+SAEBENCH_2M_OUT ?= out/sweep_2m
+SAEBENCH_2M_CACHE ?= --activation-cache out/activations
+SAEBENCH_2M_EVALS ?= --evals core sparse_probing_sae_probes meta_structure --probe-datasets 96_spam_is 113_movie_sent 5_hist_fig_ismale
+SWEEP_2M = OMP_NUM_THREADS=1 $(PY) -m softsae_lens.experiments.sweep --tokens $(SAEBENCH_2M_TOKENS) $(SAEBENCH_2M_CACHE)
+SAEBENCH_2M = OMP_NUM_THREADS=1 $(SB_PY) -m softsae_lens.experiments.saebench $(SAEBENCH_2M_EVALS)
+saebench-2m: install saebench-env
+	$(SWEEP_2M) --architectures soft,matryoshka_batchtopk --out $(SAEBENCH_2M_OUT)/a & a=$$!; \
+	$(SWEEP_2M) --architectures topk,batchtopk,jumprelu --out $(SAEBENCH_2M_OUT)/b & b=$$!; \
+	wait $$a && wait $$b
+	$(SAEBENCH_2M) --saes $(SAEBENCH_2M_OUT)/a/saes & a=$$!; \
+	$(SAEBENCH_2M) --saes $(SAEBENCH_2M_OUT)/b/saes & b=$$!; \
+	wait $$a && wait $$b
 
 clean:
 	rm -rf $(VENV) $(SAEBENCH_VENV) out site .pytest_cache

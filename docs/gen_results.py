@@ -98,8 +98,8 @@ EXPERIMENTS = (
     Experiment(
         "saebench",
         "saebench/results.md",
-        "make saebench",
-        "Results of SAEBench, offline: core, sparse probing, absorption per architecture and L0",
+        "make saebench-2m SAEBENCH_2M_CACHE= (see the page it names for the absorption run)",
+        "Results of SAEBench, offline: 15 SAEs trained on 2M tokens of SmolLM2-135M's layer 5",
         "saebench.md",
     ),
 )

@@ -62,19 +62,23 @@ def test_help_and_plan_work_in_the_main_environment(tmp_path):
     assert "predicted cost for 15 SAEs" in plan.stdout and "total" in plan.stdout
 
 
+def _quick_run(python: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(python), "-m", "softsae_lens.experiments.saebench", "--quick", "true"]
+        + ["--out", str(out), *flags],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=out.parent,
+        timeout=1500,
+    )
+
+
 @pytest.mark.slow
 def test_quick_mode_runs_every_offline_eval_and_reports(tmp_path):
     python = _saebench_python()
     out = tmp_path / "saebench"
-    run = subprocess.run(
-        [str(python), "-m", "softsae_lens.experiments.saebench", "--quick", "true"]
-        + ["--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=tmp_path,
-        timeout=1500,
-    )
+    run = _quick_run(python, out)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     results = json.loads((out / "results.json").read_text())
     assert (out / "results.md").read_text().startswith("# SAEBench")
@@ -107,3 +111,54 @@ def test_quick_mode_runs_every_offline_eval_and_reports(tmp_path):
             assert 1.0 <= k_hat["mean"] <= 64.0 and k_hat["std"] >= 0.0
         else:
             assert entry["k_hat"] is None
+
+    # A second run into the same folder keeps every SAE's finished evals (same weights: the
+    # training is seeded) instead of running them again.
+    again = _quick_run(python, out, "--evals", "core")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
+    assert again.stdout.count("every eval done by an earlier run, kept") == 3, again.stdout
+    kept = json.loads((out / "results.json").read_text())["saes"]
+    assert {n: e["evals"] for n, e in kept.items()} == {
+        n: e["evals"] for n, e in results["saes"].items()
+    }
+
+
+def test_frontier_rows_compare_softsae_with_each_architecture_interpolated_to_its_l0():
+    from softsae_lens.experiments.saebench.report import _markdown, frontier_rows
+
+    def entry(arch, target, l0, ev, absorption):
+        core = {"sparsity/l0": l0, "reconstruction_quality/explained_variance": ev}
+        return {
+            "architecture": arch,
+            "target_l0": target,
+            "evals": {
+                "core": {"metrics": core, "seconds": 1.0, "error": None},
+                "absorption": {
+                    "metrics": {"mean_absorption_fraction_score": absorption},
+                    "seconds": 1.0,
+                    "error": None,
+                },
+            },
+        }
+
+    results = {
+        "config": {},
+        "timings": {},
+        "saes": {
+            "topk-16": entry("topk", 16, 16.0, 0.70, 0.20),
+            "topk-64": entry("topk", 64, 64.0, 0.90, 0.40),
+            "soft-32": entry("soft", 32, 32.0, 0.85, 0.25),
+            "soft-128": entry("soft", 128, 128.0, 0.95, 0.10),
+        },
+    }
+    rows = {(r["sae"], r["metric"]): r for r in frontier_rows(results)}
+    # at L0 32, halfway between 16 and 64 in log L0: TopK's EV 0.80, absorption 0.30
+    assert rows[("soft-32", "EV")]["difference"] == pytest.approx(0.05)
+    assert rows[("soft-32", "EV")]["better"] is True
+    assert rows[("soft-32", "absorption")]["difference"] == pytest.approx(-0.05)
+    assert rows[("soft-32", "absorption")]["better"] is True  # lower absorption is better
+    # no extrapolation past TopK's largest L0
+    assert rows[("soft-128", "EV")]["difference"] is None
+    assert rows[("soft-128", "EV")]["better"] is None
+    text = _markdown(results)
+    assert "in 2 of 2 comparisons" in text and "| soft-32 | 32.0 | topk | +0.0500 |" in text

@@ -8,6 +8,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from helpers import TINY_D_MODEL, tiny_lm
@@ -132,6 +133,21 @@ def test_matching_pursuit_threshold_is_steered_to_the_target():
 # --- a whole sweep on the tiny model --------------------------------------------------------
 
 
+# what every sweep on the tiny model shares
+TINY_RUN = dict(
+    d_sae=64,
+    batch_tokens=128,
+    context_size=CTX,
+    layer=1,
+    lr=3e-3,
+    eval_batches=1,
+    eval_variance_batches=2,
+    eval_batch_prompts=4,
+    k_report_docs=2,
+    pilot_rows=8,
+)
+
+
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
     model = tiny_lm()
@@ -139,19 +155,7 @@ def tiny_sweep(tmp_path_factory):
         load_corpus(("pydoc",)), model.tokenizer, CTX, use_cache=False, progress=False
     )
     cfg = SweepConfig(
-        targets=TARGETS,
-        tokens=128 * 80,
-        d_sae=64,
-        batch_tokens=128,
-        context_size=CTX,
-        layer=1,
-        lr=3e-3,
-        eval_batches=1,
-        eval_variance_batches=2,
-        eval_batch_prompts=4,
-        k_report_docs=2,
-        pilot_rows=8,
-        out=tmp_path_factory.mktemp("sweep"),
+        targets=TARGETS, tokens=128 * 80, out=tmp_path_factory.mktemp("sweep"), **TINY_RUN
     )
     results = run_sweep(cfg, model=model, hook_name=HOOK, model_name="tiny", text=text)
     # The model and text ride along for tests that recompute a statistic from scratch.
@@ -265,6 +269,40 @@ def test_sweep_writes_its_files_and_replots(tiny_sweep):
     # SoftSAE's rows: one per target in the main table and one in the per-token L0 table
     assert (out / "results.md").read_text().count("| SoftSAE |") == 2 * len(TARGETS)
     assert (out / "pareto.png").stat().st_size > 0
+
+
+def test_sweep_trains_from_an_activation_cache_it_computes_once(tmp_path):
+    model = tiny_lm()
+    text = tokenize_corpus(
+        load_corpus(("pydoc",)), model.tokenizer, CTX, use_cache=False, progress=False
+    )
+    common = dict(targets=(4,), tokens=128 * 40, activation_cache=tmp_path / "cache", **TINY_RUN)
+    first = SweepConfig(
+        architectures=("soft", "topk", "jumprelu", "matching_pursuit"),
+        out=tmp_path / "a",
+        **common,
+    )
+    results = run_sweep(first, model=model, hook_name=HOOK, model_name="tiny", text=text)
+    cached = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.npy")}
+    # the training rows (one pass: exactly tokens) and the held-out rows
+    assert len(cached) == 2
+    assert 128 * 40 in {len(np.load(p, mmap_mode="r")) for p in cached}
+    runs = {r["architecture"]: r for r in results["runs"]}
+    assert runs["topk"]["metrics"]["l0"] == pytest.approx(4, abs=0.01)
+    assert runs["soft"]["metrics"]["l0"] == pytest.approx(4, rel=0.3)
+    assert runs["jumprelu"]["metrics"]["l0"] == pytest.approx(4, rel=0.6)
+    mp = runs["matching_pursuit"]["knob"]
+    assert mp["final_residual_threshold"] != mp["initial_residual_threshold"]
+    for run in runs.values():
+        assert 0 < run["metrics"]["explained_variance"] <= 1
+        assert 0 < run["cache_heldout_metrics"]["explained_variance"] <= 1
+        runner_cfg = json.loads((first.out / "saes" / run["name"] / "runner_cfg.json").read_text())
+        assert runner_cfg["training_samples"] == 128 * 40
+    # a second sweep over other architectures reads the same files
+    second = SweepConfig(architectures=("batchtopk",), out=tmp_path / "b", **common)
+    again = run_sweep(second, model=model, hook_name=HOOK, model_name="tiny", text=text)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.npy")} == cached
+    assert again["runs"][0]["metrics"]["l0"] > 0
 
 
 def test_sweep_runs_on_a_local_hugging_face_folder(tmp_path):

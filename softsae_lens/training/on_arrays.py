@@ -250,7 +250,7 @@ def _drop_nonfinite(
 
 
 def train_on_activations(
-    cfg: ActivationsRunnerConfig[Any], progress: bool = True
+    cfg: ActivationsRunnerConfig[Any], progress: bool = True, sae: TrainingSAE[Any] | None = None
 ) -> ActivationsRun:
     """Train ``cfg.sae`` on the activations at ``cfg.activations`` with SAELens's ``SAETrainer``.
 
@@ -262,7 +262,17 @@ def train_on_activations(
     rows. Raises ValueError (naming the argument) for a width mismatch, too few rows,
     non-finite rows, an occupied output or checkpoint folder, or a checkpoint that cannot be
     resumed.
+
+    ``sae``, when given, is trained in place of a fresh one: an SAE built from ``cfg.sae`` (the
+    same object) whose starting weights were set beforehand, as SAELens runners'
+    ``override_sae`` (the sweep calibrates JumpReLU's threshold and may start the decoder bias
+    at the data mean before training).
     """
+    if sae is not None and sae.cfg is not cfg.sae:
+        raise ValueError(
+            "sae: its cfg must be cfg.sae itself (the config it was built from), so that the "
+            "run length and the saved config describe the SAE that trains"
+        )
     resume = (
         None
         if cfg.resume_from_checkpoint is None
@@ -279,7 +289,8 @@ def train_on_activations(
     if resume is not None:
         check_same_run(cfg, resume)
     torch.manual_seed(cfg.seed)
-    sae = TrainingSAE.from_dict(cfg.sae.to_dict())
+    if sae is None:
+        sae = TrainingSAE.from_dict(cfg.sae.to_dict())
     meta = sae.cfg.metadata
     meta.dataset_path = str(cfg.activations)
     meta.model_name, meta.hook_name = cfg.model_name, cfg.hook_name

@@ -18,6 +18,7 @@ here calls the step below it with the local object instead (no patching):
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import statistics
@@ -95,17 +96,21 @@ def run_sparse_probing(
     hook = sae.cfg.metadata.hook_name
     model_name = "local_" + str(sae.cfg.metadata.model_name).replace("/", "_")
     cache = work / "sae_probes_model_cache"
-    # the model by argument: sae-probes would otherwise load it by name on a cache miss
-    ensure_dataset_activations(
-        model_name=model_name,
-        dataset_short_names=list(cfg.probe_datasets),
-        hook_names=[hook],
-        model_cache_path=cache,
-        device=cfg.device,
-        max_seq_len=cfg.context_size,
-        batch_size=16,
-        model=model,
-    )
+    cache.mkdir(parents=True, exist_ok=True)
+    # the model by argument: sae-probes would otherwise load it by name on a cache miss; a run
+    # on the other core waits for the activations instead of writing the same files
+    with open(work / "sae_probes_model_cache.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_dataset_activations(
+            model_name=model_name,
+            dataset_short_names=list(cfg.probe_datasets),
+            hook_names=[hook],
+            model_cache_path=cache,
+            device=cfg.device,
+            max_seq_len=cfg.context_size,
+            batch_size=16,
+            model=model,
+        )
     results = work / "sae_probes_results" / name
     run_sae_evals(
         sae=sae,

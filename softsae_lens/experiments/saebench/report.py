@@ -8,7 +8,7 @@ from typing import Any
 
 from softsae_lens.experiments.tables import markdown_table
 
-__all__ = ["summary_rows", "write_outputs"]
+__all__ = ["frontier_rows", "summary_rows", "write_outputs"]
 
 ABSORPTION_CAVEAT = (
     "Absorption (first-letter spelling) is weak below ~1B parameters and 16k latents, as "
@@ -64,6 +64,98 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+# metrics compared at matched L0, and whether higher is better
+FRONTIER_METRICS = [
+    ("EV", True),
+    ("CE score", True),
+    ("KL score", True),
+    ("meta EV", False),
+    ("absorption", False),
+]
+
+
+def frontier_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every SoftSAE against each other architecture interpolated to SoftSAE's L0 (linear in
+    log L0 between that architecture's own SAEs, as the sweep's matched-L0 rows; None where
+    SoftSAE's L0 lies outside their range), per metric: ``better`` says whether SoftSAE is on
+    or above that architecture's frontier (``higher`` says which way is better)."""
+    from softsae_lens.experiments.sweep.report import interpolate_at_l0
+
+    rows = summary_rows(results)
+    probe = [(k, True) for k in (rows[0] if rows else {}) if k.startswith("probe k=")]
+    out = []
+    for soft in (r for r in rows if r["arch"] == "soft" and r["L0"] is not None):
+        for arch in sorted({r["arch"] for r in rows} - {"soft"}):
+            for metric, higher in FRONTIER_METRICS[:3] + probe + FRONTIER_METRICS[3:]:
+                if soft.get(metric) is None:
+                    continue
+                other = interpolate_at_l0(
+                    [(r["L0"], r.get(metric)) for r in rows if r["arch"] == arch], soft["L0"]
+                )
+                diff = None if other is None else soft[metric] - other
+                out.append(
+                    {
+                        "sae": soft["sae"],
+                        "l0": soft["L0"],
+                        "against": arch,
+                        "metric": metric,
+                        "higher": higher,
+                        "soft": soft[metric],
+                        "other": other,
+                        "difference": diff,
+                        "better": None if diff is None else (diff >= 0) == higher,
+                    }
+                )
+    return out
+
+
+def _frontier_markdown(results: dict[str, Any]) -> list[str]:
+    rows = frontier_rows(results)
+    if not rows:
+        return []
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    lines = [
+        "",
+        "## SoftSAE against each architecture at matched L0",
+        "",
+        "SoftSAE minus the other architecture interpolated to SoftSAE's L0 (linear in log L0 "
+        "between its SAEs; `-` where SoftSAE's L0 is outside their range). "
+        + ", ".join(
+            f"{m}: {'higher' if h else 'lower'} is better"
+            for m, h in dict((r["metric"], r["higher"]) for r in rows).items()
+        )
+        + ".",
+        "",
+    ]
+    table = []
+    for sae in dict.fromkeys(r["sae"] for r in rows):
+        for arch in dict.fromkeys(r["against"] for r in rows if r["sae"] == sae):
+            cells = {r["metric"]: r for r in rows if r["sae"] == sae and r["against"] == arch}
+            l0 = next(iter(cells.values()))["l0"]
+            table.append(
+                [sae, f"{l0:.1f}", arch]
+                + [
+                    "-"
+                    if cells.get(m) is None or cells[m]["difference"] is None
+                    else f"{cells[m]['difference']:+.4f}"
+                    for m in metrics
+                ]
+            )
+    lines += markdown_table(["SoftSAE", "its L0", "against", *metrics], table)
+    compared = [r for r in rows if r["better"] is not None]
+    ahead = [r for r in compared if r["better"]]
+    lines += [
+        "",
+        f"SoftSAE is on or above the other architecture's frontier in {len(ahead)} of "
+        f"{len(compared)} comparisons where its L0 falls inside that architecture's range.",
+    ]
+    for metric in metrics:
+        m = [r for r in compared if r["metric"] == metric]
+        if m:
+            lines.append(f"- {metric}: {sum(r['better'] for r in m)} of {len(m)}")
+    return lines
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -84,6 +176,7 @@ def _markdown(results: dict[str, Any]) -> str:
     if rows:
         headers = list(dict.fromkeys(k for r in rows for k in r))
         lines += markdown_table(headers, ([_fmt(r.get(h)) for h in headers] for r in rows))
+    lines += _frontier_markdown(results)
     lines += ["", "## Wall time (s)", ""]
     for k, v in results.get("timings", {}).items():
         v = ", ".join(f"{n} {s:.1f}" for n, s in v.items()) if isinstance(v, dict) else f"{v:.1f}"

@@ -9,7 +9,7 @@ pipeline (:func:`softsae_lens.training.on_arrays.train_on_activations` on activa
 from __future__ import annotations
 
 import hashlib
-import re
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,13 @@ from softsae_lens.experiments.saebench.config import (
     TARGETS,
     SaebenchConfig,
 )
+from softsae_lens.training.checkpoints import write_atomically
 
-__all__ = ["discover_saes", "plan", "run"]
+__all__ = ["PER_SAE", "discover_saes", "plan", "run"]
+
+# one results file per SAE, written as each SAE finishes: a stopped run keeps what it finished,
+# and runs on disjoint SAEs (one per core) write one report together
+PER_SAE = "per_sae"
 
 DEFAULT_SAES = Path("out/sweep/saes")
 # SmolLM2 on this 2-core machine, one thread (December 2026, machine busy with other jobs): the
@@ -118,25 +123,13 @@ def _tokens(tokenizer: Any, docs: list[str], ctx: int, n_tokens: int) -> torch.T
 def cache_activations(
     model: Any, hook: str, docs: list[str], n_tokens: int, ctx: int, folder: Path, key: str
 ) -> Path:
-    """Activations of ``hook`` on ``docs`` as a .npy (rows x d_model), keyed by model, hook,
-    text and token count; reused when present."""
-    digest = hashlib.sha256("\x00".join(docs).encode()).hexdigest()[:12]
-    path = folder / f"{key}-{hook}-{digest}-{n_tokens}.npy"
-    if path.exists():
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
+    """Activations of ``hook`` on ``docs`` (at most ``n_tokens``, BOS first in every row) as a
+    .npy, through the package's cache (:mod:`softsae_lens.data.lm_activations`): keyed by model,
+    hook and token ids, computed once and reused, shared by concurrent runs."""
+    from softsae_lens.data.lm_activations import cache_lm_activations
+
     toks = _tokens(model.tokenizer, docs, ctx, n_tokens)
-    layer = re.match(r"blocks\.(\d+)\.", hook)
-    stop = {"stop_at_layer": int(layer.group(1)) + 1} if layer else {}  # as sae-probes does
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(toks), 8):
-            _, cache = model.run_with_cache(toks[start : start + 8], names_filter=[hook], **stop)
-            chunks.append(cache[hook].reshape(-1, cache[hook].shape[-1]).float().cpu())
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, torch.cat(chunks).numpy())
-    tmp.rename(path)
-    return path
+    return cache_lm_activations(model, hook, toks, folder, key, progress=False)
 
 
 def train_quick(cfg: SaebenchConfig, acts: Path, d_in: int, hook: str, model_name: str):
@@ -162,6 +155,7 @@ def train_quick(cfg: SaebenchConfig, acts: Path, d_in: int, hook: str, model_nam
                     training_samples=steps * batch,
                     lr=1e-3,
                     output_path=str(cfg.out / "saes" / name),
+                    overwrite=True,  # seeded: a rerun trains the same weights
                     seed=cfg.seed,
                     model_name=model_name,
                     hook_name=hook,
@@ -198,7 +192,7 @@ def run(cfg: SaebenchConfig) -> dict[str, Any]:
     from softsae_lens.experiments.saebench.evals import prepare_sae, run_one
     from softsae_lens.experiments.saebench.report import write_outputs
 
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / PER_SAE).mkdir(parents=True, exist_ok=True)
     timings: dict[str, Any] = {}
     start = time.perf_counter()
     docs = local_model.local_text()
@@ -238,6 +232,11 @@ def run(cfg: SaebenchConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"config": _jsonable(vars(cfg)), "saes": {}, "timings": timings}
     kh_cache: dict[str, Path] = {}
     for name, path in sae_paths.items():
+        done = _earlier_result(cfg, name, path)
+        if done is not None:
+            print(f"[saebench] {name}: every eval done by an earlier run, kept", flush=True)
+            results["saes"][name] = done
+            continue
         sae = SAE.load_from_disk(str(path), device=cfg.device)
         if hook is None:
             from softsae_lens.models.local import resolve_hook_name
@@ -250,6 +249,7 @@ def run(cfg: SaebenchConfig) -> dict[str, Any]:
             "architecture": arch or sae.cfg.architecture(),
             "target_l0": int(target) if target.isdigit() else None,
             "path": str(path),
+            "weights_sha256": _weights_digest(path),
             "evals": {},
         }
         if sae_hook not in kh_cache:
@@ -271,10 +271,37 @@ def run(cfg: SaebenchConfig) -> dict[str, Any]:
                 flush=True,
             )
         results["saes"][name] = entry
+        write_atomically(cfg.out / PER_SAE / f"{name}.json", json.dumps(entry, indent=1).encode())
     timings["total_s"] = time.perf_counter() - start
+    # SAEs evaluated into this folder by other runs (another process on the other core, or an
+    # earlier run on other SAEs) join the report
+    for other in sorted((cfg.out / PER_SAE).glob("*.json")):
+        results["saes"].setdefault(other.stem, json.loads(other.read_text()))
     write_outputs(results, cfg.out)
     print(f"[saebench] wrote {cfg.out}/results.json, results.md, plot.png")
     return results
+
+
+def _weights_digest(folder: Path) -> str | None:
+    weights = Path(folder) / "sae_weights.safetensors"
+    if not weights.exists():
+        return None
+    return hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def _earlier_result(cfg: SaebenchConfig, name: str, path: Path) -> dict[str, Any] | None:
+    """This SAE's results from an earlier run into ``cfg.out`` when they hold every eval asked
+    for, without error, on the same weights (a retrained SAE is evaluated again)."""
+    saved = cfg.out / PER_SAE / f"{name}.json"
+    if not saved.exists():
+        return None
+    entry = json.loads(saved.read_text())
+    evals = entry.get("evals", {})
+    if entry.get("weights_sha256") != _weights_digest(path) or any(
+        e not in evals or evals[e].get("error") for e in cfg.evals
+    ):
+        return None
+    return entry
 
 
 def _jsonable(obj: Any) -> Any:

@@ -122,6 +122,11 @@ class SweepConfig:
     scale, starts JumpReLU's threshold and times a training step (0: no pilot, as in the demo:
     the SAEs draw in turn from the seeded stream, the plan prices the evaluation only and the
     decoder bias starts at the first training rows' mean; not with jumprelu)"""
+    activation_cache: Path | None = optional("DIR")
+    """train every SAE from the model's activations cached on disk in DIR (computed once, then
+    reused; the file is keyed by model, hook, tokens and count, so sweeps over other
+    architectures, run at the same time on other cores, wait for it and share it) instead of
+    one activation stream feeding every SAE"""
     autocast: bool = switch()
     """train the SAEs under bf16 autocast"""
     plan_only: bool = switch()
@@ -230,6 +235,11 @@ def validate(cfg: SweepConfig) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if cfg.pilot_rows == 0 and "jumprelu" in cfg.architectures:
         raise ValueError("jumprelu needs a pilot batch to start its threshold: --pilot-rows > 0")
+    if cfg.activation_cache is not None and cfg.dataset is not None:
+        raise ValueError(
+            "--activation-cache needs the local corpus (its pre-tokenised rows), not a streamed "
+            "dataset"
+        )
     if cfg.dataset is not None and cfg.pilot_rows:
         raise ValueError("a streamed dataset has no far end for a pilot batch: pilot_rows=0")
     if cfg.names is not None and (

@@ -181,11 +181,17 @@ def compare(
         if cfg.b_dec_init == "mean":
             start_at_training_mean(saes, model, hook_name, text, cfg.label)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    print(f"[{cfg.label}] training {len(saes)} SAEs on one activation stream", flush=True)
-    with pretokenized_warnings_ignored():
-        MultiSAETrainingRunner(
-            runner_cfg, override_model=model, override_dataset=text.train, override_saes=saes
-        ).run()
+    cache_metrics = None
+    if cfg.activation_cache is not None:
+        from softsae_lens.experiments.sweep.cached import train_from_cache
+
+        cache_metrics = train_from_cache(cfg, saes, model, hook_name, model_name, text)
+    else:
+        print(f"[{cfg.label}] training {len(saes)} SAEs on one activation stream", flush=True)
+        with pretokenized_warnings_ignored():
+            MultiSAETrainingRunner(
+                runner_cfg, override_model=model, override_dataset=text.train, override_saes=saes
+            ).run()
     clock.lap("training")
 
     budget = cfg.eval_budget()
@@ -208,6 +214,11 @@ def compare(
                 "metrics": headline_metrics(metrics),
                 "run_evals": metrics,
                 "knob": knob,
+                **(
+                    {"cache_heldout_metrics": cache_metrics[name]}
+                    if cache_metrics is not None
+                    else {}
+                ),
                 **({"step_cpu_seconds": plan["step_cpu_seconds"][name]} if cfg.pilot_rows else {}),
             }
         )
