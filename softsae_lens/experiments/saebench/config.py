@@ -60,8 +60,8 @@ class SaebenchConfig:
     # mdl: bin counts and k values (SAEBench's defaults are much larger grids)
     mdl_num_bins: list[int] = field(default_factory=lambda: [8, 16])
     mdl_k_values: list[int] = field(default_factory=lambda: [16])
-    # meta_structure: training steps of the meta-SAE on the decoder rows
-    meta_train_steps: int = 2000
+    # meta_structure: training steps of the meta-SAE on the decoder rows (SAEBench's default)
+    meta_train_steps: int = 1500
     # quick mode: architectures and target L0s of the tiny SAEs, rows of cached activations
     quick_architectures: list[str] = field(default_factory=lambda: ["soft", "topk", "batchtopk"])
     quick_targets: list[int] = field(default_factory=lambda: [8])
