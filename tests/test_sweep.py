@@ -27,6 +27,7 @@ from softsae_lens.experiments.sweep.config import (
     parse_args,
     sae_config,
 )
+from softsae_lens.experiments.sweep.report import matched_l0_rows, merge_results
 from softsae_lens.experiments.sweep.run import run_sweep
 
 CTX = 32
@@ -48,6 +49,10 @@ TARGETS = (4, 8)
         (["--tokens", "100"], "--tokens=100 is less than one batch (--batch-tokens=512)"),
         (["--eval-batches", "0"], "--eval-batches must be positive, got 0"),
         (["--replot", "/nonexistent/results.json"], "no such file"),
+        (
+            ["--merge", "/nonexistent/a.json", "/no/b.json"],
+            "--merge /nonexistent/a.json /no/b.json: no",
+        ),
     ],
 )
 def test_bad_flags_say_what_is_allowed(argv, message, capsys):
@@ -303,6 +308,28 @@ def test_sweep_trains_from_an_activation_cache_it_computes_once(tmp_path):
     again = run_sweep(second, model=model, hook_name=HOOK, model_name="tiny", text=text)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.npy")} == cached
     assert again["runs"][0]["metrics"]["l0"] > 0
+
+    # the two sweeps merged into one report
+    parts = [str(first.out / "results.json"), str(second.out / "results.json")]
+    sweep_main(["--merge", *parts, "--out", str(tmp_path / "merged")])
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert [r["architecture"] for r in merged["runs"]] == [
+        "soft",
+        "topk",
+        "batchtopk",
+        "jumprelu",
+        "matching_pursuit",
+    ]
+    report = (tmp_path / "merged" / "results.md").read_text()
+    assert "2 sweeps side by side, each training from the shared activation cache" in report
+    assert report.count("--activation-cache") == 2 and "| batchtopk | 4 |" in report
+    assert len(matched_l0_rows(merged)) == 3  # SoftSAE (first sweep) against TopK's line
+    with pytest.raises(ValueError, match=r"SAEs \['batchtopk-4'\] are in more than one sweep"):
+        merge_results([merged, again])
+    other = json.loads(json.dumps(again))
+    other["config"]["lr"] = 1e-3
+    with pytest.raises(ValueError, match=r"sweep 2 ran with other settings than sweep 1: lr 0.001"):
+        merge_results([results, other])
 
 
 def test_sweep_runs_on_a_local_hugging_face_folder(tmp_path):

@@ -17,6 +17,13 @@ def main(argv: list[str] | None = None) -> None:
         write_outputs(json.loads(cfg.replot.read_text()), cfg.replot.parent)
         print(f"redrew {cfg.replot.parent}/results.md and its plots")
         return
+    if cfg.merge is not None:
+        from softsae_lens.experiments.sweep.report import merge_results, write_outputs
+
+        merged = merge_results([json.loads(p.read_text()) for p in cfg.merge])
+        write_outputs(merged, cfg.out)
+        print(f"merged {len(cfg.merge)} sweeps into {cfg.out}/results.md and its plots")
+        return
     from softsae_lens.experiments.sweep.run import run_sweep
 
     run_sweep(cfg)

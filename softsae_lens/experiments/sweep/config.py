@@ -31,6 +31,7 @@ from softsae_lens.flags import (
     comma_separated,
     config_parser,
     names_from,
+    one_or_more,
     optional,
     parse_config,
     switch,
@@ -137,6 +138,9 @@ class SweepConfig:
     --pilot-rows and --out"""
     replot: Path | None = optional("RESULTS_JSON")
     """redraw results.md and the plots next to an earlier results.json; train nothing"""
+    merge: list[Path] | None = one_or_more(None, "RESULTS_JSON", type=Path)
+    """one report in --out (results.json, results.md, plots) from the results.json of sweeps over
+    disjoint architectures with the same settings (run side by side, one per core); train nothing"""
     # What a preset of the pipeline sets (the demo, :mod:`softsae_lens.experiments.demo`); no flags.
     names: dict[str, str] | None = field(default=None, cmd=False)
     """each architecture's SAE name (its folder under ``out/saes``; one target only), in place of
@@ -157,6 +161,11 @@ class SweepConfig:
         if self.replot is not None:
             if not self.replot.is_file():
                 raise ValueError(f"--replot {self.replot}: no such file")
+            return
+        if self.merge is not None:
+            missing = [str(p) for p in self.merge if not p.is_file()]
+            if missing:
+                raise ValueError(f"--merge {' '.join(missing)}: no such file")
             return
         validate(self)
 

@@ -97,6 +97,75 @@ def sweep_command(results: dict[str, Any]) -> str:
     return relative_to_cwd(" ".join(parts))
 
 
+# what sweeps merged into one report must share, besides their config (architectures and
+# output folders aside)
+_MERGE_SAME = ("model", "hook_name", "d_in", "d_sae", "eval_budget")
+_MERGE_OWN = ("architectures", "out", "activation_cache")
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One sweep's results from sweeps over disjoint architectures with the same settings (run
+    side by side, one per core): their runs in one table, the matched-L0 rows and plots across
+    them. Raises ValueError naming the first setting or SAE name two parts do not agree on."""
+    from softsae_lens.experiments.sweep.config import ARCHITECTURES
+
+    if len(parts) < 2:
+        raise ValueError(f"--merge needs at least two results.json, got {len(parts)}")
+    first = parts[0]
+
+    def settings(results: dict[str, Any]) -> dict[str, Any]:
+        own = {k: v for k, v in results["config"].items() if k not in _MERGE_OWN}
+        both = {**own, **{k: results.get(k) for k in _MERGE_SAME}, "corpus": results["corpus"]}
+        return json.loads(json.dumps(both, default=str))  # as read back from results.json
+
+    for i, part in enumerate(parts[1:], start=2):
+        a, b = settings(first), settings(part)
+        differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        if differ:
+            raise ValueError(
+                f"--merge: sweep {i} ran with other settings than sweep 1: "
+                + "; ".join(f"{k} {b.get(k)!r} against {a.get(k)!r}" for k in differ)
+            )
+    names = [run["name"] for part in parts for run in part["runs"]]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"--merge: SAEs {repeated} are in more than one sweep")
+    runs = sorted(
+        (run for part in parts for run in part["runs"]),
+        key=lambda r: (ARCHITECTURES.index(r["architecture"]), r["target_l0"]),
+    )
+    return {
+        **first,
+        "config": {
+            **first["config"],
+            "architectures": list(dict.fromkeys(r["architecture"] for r in runs)),
+        },
+        "plan": {
+            **first["plan"],
+            "total_cpu_seconds": sum(part["plan"]["total_cpu_seconds"] for part in parts),
+        },
+        "runs": runs,
+        "phase_times_s": {},
+        "wall_time_s": max(part.get("wall_time_s", 0.0) for part in parts),
+        "merged_from": [
+            {"command": sweep_command(part), "wall_time_s": part.get("wall_time_s", 0.0)}
+            for part in parts
+        ],
+    }
+
+
+def _data_path(results: dict[str, Any]) -> str:
+    """How the SAEs got their activations."""
+    cached = bool(results["config"].get("activation_cache"))
+    if "merged_from" in results:
+        each = "the shared activation cache" if cached else "its own activation stream"
+        return f"{len(results['merged_from'])} sweeps side by side, each training from {each}"
+    n = len(results["runs"])
+    if cached:
+        return f"the same activations cached on disk for all {n} SAEs"
+    return f"one activation stream for all {n} SAEs"
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The report: the setup, one table row per SAE, and SoftSAE's per-token k statistics."""
     cfg = results["config"]
@@ -112,14 +181,23 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Model: {results['model']}, hook `{results['hook_name']}`, d_in {results['d_in']}",
         f"- Text: {results['corpus']['name']} ({sources}); held-out documents by hash",
         f"- Training: {cfg['tokens']:,} tokens, {plan['steps']} steps of {cfg['batch_tokens']} "
-        f"tokens, lr {cfg['lr']}, d_sae {results['d_sae']}, one activation stream for all "
-        f"{len(results['runs'])} SAEs",
+        f"tokens, lr {cfg['lr']}, d_sae {results['d_sae']}, {_data_path(results)}",
         f"- Evaluation (SAELens `run_evals`, special tokens excluded): CE/KL on "
         f"{budget.get('ce_tokens', 0):,} held-out tokens, explained variance, MSE and L0 on "
         f"{budget.get('variance_tokens', 0):,}; dead latents = never active on those tokens",
         f"- Wall time: {results.get('wall_time_s', 0) / 60:.1f} min ({phases}); predicted "
         f"{plan['total_cpu_seconds'] / 60:.1f} min of CPU",
-        f"- Command: `{sweep_command(results)}`",
+        *(
+            [
+                "- Commands, run side by side and merged with `--merge`: "
+                + "; ".join(
+                    f"`{part['command']}` ({part['wall_time_s'] / 60:.1f} min)"
+                    for part in results["merged_from"]
+                )
+            ]
+            if "merged_from" in results
+            else [f"- Command: `{sweep_command(results)}`"]
+        ),
         "",
         "| architecture | target L0 | L0 | L0 off target | explained variance | MSE | "
         "CE-loss score | KL-div score | dead latents | step CPU s | sparsity knob |",
