@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SAEBENCH_VENV = REPO / ".venv-saebench"
@@ -162,3 +163,22 @@ def test_frontier_rows_compare_softsae_with_each_architecture_interpolated_to_it
     assert rows[("soft-128", "EV")]["better"] is None
     text = _markdown(results)
     assert "in 2 of 2 comparisons" in text and "| soft-32 | 32.0 | topk | +0.0500 |" in text
+
+
+def test_absorption_model_stops_after_the_hooks_block_and_caches_the_same_activations():
+    from helpers import tiny_lm
+
+    from softsae_lens.experiments.saebench.evals import ForwardToHookLayer
+
+    model = tiny_lm(n_layers=3)
+    hook = "blocks.0.hook_resid_post"
+    tokens = torch.randint(
+        3, model.cfg.d_vocab, (2, 12), generator=torch.Generator().manual_seed(0)
+    )
+    _, full = model.run_with_cache(tokens, names_filter=[hook, "blocks.2.hook_resid_post"])
+    short = ForwardToHookLayer(model, layer=0)
+    out, cache = short.run_with_cache(tokens, names_filter=[hook, "blocks.2.hook_resid_post"])
+    torch.testing.assert_close(cache[hook], full[hook])
+    assert "blocks.2.hook_resid_post" not in cache  # the later blocks did not run
+    assert out.shape == (2, 12, model.cfg.d_model)  # the residual stream, not logits
+    assert short.cfg is model.cfg and short.tokenizer is model.tokenizer

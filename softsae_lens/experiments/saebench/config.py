@@ -55,8 +55,6 @@ class SaebenchConfig:
     core_reconstruction_batches: int = 4
     core_variance_batches: int = 4
     context_size: int = 128
-    # absorption: cap on the vocabulary's words (None: SAEBench's whole vocabulary)
-    absorption_max_words: int | None = None
     # mdl: bin counts and k values (SAEBench's defaults are much larger grids)
     mdl_num_bins: list[int] = field(default_factory=lambda: [8, 16])
     mdl_k_values: list[int] = field(default_factory=lambda: [16])
@@ -80,7 +78,6 @@ QUICK = {
     "core_reconstruction_batches": 2,
     "core_variance_batches": 2,
     "context_size": 64,
-    "absorption_max_words": 3000,
     "mdl_num_bins": [8],
     "mdl_k_values": [4],
     "meta_train_steps": 200,

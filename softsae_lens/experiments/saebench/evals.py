@@ -31,7 +31,7 @@ import torch
 
 from softsae_lens.experiments.saebench.config import SaebenchConfig
 
-__all__ = ["EVAL_FUNCTIONS", "prepare_sae"]
+__all__ = ["EVAL_FUNCTIONS", "ForwardToHookLayer", "prepare_sae"]
 
 
 def prepare_sae(name: str, sae: Any, model_name: str, cfg: SaebenchConfig) -> Any:
@@ -140,6 +140,30 @@ def run_sparse_probing(
     return out
 
 
+class ForwardToHookLayer:
+    """``model`` whose ``run_with_cache`` stops after block ``layer`` unless told otherwise;
+    every other attribute is the model's own.
+
+    SAEBench's absorption reads only the cache of ``blocks.{layer}.hook_resid_post`` from its
+    ``run_with_cache`` calls (``probing.gen_and_save_df_acts_probing`` and
+    ``FeatureAbsorptionCalculator``), never the logits, yet passes no ``stop_at_layer``: every
+    later block and the unembedding run for nothing (25 of SmolLM2's 30 blocks at layer 5, and a
+    49,152-token unembedding). Handing SAEBench this object instead of the model is an argument,
+    not a patch: the activations it reads are the same (``tests/test_saebench.py``).
+    """
+
+    def __init__(self, model: Any, layer: int) -> None:
+        self._model = model
+        self._stop_at_layer = layer + 1
+
+    def run_with_cache(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("stop_at_layer", self._stop_at_layer)
+        return self._model.run_with_cache(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
 def run_absorption(name: str, sae: Any, model: Any, dataset: Any, cfg: SaebenchConfig, work: Path):
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     from sae_bench.evals.absorption.feature_absorption import run_feature_absortion_experiment
@@ -147,10 +171,11 @@ def run_absorption(name: str, sae: Any, model: Any, dataset: Any, cfg: SaebenchC
 
     ec = AbsorptionEvalConfig(model_name=str(sae.cfg.metadata.model_name))
     root = work / "absorption"
+    layer = sae.cfg.metadata.hook_layer
     common = {
-        "model": model,
+        "model": ForwardToHookLayer(model, layer),
         "sae": sae,
-        "layer": sae.cfg.metadata.hook_layer,
+        "layer": layer,
         "sae_name": name,
         "max_k_value": ec.max_k_value,
         "prompt_template": ec.prompt_template,

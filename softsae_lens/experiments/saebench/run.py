@@ -51,9 +51,12 @@ PROBE_DATASET_TOKENS = {
 }
 # absorption's ground-truth probe embeds 47,078 spelling prompts of SmolLM2's alphabetic
 # vocabulary (37,662 train + 9,416 test) in batches of 64 with full forwards through the bridge:
-# measured 21 s per batch here (machine busy), i.e. ~4.3 h once per model and layer
+# measured 21 s per batch here (machine busy), i.e. ~4.3 h once per model and layer. Absorption
+# now runs its forwards only to the SAE's block (evals.ForwardToHookLayer): at layer 5 that is
+# 6 of 30 blocks and no unembedding, ~16% of the multiply-adds per token (blocks ~4.0M each,
+# unembedding 28.3M); the prediction scales by that, not re-measured
 ABSORPTION_PROMPTS = 47_078
-ABSORPTION_S_PER_64_PROMPTS = 21.0
+ABSORPTION_S_PER_64_PROMPTS = 21.0 * (6 * 4.0 / (30 * 4.0 + 28.3))
 ABSORPTION_WORDS = 30_000
 
 
