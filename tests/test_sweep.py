@@ -27,7 +27,7 @@ from softsae_lens.experiments.sweep.config import (
     parse_args,
     sae_config,
 )
-from softsae_lens.experiments.sweep.report import matched_l0_rows, merge_results
+from softsae_lens.experiments.sweep.report import matched_l0_rows, merge_results, sweep_command
 from softsae_lens.experiments.sweep.run import run_sweep
 
 CTX = 32
@@ -324,6 +324,7 @@ def test_sweep_trains_from_an_activation_cache_it_computes_once(tmp_path):
     assert "2 sweeps side by side, each training from the shared activation cache" in report
     assert report.count("--activation-cache") == 2 and "| batchtopk | 4 |" in report
     assert len(matched_l0_rows(merged)) == 3  # SoftSAE (first sweep) against TopK's line
+    assert sweep_command(merged).count("--activation-cache") == 2
     with pytest.raises(ValueError, match=r"SAEs \['batchtopk-4'\] are in more than one sweep"):
         merge_results([merged, again])
     other = json.loads(json.dumps(again))

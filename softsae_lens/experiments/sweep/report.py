@@ -70,8 +70,12 @@ def relative_to_cwd(command: str) -> str:
 
 
 def sweep_command(results: dict[str, Any]) -> str:
-    """The sweep's command line: every flag whose value differs from its default."""
+    """The sweep's command line: every flag whose value differs from its default (for merged
+    sweeps, each part's, side by side)."""
     from softsae_lens.experiments.sweep.config import SweepConfig
+
+    if "merged_from" in results:
+        return " & ".join(part["command"] for part in results["merged_from"]) + " (side by side)"
 
     defaults = vars(SweepConfig())
     parts = ["python -m softsae_lens.experiments.sweep"]
