@@ -123,6 +123,18 @@ def test_quick_mode_runs_every_offline_eval_and_reports(tmp_path):
         n: e["evals"] for n, e in results["saes"].items()
     }
 
+    # An SAE missing one eval (a run stopped before it) gets only that eval.
+    per_sae = out / "per_sae" / "topk-8.json"
+    entry = json.loads(per_sae.read_text())
+    del entry["evals"]["meta_structure"]
+    per_sae.write_text(json.dumps(entry))
+    third = _quick_run(python, out, "--evals", "core", "meta_structure")
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-5000:]
+    assert third.stdout.count("every eval done by an earlier run, kept") == 2, third.stdout
+    assert "[saebench] topk-8: meta_structure" in third.stdout
+    assert "[saebench] topk-8: core" not in third.stdout
+    assert "meta_structure" in json.loads(per_sae.read_text())["evals"]
+
 
 def test_frontier_rows_compare_softsae_with_each_architecture_interpolated_to_its_l0():
     from softsae_lens.experiments.saebench.report import _markdown, frontier_rows

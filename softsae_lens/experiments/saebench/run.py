@@ -235,10 +235,16 @@ def run(cfg: SaebenchConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"config": _jsonable(vars(cfg)), "saes": {}, "timings": timings}
     kh_cache: dict[str, Path] = {}
     for name, path in sae_paths.items():
-        done = _earlier_result(cfg, name, path)
-        if done is not None:
+        earlier = _earlier_result(cfg, name, path)
+        todo = [
+            e
+            for e in EVALS
+            if e in cfg.evals
+            and (earlier is None or earlier["evals"].get(e, {"error": "absent"})["error"])
+        ]
+        if earlier is not None and not todo:
             print(f"[saebench] {name}: every eval done by an earlier run, kept", flush=True)
-            results["saes"][name] = done
+            results["saes"][name] = earlier
             continue
         sae = SAE.load_from_disk(str(path), device=cfg.device)
         if hook is None:
@@ -248,7 +254,7 @@ def run(cfg: SaebenchConfig) -> dict[str, Any]:
         sae_hook = sae.cfg.metadata.hook_name
         sae = prepare_sae(name, sae, model_name, cfg)
         arch, _, target = name.rpartition("-")
-        entry: dict[str, Any] = {
+        entry: dict[str, Any] = earlier or {
             "architecture": arch or sae.cfg.architecture(),
             "target_l0": int(target) if target.isdigit() else None,
             "path": str(path),
@@ -260,9 +266,7 @@ def run(cfg: SaebenchConfig) -> dict[str, Any]:
                 model, sae_hook, eval_docs, 20_000, cfg.context_size, cfg.out / "cache", model_name
             )
         entry["k_hat"] = _k_hat_stats(sae, kh_cache[sae_hook])
-        for eval_name in EVALS:
-            if eval_name not in cfg.evals:
-                continue
+        for eval_name in todo:
             print(f"[saebench] {name}: {eval_name}", flush=True)
             entry["evals"][eval_name] = run_one(
                 eval_name, name, sae, model, eval_dataset, cfg, cfg.out / "work"
@@ -273,8 +277,11 @@ def run(cfg: SaebenchConfig) -> dict[str, Any]:
                 + (f" ERROR {r['error']}" if r["error"] else ""),
                 flush=True,
             )
+            # after every eval: a run stopped later keeps it
+            write_atomically(
+                cfg.out / PER_SAE / f"{name}.json", json.dumps(entry, indent=1).encode()
+            )
         results["saes"][name] = entry
-        write_atomically(cfg.out / PER_SAE / f"{name}.json", json.dumps(entry, indent=1).encode())
     timings["total_s"] = time.perf_counter() - start
     # SAEs evaluated into this folder by other runs (another process on the other core, or an
     # earlier run on other SAEs) join the report
@@ -293,16 +300,13 @@ def _weights_digest(folder: Path) -> str | None:
 
 
 def _earlier_result(cfg: SaebenchConfig, name: str, path: Path) -> dict[str, Any] | None:
-    """This SAE's results from an earlier run into ``cfg.out`` when they hold every eval asked
-    for, without error, on the same weights (a retrained SAE is evaluated again)."""
+    """This SAE's results from an earlier run into ``cfg.out``, if they are of the same weights
+    (a retrained SAE is evaluated again from scratch); its finished evals are kept."""
     saved = cfg.out / PER_SAE / f"{name}.json"
     if not saved.exists():
         return None
     entry = json.loads(saved.read_text())
-    evals = entry.get("evals", {})
-    if entry.get("weights_sha256") != _weights_digest(path) or any(
-        e not in evals or evals[e].get("error") for e in cfg.evals
-    ):
+    if entry.get("weights_sha256") != _weights_digest(path):
         return None
     return entry
 
