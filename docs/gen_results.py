@@ -52,7 +52,7 @@ EXPERIMENTS = (
         "k-budget",
         "l0/results.md",
         "python -m softsae_lens.experiments.k_budget --sweeps out/sweep out/l0/sweep_2x "
-        "out/l0/sweep_4x out/gemma_sweep --synthetic out/l0/synth_1000 out/l0/synth_2000 "
+        "out/l0/sweep_4x out/real2m out/gemma_sweep --synthetic out/l0/synth_1000 out/l0/synth_2000 "
         "--out out/l0 (each written by the command its page names)",
         "Results of the k budget: held-out L0 against the target",
         "k-budget.md",
@@ -96,9 +96,19 @@ EXPERIMENTS = (
         "training.md#example-sentence-embeddings-all-minilm-l6-v2",
     ),
     Experiment(
+        "sweep-2m",
+        "real2m/results.md",
+        "make saebench-2m SAEBENCH_2M_CACHE= SAEBENCH_2M_OUT=out/real2m (its two sweeps), then "
+        "python -m softsae_lens.experiments.sweep --merge out/real2m/a/results.json "
+        "out/real2m/b/results.json --out out/real2m",
+        "Results of the sweep at 2M tokens (20x): SoftSAE against TopK, BatchTopK, Matryoshka "
+        "BatchTopK and JumpReLU on SmolLM2-135M",
+        "saebench.md#the-real-budget-run",
+    ),
+    Experiment(
         "saebench",
         "saebench/results.md",
-        "make saebench-2m SAEBENCH_2M_CACHE= (see the page it names for the absorption run)",
+        "make saebench-2m SAEBENCH_2M_CACHE= SAEBENCH_2M_OUT=out/real2m",
         "Results of SAEBench, offline: 15 SAEs trained on 2M tokens of SmolLM2-135M's layer 5",
         "saebench.md",
     ),

@@ -189,7 +189,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Evaluation (SAELens `run_evals`, special tokens excluded): CE/KL on "
         f"{budget.get('ce_tokens', 0):,} held-out tokens, explained variance, MSE and L0 on "
         f"{budget.get('variance_tokens', 0):,}; dead latents = never active on those tokens",
-        f"- Wall time: {results.get('wall_time_s', 0) / 60:.1f} min ({phases}); predicted "
+        f"- Wall time: {results.get('wall_time_s', 0) / 60:.1f} min"
+        + (f" ({phases})" if phases else " (the longer sweep)")
+        + "; predicted "
         f"{plan['total_cpu_seconds'] / 60:.1f} min of CPU",
         *(
             [
