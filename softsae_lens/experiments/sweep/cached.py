@@ -33,12 +33,6 @@ __all__ = ["HELDOUT_ROWS", "cache_sweep_activations", "train_from_cache"]
 HELDOUT_ROWS = 16_384
 
 
-def _special_token_ids(model: Any) -> list[int]:
-    from sae_lens.util import get_special_token_ids
-
-    return list(get_special_token_ids(model.tokenizer))
-
-
 def _token_rows(split: Any) -> torch.Tensor:
     # whatever format an earlier reader set on the split (the evals set torch's)
     return torch.from_numpy(np.asarray(split.with_format("numpy")["tokens"], dtype=np.int64))
@@ -51,8 +45,10 @@ def cache_sweep_activations(
     up to :data:`HELDOUT_ROWS` held-out ones, cached under ``cfg.activation_cache``."""
     if not isinstance(text, TokenCorpus):
         raise ValueError("--activation-cache needs the local corpus (pre-tokenised rows)")
+    from sae_lens.util import get_special_token_ids
+
     assert cfg.activation_cache is not None
-    exclude = _special_token_ids(model)
+    exclude = list(get_special_token_ids(model.tokenizer))
     train, heldout = _token_rows(text.train), _token_rows(text.heldout)
     n_train = cfg.steps * cfg.batch_tokens
     kept_heldout = int((~torch.isin(heldout, torch.tensor(exclude))).sum())
@@ -73,18 +69,20 @@ def cache_sweep_activations(
 def train_from_cache(
     cfg: SweepConfig,
     saes: dict[str, Any],
+    runner_cfg: Any,
     model: Any,
     hook_name: str,
     model_name: str,
     text: TokenCorpus,
 ) -> dict[str, Any]:
-    """Train every SAE of ``saes`` (built and calibrated by the sweep) from the cache; each is
-    saved to ``cfg.out / "saes" / name`` as the stream's runner saves it. Returns each SAE's
-    held-out metrics on the cached held-out rows."""
+    """Train every SAE of ``saes`` (built and calibrated by the sweep) from the cache, with the
+    learning rate, warm-up, precision, normalisation estimate and seed of ``runner_cfg`` (the
+    stream's ``MultiSAETrainingRunnerConfig``); each is saved to ``cfg.out / "saes" / name`` as
+    the stream's runner saves it. Returns each SAE's held-out metrics on the cached held-out rows."""
     from softsae_lens.training.on_arrays import ActivationsRunnerConfig, train_on_activations
 
     train_path, heldout_path = cache_sweep_activations(cfg, model, hook_name, model_name, text)
-    steps = cfg.steps
+    samples = runner_cfg.total_training_steps * runner_cfg.train_batch_size_tokens
     metrics = {}
     for name, sae in saes.items():
         print(f"[{cfg.label}] training {name} from the activation cache", flush=True)
@@ -93,16 +91,15 @@ def train_from_cache(
                 sae=sae.cfg,
                 activations=str(train_path),
                 eval_activations=str(heldout_path),
-                training_samples=steps * cfg.batch_tokens,
-                train_batch_size=cfg.batch_tokens,
-                # the stream's runner settings (training/run_length.multi_runner_config)
-                lr=cfg.lr,
-                lr_warm_up_steps=max(1, steps // 20),
-                autocast=cfg.autocast,
-                n_batches_for_norm_estimate=min(20, steps),
+                training_samples=samples,
+                train_batch_size=runner_cfg.train_batch_size_tokens,
+                lr=runner_cfg.lr,
+                lr_warm_up_steps=runner_cfg.lr_warm_up_steps,
+                autocast=runner_cfg.autocast,
+                n_batches_for_norm_estimate=runner_cfg.n_batches_for_norm_estimate,
                 output_path=str(cfg.out / "saes" / name),
                 overwrite=True,
-                seed=cfg.seed,
+                seed=runner_cfg.seed,
                 model_name=model_name,
                 hook_name=hook_name,
             ),

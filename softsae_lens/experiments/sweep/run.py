@@ -185,7 +185,7 @@ def compare(
     if cfg.activation_cache is not None:
         from softsae_lens.experiments.sweep.cached import train_from_cache
 
-        cache_metrics = train_from_cache(cfg, saes, model, hook_name, model_name, text)
+        cache_metrics = train_from_cache(cfg, saes, runner_cfg, model, hook_name, model_name, text)
     else:
         print(f"[{cfg.label}] training {len(saes)} SAEs on one activation stream", flush=True)
         with pretokenized_warnings_ignored():
