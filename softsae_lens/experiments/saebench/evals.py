@@ -165,6 +165,7 @@ class ForwardToHookLayer:
 
 
 def run_absorption(name: str, sae: Any, model: Any, dataset: Any, cfg: SaebenchConfig, work: Path):
+    from sae_bench.evals.absorption.common import load_or_train_probe
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     from sae_bench.evals.absorption.feature_absorption import run_feature_absortion_experiment
     from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
@@ -187,6 +188,19 @@ def run_absorption(name: str, sae: Any, model: Any, dataset: Any, cfg: SaebenchC
     grad_was = torch.is_grad_enabled()
     torch.set_grad_enabled(True)  # the probes train
     try:
+        # the ground-truth first-letter probe is trained once per model and layer (tens of
+        # minutes on SmolLM2); a run on the other core waits for it instead of training it too
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / "first_letter_probe.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            load_or_train_probe(
+                common["model"],
+                base_template=ec.prompt_template,
+                pos_idx=ec.prompt_token_pos,
+                layer=layer,
+                probes_dir=common["probes_dir"],
+                device=cfg.device,
+            )
         probing = run_k_sparse_probing_experiment(
             experiment_dir=root / "k_sparse_probing",
             f1_jump_threshold=ec.f1_jump_threshold,
