@@ -5,6 +5,9 @@ raw prediction ``k_hat / k_scale`` (special tokens excluded) on random training 
 the run read, on the run's last training rows (where the hard phase estimates ``k_scale``), on random
 held-out rows, and on the held-out rows the sweep's ``run_evals`` reads for L0; beside each, the mean
 k_hat and the L0 ``encode`` gives. ``--whole-heldout`` adds the L0 over every held-out row.
+``--recalibrate`` adds the L0 on each slice after ``calibrate_k_scale`` on the random training
+rows: what training's ``k_scale_reservoir`` does at its last step, applied to an SAE saved before
+it existed (or trained with it off).
 
     python benchmarks/k_budget_stream_shift.py out/l0/sweep_2x/saes/soft-16 --tokens 200000
     python benchmarks/k_budget_stream_shift.py out/gemma_sweep/saes/soft-16 --tokens 300000 \
@@ -63,6 +66,11 @@ def main() -> None:
         action="store_true",
         help="also each SAE's L0 over every held-out row, and over blocks of as many rows as "
         "run_evals reads (how much the evaluated rows alone can move it)",
+    )
+    p.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="also the L0 on each slice after calibrate_k_scale on the random training rows",
     )
     args = p.parse_args()
 
@@ -135,19 +143,27 @@ def main() -> None:
                 name: round((sae.encode(acts) > 0).float().sum(-1).mean().item(), 2)
                 for name, acts in slices.items()
             }
-        print(
-            json.dumps(
-                {
-                    "sae": path,
-                    "k": sae.cfg.k,
-                    "k_scale": round(sae.k_scale.item(), 4),
-                    "raw_k_mean": raw,
-                    "k_hat_mean": k_hat,
-                    "l0_mean": l0,
-                    **whole.get(path, {}),
-                }
+        record = {
+            "sae": path,
+            "k": sae.cfg.k,
+            "k_scale": round(sae.k_scale.item(), 4),
+            "raw_k_mean": raw,
+            "k_hat_mean": k_hat,
+            "l0_mean": l0,
+            **whole.get(path, {}),
+        }
+        if args.recalibrate:
+            saved = sae.k_scale.clone()
+            record["k_scale_recalibrated"] = round(
+                sae.calibrate_k_scale(slices["train_random"]).item(), 4
             )
-        )
+            with torch.no_grad():
+                record["l0_mean_recalibrated"] = {
+                    name: round((sae.encode(acts) > 0).float().sum(-1).mean().item(), 2)
+                    for name, acts in slices.items()
+                }
+            sae.k_scale.copy_(saved)
+        print(json.dumps(record))
 
 
 if __name__ == "__main__":

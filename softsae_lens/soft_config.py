@@ -123,10 +123,11 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
             target, ``k_hat = min(k_max, k_raw * k_target / mean_batch(k_raw))``: the budget is
             a constraint, and the estimator only learns how to share it between inputs (the
             per-input spread is kept, its level is not). Inference uses ``k / level``, the
-            level being a running average of the batch means of ``k_raw`` (the ``k_scale``
-            buffer, saved with the weights), as BatchTopK uses a running threshold; it is
-            taken over the hard phase, where the estimator is frozen, so those steps must be a
-            fair sample of the data (a shuffled stream, not the rows of one long document). ``"penalty"`` is the paper's one-sided penalty alone: a fixed
+            level being the mean of ``k_raw`` over training inputs (the ``k_scale`` buffer,
+            saved with the weights), as BatchTopK uses a running threshold: re-read at the last
+            step from inputs kept over the whole run (``k_scale_reservoir``), or, with that
+            off, a running average over the hard phase, whose steps must then be a fair sample
+            of the data (a shuffled stream, not the rows of one long document). ``"penalty"`` is the paper's one-sided penalty alone: a fixed
             price per latent, so the mean settles above the target wherever one more latent
             buys more reconstruction than the price (it drifts up as the dictionary improves).
         k_scale_decay: decay of the running average of the raw level behind the normalising
@@ -135,6 +136,12 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
             phase freezes the estimator. Short (ten batches) because the frozen estimator reads
             ``x - b_dec`` and the decoder bias still moves in the hard phase: a longer average
             lags the level inference will see.
+        k_scale_reservoir: training inputs kept, sampled uniformly over the whole run
+            (reservoir sampling, ``k_budget="normalize"``); at the last training step the
+            factor inference uses is re-read from them with the final weights
+            (:meth:`SoftTrainingSAE.calibrate_k_scale`), so it neither lags the decoder bias nor
+            depends on which batches ended the run. 0 keeps the running average. The rows are
+            not part of the saved state: a resumed run samples only the steps after the resume.
         k_loss_coefficient: weight of the k term. With ``k_budget="penalty"`` the one-sided
             penalty ``softplus_beta(mean_batch(k_hat) - k_target)``; with ``"normalize"`` a
             two-sided pin ``log(mean_batch(k_raw) / k)^2`` that keeps the raw predictions'
@@ -192,6 +199,7 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
     total_training_steps: int | None = None
     k_budget: KBudget = "normalize"
     k_scale_decay: float = 0.9
+    k_scale_reservoir: int = 8192
     k_loss_coefficient: float = 1.0
     k_loss_scale: KLossScale = "mse"
     k_loss_beta: float = 5.0
@@ -219,6 +227,8 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
         _check_choice(self, "k_budget", ("normalize", "penalty"))
         if not 0.0 <= _number(self, "k_scale_decay") < 1.0:
             _fail("k_scale_decay", self.k_scale_decay, "in [0, 1)")
+        if not is_int(self.k_scale_reservoir) or self.k_scale_reservoir < 0:
+            _fail("k_scale_reservoir", self.k_scale_reservoir, "an integer >= 0 (0: off)")
         if _number(self, "k_loss_coefficient") < 0:
             _fail("k_loss_coefficient", self.k_loss_coefficient, ">= 0")
         _check_choice(self, "k_loss_scale", ("mse", "absolute"))
@@ -301,6 +311,7 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
             steps_at_k=max(0, step - math.ceil(self.k_anneal_fraction * total)),
             steps_in_hard=max(0, step - (total - hard_steps)),
             last_soft=hard_steps > 0 and step == total - hard_steps - 1,
+            last=step == total - 1,
         )
 
 
@@ -320,3 +331,5 @@ class SoftSchedule:
     # The step before the hard phase: the switch's warning compares the hard selection's error
     # with the soft one's there.
     last_soft: bool = False
+    # The run's last step: the inference factor is re-read from the kept inputs there.
+    last: bool = False

@@ -24,6 +24,8 @@ _ROW_SUM_MIN_RATIO = 16
 _LEGACY_STEP_BUFFER = "completed_training_steps"
 # Attribute on the activations encode() returns: (their tensor version, the top-k indices).
 _ACTIVE_ATTR = "_softsae_active"
+# calibrate_k_scale divides by the raw level; a sigmoid's float32 mean can round to 0.
+_LEVEL_FLOOR = 1e-3
 
 
 def _without_autocast(device_type: str) -> contextlib.AbstractContextManager[Any]:
@@ -101,6 +103,38 @@ class SoftEncoderMixin:
     def _predict_k_from_sae_in(self, sae_in: torch.Tensor) -> torch.Tensor:
         """``k_hat`` in float32 from the processed SAE input, as inference uses it."""
         return self._scale_k(self._predict_raw_k_from_sae_in(sae_in), self.k_scale)
+
+    @torch.no_grad()
+    def calibrate_k_scale(self, inputs: torch.Tensor, chunk_rows: int = 4096) -> torch.Tensor:
+        """Set the inference factor ``k_scale`` so that the mean k over ``inputs`` is ``k``.
+
+        ``inputs``: SAE inputs (``[..., d_in]``, as ``encode`` takes them). The estimator's raw
+        predictions are averaged over every row (over every process's rows under data-parallel
+        training) and ``k_scale = k / mean``; the mean L0 on that data then sits at ``k``
+        (less where ``k_max`` caps an input or fewer than k pre-activations are positive).
+        Training with ``k_budget="normalize"`` calls it at its last step on the rows
+        ``k_scale_reservoir`` kept; call it on your own activations to hold ``k`` on them.
+        Returns the new ``k_scale``.
+        """
+        rows = inputs.reshape(-1, inputs.shape[-1]) if inputs.dim() else inputs
+        if inputs.dim() == 0 or rows.shape[0] == 0 or rows.shape[-1] != self.cfg.d_in:
+            raise ValueError(
+                f"inputs: shape {tuple(inputs.shape)}; needs at least one row of d_in="
+                f"{self.cfg.d_in}"
+            )
+        k_raw = torch.cat(
+            [
+                self._predict_raw_k_from_sae_in(self.process_sae_in(chunk))  # type: ignore[attr-defined]
+                for chunk in rows.split(chunk_rows)
+            ]
+        )
+        level = self._mean_over_inputs(k_raw)
+        self.k_scale.copy_(self.cfg.k / level.clamp(min=_LEVEL_FLOOR))
+        return self.k_scale.detach().clone()
+
+    def _mean_over_inputs(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean :meth:`calibrate_k_scale` takes (training: over every process's rows)."""
+        return values.mean()
 
     def _hidden_pre(self, sae_in: torch.Tensor) -> torch.Tensor:
         hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)  # type: ignore[attr-defined]

@@ -7,8 +7,8 @@ training phase. TopK's dead-latent aux loss, its decoder-norm fold rules and its
 are inherited unchanged.
 
 Inference: ``k_hat = min(k_max, k_scale * k_max * sigmoid(MLP(x - b_dec)))`` per input
-(``k_scale``: the running factor that held the training batches' mean k on ``k``; 1 for SAEs
-trained with the penalty), rounded and clamped to ``[1, k_max]``, then a hard top-k of the pre-activations. The prediction passes through the
+(``k_scale``: ``k`` over the estimator's mean raw prediction on training inputs, read at
+the end of training; 1 for SAEs trained with the penalty), rounded and clamped to ``[1, k_max]``, then a hard top-k of the pre-activations. The prediction passes through the
 HookPoint ``hook_sae_k`` before rounding, so a hook can read or replace it.
 
 Training (``SoftTrainingSAE.training_forward_pass``): while the run is in its soft phase the
@@ -117,6 +117,10 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
         # SAELens hands a resumed run the index of the last completed step again; see
         # load_weights_from_checkpoint. A plain attribute: it is not part of the model's state.
         self.resume_step_offset = 0
+        # k_scale_reservoir's rows (plain attributes, not buffers: not part of the saved state)
+        self._reservoir: torch.Tensor | None = None
+        self._reservoir_seen = 0
+        self._reservoir_rng: torch.Generator | None = None
 
     @override
     def initialize_weights(self) -> None:
@@ -256,7 +260,8 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
         With ``k_budget="normalize"`` the factor is ``k_target / k_raw_mean`` (the mean over
         the global batch, :meth:`batch_mean`), with gradient: the estimator then learns only
         how the budget is shared. Once the target has reached ``k``, the factor inference uses
-        (``k_scale``) becomes ``k`` over a running average of ``k_raw_mean``. With
+        (``k_scale``) becomes ``k`` over a running average of ``k_raw_mean`` (re-read at the
+        last step from ``k_scale_reservoir``'s inputs, :meth:`calibrate_k_scale`). With
         ``"penalty"`` the factor is 1.
         """
         if self.cfg.k_budget == "penalty":
@@ -284,6 +289,32 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
                 self.k_scale.copy_(self.cfg.k / level.clamp(min=_K_MARGIN))
         return self._scale_k(k_raw, scale), scale
 
+    @override
+    def _mean_over_inputs(self, values: torch.Tensor) -> torch.Tensor:
+        return self.batch_mean(values)
+
+    def _keep_for_calibration(self, sae_in: torch.Tensor) -> None:
+        """Reservoir sampling (Vitter's algorithm R, a batch at a time) of the training inputs:
+        after n rows, each is in the reservoir with probability ``k_scale_reservoir / n``."""
+        size = self.cfg.k_scale_reservoir
+        rows = sae_in.detach().reshape(-1, sae_in.shape[-1])
+        if self._reservoir is None or self._reservoir.device != rows.device:
+            self._reservoir = rows.new_empty((size, rows.shape[-1]))
+            self._reservoir_seen = 0
+            self._reservoir_rng = torch.Generator(device=rows.device)
+            self._reservoir_rng.manual_seed(0)
+        seen = self._reservoir_seen
+        free = min(max(size - seen, 0), rows.shape[0])
+        self._reservoir[seen : seen + free] = rows[:free]
+        rest = rows[free:]
+        if rest.shape[0]:
+            index = seen + free + torch.arange(rest.shape[0], device=rows.device)
+            draw = torch.rand(rest.shape[0], generator=self._reservoir_rng, device=rows.device)
+            slot = (draw * (index + 1)).long()
+            keep = slot < size
+            self._reservoir[slot[keep]] = rest[keep]
+        self._reservoir_seen = seen + rows.shape[0]
+
     def training_inputs(self, step_input: TrainStepInput) -> SoftTrainingInputs:
         """The schedule at this step, the pre-activations and k (normalised by
         :meth:`budget_k`, then through ``hook_sae_k``; detached in the hard phase, where k does
@@ -297,6 +328,11 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
         # One global mean serves the k budget and the k loss (one all-reduce under torchrun).
         k_raw_mean = self.batch_mean(k_raw)
         k_hat, k_scale = self.budget_k(k_raw, k_raw_mean, schedule)
+        if self.cfg.k_budget == "normalize" and self.cfg.k_scale_reservoir > 0:
+            self._keep_for_calibration(step_input.sae_in)
+            if schedule.last:
+                assert self._reservoir is not None
+                self.calibrate_k_scale(self._reservoir[: self._reservoir_seen])
         return SoftTrainingInputs(
             schedule, hidden_pre, self.hook_sae_k(k_hat), k_raw, k_scale, k_raw_mean
         )

@@ -75,6 +75,8 @@ def test_inference_config_round_trip():
         (dict(total_training_steps=0), r"total_training_steps must be a positive integer or None"),
         (dict(k_target_start=2.0), r"k_target_start must be >= k=4"),
         (dict(k_loss_beta=0.0), r"k_loss_beta must be > 0"),
+        (dict(k_scale_reservoir=-1), r"k_scale_reservoir must be an integer >= 0 \(0: off\)"),
+        (dict(k_scale_reservoir=8.5), r"k_scale_reservoir must be an integer >= 0"),
     ],
 )
 def test_bad_training_configs_raise(kwargs, message):

@@ -333,10 +333,15 @@ def test_k_budget_normalize_holds_mean_l0_where_the_penalty_drifts():
 def test_k_budget_normalize_holds_mean_l0_at_the_default_alpha_floor():
     # at the floor 0.05 b_dec moves in the hard phase and the frozen estimator's raw level climbs
     # with it (8.1 -> 10.0 here): a plain mean over the phase (k_scale_decay 0.99) gave L0 8.86
-    held, _ = _train_where_latents_pay("normalize")
+    # (k_scale_reservoir 0: the running average alone, as before the reservoir)
+    held, _ = _train_where_latents_pay("normalize", k_scale_reservoir=0)
     assert abs(held.mean().item() - 8) <= 0.03 * 8, held.mean()
-    lagging, _ = _train_where_latents_pay("normalize", k_scale_decay=0.99)
+    lagging, _ = _train_where_latents_pay("normalize", k_scale_reservoir=0, k_scale_decay=0.99)
     assert lagging.mean() > 8 * 1.05, lagging.mean()
+    # the default re-reads the factor at the last step, with the final b_dec, from inputs kept
+    # over the whole run: the average's length no longer matters
+    slow_average, _ = _train_where_latents_pay("normalize", k_scale_decay=0.99)
+    assert abs(slow_average.mean().item() - 8) <= 0.03 * 8, slow_average.mean()
 
 
 @pytest.mark.slow
@@ -447,3 +452,65 @@ def test_k_budget_hard_phase_restarts_the_running_factor_from_a_plain_mean_level
     assert sae.k_scale.item() == pytest.approx(sae.cfg.k / level, rel=1e-5)
     ratios = [m["softsae/k_scale_batch"].item() for m in metrics]
     assert sae.k_scale.item() < sum(ratios) / len(ratios)
+
+
+def _raw_level(sae, rows):
+    with torch.no_grad():
+        return sae._predict_raw_k_from_sae_in(sae.process_sae_in(rows)).mean()
+
+
+def test_reservoir_keeps_a_uniform_sample_of_every_training_row_and_is_not_saved():
+    sae = make_training_sae(total_training_steps=1000, k_scale_reservoir=256)
+    rows_seen = []
+    for step in range(40):
+        x = torch.randn(64, D_MODEL)
+        x[:, 0] = torch.arange(step * 64, (step + 1) * 64)  # each row's index in the stream
+        rows_seen.append(x)
+        sae.training_forward_pass(train_step_input(x, step=step))
+    kept = sae._reservoir[: sae._reservoir_seen]
+    assert kept.shape == (256, D_MODEL) and sae._reservoir_seen == 2560
+    ids = kept[:, 0].long()
+    assert ids.unique().numel() == 256  # every slot a different row ...
+    torch.testing.assert_close(kept, torch.cat(rows_seen)[ids])  # ... kept as it came in
+    # uniform over the stream: mean index 1279.5 (sd of the mean ~46), half from each half
+    assert abs(ids.float().mean().item() - 1279.5) < 200, ids.float().mean()
+    assert 0.37 < (ids < 1280).float().mean().item() < 0.63
+    assert not any("reservoir" in name for name in sae.state_dict())
+
+
+def test_last_step_reads_the_inference_factor_from_the_kept_rows():
+    sae = make_training_sae(total_training_steps=20, k_scale_reservoir=512)
+    data = [torch.randn(32, D_MODEL) * (1 + step / 4) for step in range(20)]
+    for step, x in enumerate(data[:-1]):
+        sae.training_forward_pass(train_step_input(x, step=step))
+    before = sae.k_scale.item()
+    out = sae.training_forward_pass(train_step_input(data[-1], step=19))
+    # 512 of the run's 640 rows, read with the weights of the last step
+    kept = sae._reservoir[: min(sae._reservoir_seen, 512)]
+    assert kept.shape[0] == 512
+    level = _raw_level(sae, kept)
+    assert sae.k_scale.item() == pytest.approx(sae.cfg.k / level.item(), rel=1e-5)
+    assert sae.k_scale.item() != pytest.approx(before, rel=1e-3)
+    assert out.metrics["softsae/k_scale_running"].item() == pytest.approx(sae.k_scale.item())
+    # without the reservoir the last step only moves the running average
+    plain = make_training_sae(total_training_steps=20, k_scale_reservoir=0)
+    for step, x in enumerate(data):
+        plain.training_forward_pass(train_step_input(x, step=step))
+    assert plain._reservoir is None
+    assert plain.k_scale.item() != pytest.approx(sae.k_scale.item(), rel=1e-3)
+
+
+def test_calibrate_k_scale_puts_the_mean_k_on_target_for_the_given_inputs(tmp_path):
+    sae = make_training_sae()
+    x = torch.randn(3, 50, D_MODEL) * 2
+    scale = sae.calibrate_k_scale(x, chunk_rows=7)
+    assert scale.item() == pytest.approx(sae.cfg.k / _raw_level(sae, x.reshape(-1, D_MODEL)).item())
+    with torch.no_grad():
+        k_raw = sae._predict_raw_k_from_sae_in(sae.process_sae_in(x))
+    assert (k_raw * sae.k_scale).mean().item() == pytest.approx(sae.cfg.k, rel=1e-5)
+    with pytest.raises(ValueError, match=r"inputs: shape \(4, 3\); needs at least one row of d_in"):
+        sae.calibrate_k_scale(torch.randn(4, 3))
+    # the inference class has it too, with the same result
+    sae.k_scale.fill_(1.0)
+    inference = inference_copy(sae, tmp_path)
+    torch.testing.assert_close(inference.calibrate_k_scale(x), sae.calibrate_k_scale(x))
