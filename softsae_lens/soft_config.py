@@ -141,7 +141,8 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
             factor inference uses is re-read from them with the final weights
             (:meth:`SoftTrainingSAE.calibrate_k_scale`), so it neither lags the decoder bias nor
             depends on which batches ended the run. 0 keeps the running average. The rows are
-            not part of the saved state: a resumed run samples only the steps after the resume.
+            in the training SAE's checkpoints (a resumed run keeps the rows an uninterrupted one
+            would), never in the inference SAE.
         k_loss_coefficient: weight of the k term. With ``k_budget="penalty"`` the one-sided
             penalty ``softplus_beta(mean_batch(k_hat) - k_target)``; with ``"normalize"`` a
             two-sided pin ``log(mean_batch(k_raw) / k)^2`` that keeps the raw predictions'
@@ -312,6 +313,7 @@ class SoftTrainingSAEConfig(TopKTrainingSAEConfig):
             steps_in_hard=max(0, step - (total - hard_steps)),
             last_soft=hard_steps > 0 and step == total - hard_steps - 1,
             last=step == total - 1,
+            step=step,
         )
 
 
@@ -333,3 +335,5 @@ class SoftSchedule:
     last_soft: bool = False
     # The run's last step: the inference factor is re-read from the kept inputs there.
     last: bool = False
+    # The optimizer step this schedule is for (0-based).
+    step: int = 0

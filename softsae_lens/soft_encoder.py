@@ -24,6 +24,7 @@ _ROW_SUM_MIN_RATIO = 16
 _LEGACY_STEP_BUFFER = "completed_training_steps"
 # Attribute on the activations encode() returns: (their tensor version, the top-k indices).
 _ACTIVE_ATTR = "_softsae_active"
+_TRAINING_ONLY_BUFFER = "k_scale_reservoir_rows"
 # calibrate_k_scale divides by the raw level; a sigmoid's float32 mean can round to 0.
 _LEVEL_FLOOR = 1e-3
 
@@ -122,19 +123,32 @@ class SoftEncoderMixin:
                 f"inputs: shape {tuple(inputs.shape)}; needs at least one row of d_in="
                 f"{self.cfg.d_in}"
             )
+        return self._set_k_scale_from(rows, None, chunk_rows)
+
+    @torch.no_grad()
+    def _set_k_scale_from(
+        self, rows: torch.Tensor, valid: torch.Tensor | None, chunk_rows: int = 4096
+    ) -> torch.Tensor:
+        """``k_scale = k / mean raw prediction`` over ``rows`` (``[n, d_in]``), counting only
+        the rows where ``valid`` (float 0/1 per row) is 1; rows left out may hold NaN."""
         k_raw = torch.cat(
             [
-                self._predict_raw_k_from_sae_in(self.process_sae_in(chunk))  # type: ignore[attr-defined]
+                self._predict_raw_k_from_sae_in(self.process_sae_in(chunk.nan_to_num()))  # type: ignore[attr-defined]
                 for chunk in rows.split(chunk_rows)
             ]
         )
-        level = self._mean_over_inputs(k_raw)
-        self.k_scale.copy_(self.cfg.k / level.clamp(min=_LEVEL_FLOOR))
+        if valid is None:
+            total, count = k_raw.sum(), k_raw.new_full((), float(k_raw.numel()))
+        else:
+            total, count = (k_raw * valid).sum(), valid.sum().to(k_raw.dtype)
+        total, count = self._sums_over_inputs(total, count)
+        self.k_scale.copy_(self.cfg.k * count / total.clamp(min=_LEVEL_FLOOR * count))
         return self.k_scale.detach().clone()
 
-    def _mean_over_inputs(self, values: torch.Tensor) -> torch.Tensor:
-        """The mean :meth:`calibrate_k_scale` takes (training: over every process's rows)."""
-        return values.mean()
+    def _sums_over_inputs(self, *sums: torch.Tensor) -> torch.Tensor:
+        """The sums :meth:`calibrate_k_scale` takes, stacked (training: over every process's
+        rows)."""
+        return torch.stack(sums)
 
     def _hidden_pre(self, sae_in: torch.Tensor) -> torch.Tensor:
         hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)  # type: ignore[attr-defined]
@@ -287,3 +301,7 @@ class SoftEncoderMixin:
         # SAEs saved before k_budget existed (and the paper's) predicted k without a factor.
         if "k_scale" not in state_dict:
             state_dict["k_scale"] = torch.ones((), dtype=torch.float32)
+        # The training reservoir's buffer (SoftTrainingSAE, k_scale_reservoir) in a training
+        # checkpoint loaded by a class or config that keeps none.
+        if _TRAINING_ONLY_BUFFER in state_dict and _TRAINING_ONLY_BUFFER not in self._buffers:  # type: ignore[attr-defined]
+            del state_dict[_TRAINING_ONLY_BUFFER]

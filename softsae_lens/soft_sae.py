@@ -30,6 +30,7 @@ folded into the weights when the inference model is saved (TopK's rule).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -49,7 +50,7 @@ from softsae_lens.soft_config import (
     SoftTrainingSAEConfig,
     is_int,
 )
-from softsae_lens.soft_encoder import SoftEncoderMixin
+from softsae_lens.soft_encoder import _TRAINING_ONLY_BUFFER, SoftEncoderMixin
 from softsae_lens.soft_topk import SoftTopKFunction, alpha_range, candidate_count
 
 __all__ = [
@@ -117,10 +118,20 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
         # SAELens hands a resumed run the index of the last completed step again; see
         # load_weights_from_checkpoint. A plain attribute: it is not part of the model's state.
         self.resume_step_offset = 0
-        # k_scale_reservoir's rows (plain attributes, not buffers: not part of the saved state)
-        self._reservoir: torch.Tensor | None = None
-        self._reservoir_seen = 0
-        self._reservoir_rng: torch.Generator | None = None
+        # k_scale_reservoir: training state (in checkpoints, so that a resumed run ends where
+        # an uninterrupted one does), never in the inference SAE. Which slots hold rows follows
+        # from the step index and the batch size alone.
+        if self.uses_reservoir:
+            self.register_buffer(
+                _RESERVOIR_ROWS,
+                torch.zeros(cfg.k_scale_reservoir, cfg.d_in, dtype=self.dtype, device=self.device),
+            )
+        self._reservoir_rng: torch.Generator | None = None  # made on the buffer's device
+
+    @property
+    def uses_reservoir(self) -> bool:
+        """Whether training keeps inputs to re-read ``k_scale`` at its last step."""
+        return self.cfg.k_budget == "normalize" and self.cfg.k_scale_reservoir > 0
 
     @override
     def initialize_weights(self) -> None:
@@ -290,30 +301,50 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
         return self._scale_k(k_raw, scale), scale
 
     @override
-    def _mean_over_inputs(self, values: torch.Tensor) -> torch.Tensor:
-        return self.batch_mean(values)
+    def _sums_over_inputs(self, *sums: torch.Tensor) -> torch.Tensor:
+        return self.batch_sums(*sums)
 
-    def _keep_for_calibration(self, sae_in: torch.Tensor) -> None:
+    def _keep_for_calibration(self, sae_in: torch.Tensor, step: int) -> None:
         """Reservoir sampling (Vitter's algorithm R, a batch at a time) of the training inputs:
-        after n rows, each is in the reservoir with probability ``k_scale_reservoir / n``."""
-        size = self.cfg.k_scale_reservoir
-        rows = sae_in.detach().reshape(-1, sae_in.shape[-1])
-        if self._reservoir is None or self._reservoir.device != rows.device:
-            self._reservoir = rows.new_empty((size, rows.shape[-1]))
-            self._reservoir_seen = 0
-            self._reservoir_rng = torch.Generator(device=rows.device)
-            self._reservoir_rng.manual_seed(0)
-        seen = self._reservoir_seen
+        after n rows, each is kept with probability ``k_scale_reservoir / n``. The rows seen
+        before ``step`` are ``step`` batches of this one's size, and the draws are seeded by
+        that count: a resumed run keeps the rows an uninterrupted one would."""
+        kept: torch.Tensor = getattr(self, _RESERVOIR_ROWS)
+        rows = sae_in.detach().reshape(-1, sae_in.shape[-1]).to(kept.device, kept.dtype)
+        size, seen = kept.shape[0], step * rows.shape[0]
         free = min(max(size - seen, 0), rows.shape[0])
-        self._reservoir[seen : seen + free] = rows[:free]
+        kept[seen : seen + free] = rows[:free]
         rest = rows[free:]
         if rest.shape[0]:
-            index = seen + free + torch.arange(rest.shape[0], device=rows.device)
-            draw = torch.rand(rest.shape[0], generator=self._reservoir_rng, device=rows.device)
+            if self._reservoir_rng is None or self._reservoir_rng.device != kept.device:
+                self._reservoir_rng = torch.Generator(device=kept.device)
+            self._reservoir_rng.manual_seed(seen)
+            index = seen + free + torch.arange(rest.shape[0], device=kept.device)
+            draw = torch.rand(rest.shape[0], generator=self._reservoir_rng, device=kept.device)
             slot = (draw * (index + 1)).long()
-            keep = slot < size
-            self._reservoir[slot[keep]] = rest[keep]
-        self._reservoir_seen = seen + rows.shape[0]
+            chosen = slot < size
+            kept[slot[chosen]] = rest[chosen]
+
+    def _reservoir_rows(self, step: int, batch_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reservoir after ``step`` (batches of ``batch_rows``) and, per slot, 1.0 where it
+        holds a row (a mask, not an index: no data-dependent shapes, no device sync)."""
+        kept: torch.Tensor = getattr(self, _RESERVOIR_ROWS)
+        filled = torch.arange(kept.shape[0], device=kept.device) < (step + 1) * batch_rows
+        return kept, (filled & ~kept.isnan().any(-1)).float()
+
+    @override
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_saving_inference(state_dict)
+        state_dict.pop(_RESERVOIR_ROWS, None)
+
+    @override
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_loading(state_dict)
+        # A checkpoint written before the reservoir existed, or with it off: NaN marks the
+        # slots no row has filled, and the last step leaves them out (the rows after the
+        # resume are the sample).
+        if self.uses_reservoir and _RESERVOIR_ROWS not in state_dict:
+            state_dict[_RESERVOIR_ROWS] = torch.full_like(getattr(self, _RESERVOIR_ROWS), math.nan)
 
     def training_inputs(self, step_input: TrainStepInput) -> SoftTrainingInputs:
         """The schedule at this step, the pre-activations and k (normalised by
@@ -328,11 +359,10 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
         # One global mean serves the k budget and the k loss (one all-reduce under torchrun).
         k_raw_mean = self.batch_mean(k_raw)
         k_hat, k_scale = self.budget_k(k_raw, k_raw_mean, schedule)
-        if self.cfg.k_budget == "normalize" and self.cfg.k_scale_reservoir > 0:
-            self._keep_for_calibration(step_input.sae_in)
+        if self.uses_reservoir:
+            self._keep_for_calibration(step_input.sae_in, schedule.step)
             if schedule.last:
-                assert self._reservoir is not None
-                self.calibrate_k_scale(self._reservoir[: self._reservoir_seen])
+                self._set_k_scale_from(*self._reservoir_rows(schedule.step, k_raw.numel()))
         return SoftTrainingInputs(
             schedule, hidden_pre, self.hook_sae_k(k_hat), k_raw, k_scale, k_raw_mean
         )
@@ -456,6 +486,9 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
 # before the last soft step warns: on SmolLM2 the two were within 5%, on a toy whose inputs hold
 # twice k true features at alpha floor 0.05 the hard one was 1,600x the soft one.
 _HARD_SWITCH_WARN_RATIO = 2.0
+
+
+_RESERVOIR_ROWS = _TRAINING_ONLY_BUFFER
 
 
 def _has_hooks(hook_point: nn.Module) -> bool:

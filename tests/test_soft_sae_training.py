@@ -454,12 +454,17 @@ def test_k_budget_hard_phase_restarts_the_running_factor_from_a_plain_mean_level
     assert sae.k_scale.item() < sum(ratios) / len(ratios)
 
 
+def _kept(sae, step, batch_rows):
+    rows, valid = sae._reservoir_rows(step, batch_rows)
+    return rows[valid.bool()]
+
+
 def _raw_level(sae, rows):
     with torch.no_grad():
         return sae._predict_raw_k_from_sae_in(sae.process_sae_in(rows)).mean()
 
 
-def test_reservoir_keeps_a_uniform_sample_of_every_training_row_and_is_not_saved():
+def test_reservoir_keeps_a_uniform_sample_of_every_training_row(tmp_path):
     sae = make_training_sae(total_training_steps=1000, k_scale_reservoir=256)
     rows_seen = []
     for step in range(40):
@@ -467,15 +472,49 @@ def test_reservoir_keeps_a_uniform_sample_of_every_training_row_and_is_not_saved
         x[:, 0] = torch.arange(step * 64, (step + 1) * 64)  # each row's index in the stream
         rows_seen.append(x)
         sae.training_forward_pass(train_step_input(x, step=step))
-    kept = sae._reservoir[: sae._reservoir_seen]
-    assert kept.shape == (256, D_MODEL) and sae._reservoir_seen == 2560
+    kept = _kept(sae, 39, 64)
+    assert kept.shape == (256, D_MODEL)
     ids = kept[:, 0].long()
     assert ids.unique().numel() == 256  # every slot a different row ...
     torch.testing.assert_close(kept, torch.cat(rows_seen)[ids])  # ... kept as it came in
     # uniform over the stream: mean index 1279.5 (sd of the mean ~46), half from each half
     assert abs(ids.float().mean().item() - 1279.5) < 200, ids.float().mean()
     assert 0.37 < (ids < 1280).float().mean().item() < 0.63
-    assert not any("reservoir" in name for name in sae.state_dict())
+    # training state: in the training SAE's state (checkpoints), not in the inference SAE
+    assert "k_scale_reservoir_rows" in sae.state_dict()
+    inference = inference_copy(sae, tmp_path)
+    assert not any("reservoir" in name for name in inference.state_dict())
+
+
+def test_reservoir_continues_from_a_loaded_state_as_if_never_stopped():
+    data = [torch.randn(16, D_MODEL) for _ in range(30)]
+    whole = make_training_sae(total_training_steps=1000, k_scale_reservoir=64)
+    for step, x in enumerate(data):
+        whole.training_forward_pass(train_step_input(x, step=step))
+    first = make_training_sae(total_training_steps=1000, k_scale_reservoir=64)
+    for step, x in enumerate(data[:12]):
+        first.training_forward_pass(train_step_input(x, step=step))
+    resumed = make_training_sae(total_training_steps=1000, k_scale_reservoir=64, seed=1)
+    resumed.load_state_dict(first.state_dict())
+    for step, x in enumerate(data[12:], start=12):
+        resumed.training_forward_pass(train_step_input(x, step=step))
+    assert torch.equal(_kept(resumed, 29, 16), _kept(whole, 29, 16))
+    # a checkpoint from before the reservoir existed resumes with an empty one: only the rows
+    # after the resume count
+    old_state = {k: v for k, v in first.state_dict().items() if "reservoir" not in k}
+    fresh = make_training_sae(total_training_steps=1000, k_scale_reservoir=64)
+    fresh.process_state_dict_for_loading(old_state)
+    fresh.load_state_dict(old_state)
+    assert _kept(fresh, 11, 16).shape[0] == 0
+    fresh.training_forward_pass(train_step_input(data[12], step=12))
+    kept = _kept(fresh, 12, 16)
+    assert 0 < kept.shape[0] <= 16 and all((row == data[12]).all(-1).any() for row in kept)
+    # and a config without it drops a checkpoint's reservoir instead of failing to load
+    off = make_training_sae(total_training_steps=1000, k_scale_reservoir=0)
+    state = first.state_dict()
+    off.process_state_dict_for_loading(state)
+    off.load_state_dict(state)
+    assert "k_scale_reservoir_rows" not in off.state_dict()
 
 
 def test_last_step_reads_the_inference_factor_from_the_kept_rows():
@@ -486,7 +525,7 @@ def test_last_step_reads_the_inference_factor_from_the_kept_rows():
     before = sae.k_scale.item()
     out = sae.training_forward_pass(train_step_input(data[-1], step=19))
     # 512 of the run's 640 rows, read with the weights of the last step
-    kept = sae._reservoir[: min(sae._reservoir_seen, 512)]
+    kept = _kept(sae, 19, 32)
     assert kept.shape[0] == 512
     level = _raw_level(sae, kept)
     assert sae.k_scale.item() == pytest.approx(sae.cfg.k / level.item(), rel=1e-5)
@@ -496,7 +535,7 @@ def test_last_step_reads_the_inference_factor_from_the_kept_rows():
     plain = make_training_sae(total_training_steps=20, k_scale_reservoir=0)
     for step, x in enumerate(data):
         plain.training_forward_pass(train_step_input(x, step=step))
-    assert plain._reservoir is None
+    assert not plain.uses_reservoir and "k_scale_reservoir_rows" not in plain.state_dict()
     assert plain.k_scale.item() != pytest.approx(sae.k_scale.item(), rel=1e-3)
 
 
