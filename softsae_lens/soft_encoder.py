@@ -123,6 +123,12 @@ class SoftEncoderMixin:
                 f"inputs: shape {tuple(inputs.shape)}; needs at least one row of d_in="
                 f"{self.cfg.d_in}"
             )
+        bad = int((~torch.isfinite(rows).all(-1)).sum())
+        if bad:
+            raise ValueError(
+                f"inputs: {bad} of {rows.shape[0]} rows hold NaN or inf; calibrate on finite "
+                "activations"
+            )
         return self._set_k_scale_from(rows, None, chunk_rows)
 
     @torch.no_grad()

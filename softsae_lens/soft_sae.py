@@ -50,7 +50,8 @@ from softsae_lens.soft_config import (
     SoftTrainingSAEConfig,
     is_int,
 )
-from softsae_lens.soft_encoder import _TRAINING_ONLY_BUFFER, SoftEncoderMixin
+from softsae_lens.soft_encoder import _TRAINING_ONLY_BUFFER as _RESERVOIR_ROWS
+from softsae_lens.soft_encoder import SoftEncoderMixin
 from softsae_lens.soft_topk import SoftTopKFunction, alpha_range, candidate_count
 
 __all__ = [
@@ -486,9 +487,6 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
 # before the last soft step warns: on SmolLM2 the two were within 5%, on a toy whose inputs hold
 # twice k true features at alpha floor 0.05 the hard one was 1,600x the soft one.
 _HARD_SWITCH_WARN_RATIO = 2.0
-
-
-_RESERVOIR_ROWS = _TRAINING_ONLY_BUFFER
 
 
 def _has_hooks(hook_point: nn.Module) -> bool:

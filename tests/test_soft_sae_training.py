@@ -549,6 +549,10 @@ def test_calibrate_k_scale_puts_the_mean_k_on_target_for_the_given_inputs(tmp_pa
     assert (k_raw * sae.k_scale).mean().item() == pytest.approx(sae.cfg.k, rel=1e-5)
     with pytest.raises(ValueError, match=r"inputs: shape \(4, 3\); needs at least one row of d_in"):
         sae.calibrate_k_scale(torch.randn(4, 3))
+    bad = x.clone()
+    bad[1, 3, 0] = float("nan")
+    with pytest.raises(ValueError, match="inputs: 1 of 150 rows hold NaN or inf"):
+        sae.calibrate_k_scale(bad)
     # the inference class has it too, with the same result
     sae.k_scale.fill_(1.0)
     inference = inference_copy(sae, tmp_path)
