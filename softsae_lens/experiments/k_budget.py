@@ -37,6 +37,7 @@ _SYNTHETIC_SAES = (
     "soft",
     "k_budget_penalty",
     "hard_selection_loss_0.3",
+    "k_max_4k",
     "topk",
     "topk_plus1",
     "batchtopk",
