@@ -55,9 +55,16 @@ PROBE_DATASET_TOKENS = {
 # now runs its forwards only to the SAE's block (evals.ForwardToHookLayer): at layer 5 that is
 # 6 of 30 blocks and no unembedding, ~16% of the multiply-adds per token (blocks ~4.0M each,
 # unembedding 28.3M); the prediction scales by that, not re-measured
+# (measured since, 3-4 processes on the 2 cores: 589 + 148 batches at 3.5-8.8 s, ~60 min).
 ABSORPTION_PROMPTS = 47_078
 ABSORPTION_S_PER_64_PROMPTS = 21.0 * (6 * 4.0 / (30 * 4.0 + 28.3))
-ABSORPTION_WORDS = 30_000
+# Per SAE, measured on the 2M SAEs (d_sae 2,304) with 3-4 processes on the 2 cores: 260
+# k-sparse probes (26 letters x k up to 10) at 3.3-4.4 s each, then the absorption pass, 26
+# letters at 30-55 s each: ~30-40 min per SAE (the estimate before, two passes over the
+# vocabulary at the model's speed, was 260 s: the probes, not the model, dominate)
+ABSORPTION_K_PROBES = 260
+ABSORPTION_S_PER_K_PROBE = 3.3
+ABSORPTION_S_PER_LETTER = 35.0
 
 
 def discover_saes(paths: list[Path]) -> dict[str, Path]:
@@ -84,7 +91,7 @@ def plan(cfg: SaebenchConfig, n_saes: int | None = None) -> dict[str, Any]:
         * core_tokens
         / SMOLLM2_TOKENS_PER_S_FULL,
         "sparse_probing_sae_probes": 0.5 * len(cfg.probe_datasets) * len(cfg.probe_ks),
-        "absorption": 2 * ABSORPTION_WORDS * 7 / SMOLLM2_TOKENS_PER_S_LAYER5 + 60,
+        "absorption": ABSORPTION_K_PROBES * ABSORPTION_S_PER_K_PROBE + 26 * ABSORPTION_S_PER_LETTER,
         "meta_structure": cfg.meta_train_steps * 0.03,
         "mdl": 20.0 * len(cfg.mdl_num_bins) * len(cfg.mdl_k_values),
     }
