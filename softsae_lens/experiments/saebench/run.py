@@ -60,7 +60,7 @@ ABSORPTION_PROMPTS = 47_078
 ABSORPTION_S_PER_64_PROMPTS = 21.0 * (6 * 4.0 / (30 * 4.0 + 28.3))
 # Per SAE, measured on the 2M SAEs (d_sae 2,304) with 3-4 processes on the 2 cores: 260
 # k-sparse probes (26 letters x k up to 10) at 3.3-4.4 s each, then the absorption pass, 26
-# letters at 30-55 s each: ~30-40 min per SAE (the estimate before, two passes over the
+# letters at 30-60 s each: ~30-45 min per SAE (the estimate before, two passes over the
 # vocabulary at the model's speed, was 260 s: the probes, not the model, dominate)
 ABSORPTION_K_PROBES = 260
 ABSORPTION_S_PER_K_PROBE = 3.3
