@@ -52,6 +52,7 @@ from softsae_lens.soft_config import (
 )
 from softsae_lens.soft_encoder import _TRAINING_ONLY_BUFFER as _RESERVOIR_ROWS
 from softsae_lens.soft_encoder import SoftEncoderMixin
+from softsae_lens.soft_reservoir import held_rows, keep_rows
 from softsae_lens.soft_topk import SoftTopKFunction, alpha_range, candidate_count
 
 __all__ = [
@@ -127,7 +128,6 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
                 _RESERVOIR_ROWS,
                 torch.zeros(cfg.k_scale_reservoir, cfg.d_in, dtype=self.dtype, device=self.device),
             )
-        self._reservoir_rng: torch.Generator | None = None  # made on the buffer's device
 
     @property
     def uses_reservoir(self) -> bool:
@@ -305,34 +305,6 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
     def _sums_over_inputs(self, *sums: torch.Tensor) -> torch.Tensor:
         return self.batch_sums(*sums)
 
-    def _keep_for_calibration(self, sae_in: torch.Tensor, step: int) -> None:
-        """Reservoir sampling (Vitter's algorithm R, a batch at a time) of the training inputs:
-        after n rows, each is kept with probability ``k_scale_reservoir / n``. The rows seen
-        before ``step`` are ``step`` batches of this one's size, and the draws are seeded by
-        that count: a resumed run keeps the rows an uninterrupted one would."""
-        kept: torch.Tensor = getattr(self, _RESERVOIR_ROWS)
-        rows = sae_in.detach().reshape(-1, sae_in.shape[-1]).to(kept.device, kept.dtype)
-        size, seen = kept.shape[0], step * rows.shape[0]
-        free = min(max(size - seen, 0), rows.shape[0])
-        kept[seen : seen + free] = rows[:free]
-        rest = rows[free:]
-        if rest.shape[0]:
-            if self._reservoir_rng is None or self._reservoir_rng.device != kept.device:
-                self._reservoir_rng = torch.Generator(device=kept.device)
-            self._reservoir_rng.manual_seed(seen)
-            index = seen + free + torch.arange(rest.shape[0], device=kept.device)
-            draw = torch.rand(rest.shape[0], generator=self._reservoir_rng, device=kept.device)
-            slot = (draw * (index + 1)).long()
-            chosen = slot < size
-            kept[slot[chosen]] = rest[chosen]
-
-    def _reservoir_rows(self, step: int, batch_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The reservoir after ``step`` (batches of ``batch_rows``) and, per slot, 1.0 where it
-        holds a row (a mask, not an index: no data-dependent shapes, no device sync)."""
-        kept: torch.Tensor = getattr(self, _RESERVOIR_ROWS)
-        filled = torch.arange(kept.shape[0], device=kept.device) < (step + 1) * batch_rows
-        return kept, (filled & ~kept.isnan().any(-1)).float()
-
     @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_saving_inference(state_dict)
@@ -361,9 +333,11 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
         k_raw_mean = self.batch_mean(k_raw)
         k_hat, k_scale = self.budget_k(k_raw, k_raw_mean, schedule)
         if self.uses_reservoir:
-            self._keep_for_calibration(step_input.sae_in, schedule.step)
+            kept = getattr(self, _RESERVOIR_ROWS)
+            batch_rows = k_raw.numel()
+            keep_rows(kept, step_input.sae_in, seen=schedule.step * batch_rows)
             if schedule.last:
-                self._set_k_scale_from(*self._reservoir_rows(schedule.step, k_raw.numel()))
+                self._set_k_scale_from(kept, held_rows(kept, (schedule.step + 1) * batch_rows))
         return SoftTrainingInputs(
             schedule, hidden_pre, self.hook_sae_k(k_hat), k_raw, k_scale, k_raw_mean
         )

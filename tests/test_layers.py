@@ -15,7 +15,8 @@ PACKAGE = ROOT / "softsae_lens"
 LAYERS: list[set[str]] = [
     {"soft_topk_threshold"},  # the operator's threshold solve
     {"soft_topk"},  # the operator
-    {"soft_config", "soft_encoder"},  # the architecture: configs, the classes' shared parts
+    # the architecture: configs, the classes' shared parts, the training sample behind k_scale
+    {"soft_config", "soft_encoder", "soft_reservoir"},
     {"soft_sae"},  # the architecture: the inference and training classes
     {"registration", "hub"},  # SAELens's registry, the Hugging Face layout
     {"cache", "flags"},  # where built files are cached; command lines from config dataclasses
@@ -116,12 +117,13 @@ def test_the_architecture_knows_nothing_above_it():
     for module in (
         "softsae_lens.soft_config",
         "softsae_lens.soft_encoder",
+        "softsae_lens.soft_reservoir",
         "softsae_lens.soft_sae",
     ):
         above = [
             t
             for _, t in _internal(module)
-            if _unit(t) not in {"soft_topk", "soft_config", "soft_encoder"}
+            if _unit(t) not in {"soft_topk", "soft_config", "soft_encoder", "soft_reservoir"}
         ]
         assert not above, f"{module} imports {above}"
 

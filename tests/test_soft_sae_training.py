@@ -455,8 +455,10 @@ def test_k_budget_hard_phase_restarts_the_running_factor_from_a_plain_mean_level
 
 
 def _kept(sae, step, batch_rows):
-    rows, valid = sae._reservoir_rows(step, batch_rows)
-    return rows[valid.bool()]
+    from softsae_lens.soft_reservoir import held_rows
+
+    rows = sae.k_scale_reservoir_rows
+    return rows[held_rows(rows, (step + 1) * batch_rows).bool()]
 
 
 def _raw_level(sae, rows):
