@@ -44,8 +44,13 @@ TARGETS = (4, 8)
         (["--targets", "16,x"], "expected comma-separated integers such as 16,32,64, got '16,x'"),
         (["--targets", "0,8"], "expected positive integers, got '0,8'"),
         (["--architectures", "topk,gated"], "unknown architecture(s) ['gated']"),
-        (["--d-sae", "100"], "--d-sae=100 must be at least twice the largest target L0 (64)"),
+        (["--d-sae", "100"], "--d-sae=100 must be at least 2 x the largest target L0 (64)"),
         (["--mp-max-iterations-factor", "0.5"], "--mp-max-iterations-factor must be >= 1"),
+        (["--soft-k-max-factor", "0.5"], "--soft-k-max-factor must be >= 1"),
+        (
+            ["--d-sae", "200", "--soft-k-max-factor", "4"],
+            "--d-sae=200 must be at least 4 x the largest target L0 (64): SoftSAE's k_max is 4k",
+        ),
         (["--tokens", "100"], "--tokens=100 is less than one batch (--batch-tokens=512)"),
         (["--eval-batches", "0"], "--eval-batches must be positive, got 0"),
         (["--replot", "/nonexistent/results.json"], "no such file"),
@@ -90,6 +95,9 @@ def test_every_architecture_gets_the_same_width_and_normalisation():
     )
     assert by_arch["matching_pursuit"].max_iterations == 32
     assert by_arch["matryoshka_batchtopk"].matryoshka_widths == [6, 24, 96]
+    assert by_arch["soft"].k_max == 32
+    wider = sae_config("soft", 16, 48, 96, SweepConfig(soft_k_max_factor=4.0))
+    assert (wider.k, wider.k_max) == (16, 64)
 
 
 # --- calibration --------------------------------------------------------------------------

@@ -38,6 +38,7 @@ _SYNTHETIC_SAES = (
     "k_budget_penalty",
     "hard_selection_loss_0.3",
     "k_max_4k",
+    "k_max_4k_hard_selection_0.3",
     "topk",
     "topk_plus1",
     "batchtopk",
@@ -67,7 +68,8 @@ def _pct(value: float | None) -> str:
 
 def _soft_label(results: dict[str, Any]) -> str:
     budget = results["config"].get("soft_k_budget", "penalty")
-    return f"SoftSAE ({budget})"
+    factor = results["config"].get("soft_k_max_factor", 2.0)
+    return f"SoftSAE ({budget})" if factor == 2 else f"SoftSAE ({budget}, k_max {factor:g}k)"
 
 
 def sweep_lines(runs: Sequence[dict[str, Any]]) -> list[str]:

@@ -118,6 +118,9 @@ class SweepConfig:
     soft_k_budget: str = field(default="normalize", choices=("normalize", "penalty"))
     """SoftSAE's k_budget: 'normalize' holds the mean k on the target; 'penalty' is the
     previous one-sided penalty alone"""
+    soft_k_max_factor: float = 2.0
+    """SoftSAE's k_max = factor x target: the most latents one token may get (2, the package
+    default; 4 lets the per-token k spread further)"""
     pilot_rows: int = 16
     """rows of the pilot batch (from the far end of the training split) that sets the activation
     scale, starts JumpReLU's threshold and times a training step (0: no pilot, as in the demo:
@@ -264,10 +267,17 @@ def validate(cfg: SweepConfig) -> None:
             f"--mp-max-iterations-factor must be >= 1 (a cap below the target L0 cannot reach "
             f"it), got {cfg.mp_max_iterations_factor}"
         )
-    if cfg.d_sae is not None and max(cfg.targets) * 2 > cfg.d_sae:
+    if cfg.soft_k_max_factor < 1:
         raise ValueError(
-            f"--d-sae={cfg.d_sae} must be at least twice the largest target L0 "
-            f"({max(cfg.targets)}): SoftSAE's k_max is 2k"
+            f"--soft-k-max-factor must be >= 1 (a ceiling below the target cannot hold it), "
+            f"got {cfg.soft_k_max_factor}"
+        )
+    # SoftSAE's k_max and matching pursuit's iterations are both at least 2 x the target.
+    factor = max(2.0, cfg.soft_k_max_factor) if "soft" in cfg.architectures else 2.0
+    if cfg.d_sae is not None and max(cfg.targets) * factor > cfg.d_sae:
+        raise ValueError(
+            f"--d-sae={cfg.d_sae} must be at least {factor:g} x the largest target L0 "
+            f"({max(cfg.targets)}): SoftSAE's k_max is {cfg.soft_k_max_factor:g}k"
         )
     check_model_choice(cfg.model, cfg.model_path)
     if len(set(cfg.targets)) != len(cfg.targets):
@@ -301,7 +311,12 @@ def sae_config(arch: str, target: int, d_in: int, d_sae: int, cfg: SweepConfig) 
         "normalize_activations": "expected_average_only_in",
     }
     if arch == "soft":
-        return SoftTrainingSAEConfig(k=target, k_budget=cfg.soft_k_budget, **common)
+        return SoftTrainingSAEConfig(
+            k=target,
+            k_max=cfg.soft_k_max_factor * target,
+            k_budget=cfg.soft_k_budget,
+            **common,
+        )
     if arch == "topk":
         return TopKTrainingSAEConfig(k=target, **common)
     if arch == "batchtopk":
