@@ -4,6 +4,7 @@
     python benchmarks/bench_train_step.py --size small --threads 1 2 --load idle busy
     python benchmarks/bench_train_step.py --size big --autocast bf16 --compile
     python benchmarks/bench_train_step.py --device cuda --autocast none bf16
+    python benchmarks/bench_train_step.py --size small --threads 1 --k-max-factor 4   # k_max = 4k
 
 Sizes: ``big`` is d_in 768, d_sae 16384, batch 4096, k 64 (an LLM-sized SAE); ``small`` is
 d_in 160, d_sae 512, batch 1024, k 11 (the synthetic experiments' size, where per-op overheads
@@ -59,6 +60,10 @@ TARGETS = {
 }
 
 
+# SoftSAE's k_max in multiples of k (None: the package default, 2k); set by --k-max-factor.
+K_MAX_FACTOR: float | None = None
+
+
 def build(kind: str, size: dict, device: torch.device):
     torch.manual_seed(0)
     if kind == "soft":
@@ -66,6 +71,7 @@ def build(kind: str, size: dict, device: torch.device):
             d_in=size["d_in"],
             d_sae=size["d_sae"],
             k=size["k"],
+            k_max=None if K_MAX_FACTOR is None else K_MAX_FACTOR * size["k"],
             total_training_steps=TOTAL_STEPS,
             device=str(device),
         )
@@ -200,6 +206,7 @@ def peak_memory(size_name: str, kind: str, phase: str, device: torch.device, aut
             phase,
             "--autocast",
             autocast,
+            *([] if K_MAX_FACTOR is None else ["--k-max-factor", str(K_MAX_FACTOR)]),
         ],
         capture_output=True,
         text=True,
@@ -242,9 +249,17 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
+        "--k-max-factor",
+        type=float,
+        default=None,
+        help="SoftSAE's k_max = factor x k (default: the package's, 2)",
+    )
+    parser.add_argument(
         "--measure-memory", nargs=3, metavar=("SIZE", "KIND", "PHASE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
+    global K_MAX_FACTOR
+    K_MAX_FACTOR = args.k_max_factor
     if args.measure_memory:
         _measure_memory_child(*args.measure_memory, args.autocast[0])
         return
@@ -300,6 +315,7 @@ def main() -> None:
                 "benchmark": "train_step",
                 "device": str(device),
                 "torch": torch.__version__,
+                "soft_k_max_factor": K_MAX_FACTOR or 2.0,
                 "results": results,
                 "targets": TARGETS,
             },

@@ -30,12 +30,10 @@ folded into the weights when the inference model is saved (TopK's rule).
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from sae_lens.constants import TRAINER_STATE_FILENAME
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from sae_lens.saes.topk_sae import TopKSAE, TopKTrainingSAE
@@ -50,9 +48,8 @@ from softsae_lens.soft_config import (
     SoftTrainingSAEConfig,
     is_int,
 )
-from softsae_lens.soft_encoder import _TRAINING_ONLY_BUFFER as _RESERVOIR_ROWS
 from softsae_lens.soft_encoder import SoftEncoderMixin
-from softsae_lens.soft_reservoir import held_rows, keep_rows
+from softsae_lens.soft_k_budget import _K_MARGIN, SoftKBudgetMixin
 from softsae_lens.soft_topk import SoftTopKFunction, alpha_range, candidate_count
 
 __all__ = [
@@ -67,8 +64,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Keeps the Soft Top-K target strictly inside (0, d_sae) where sigmoid saturates in float32.
-_K_MARGIN = 1e-3
 # The soft phase serves a batch from its top candidates when every left-out Soft Top-K weight
 # together is below this fraction of k (float32 rounding of the row's total).
 _SPARSE_TAIL_TOLERANCE = torch.finfo(torch.float32).eps
@@ -108,7 +103,7 @@ class SoftSAE(SoftEncoderMixin, TopKSAE):
 # ---------------------------------------------------------------- training
 
 
-class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
+class SoftTrainingSAE(SoftKBudgetMixin, SoftEncoderMixin, TopKTrainingSAE):
     """Training SoftSAE. ``encode``/``forward`` behave exactly like :class:`SoftSAE` (hard
     per-input top-k), so SAELens's evaluator sees the inference behaviour;
     ``training_forward_pass`` runs the soft or hard phase set by ``cfg.schedule(step)``."""
@@ -120,33 +115,12 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
         # SAELens hands a resumed run the index of the last completed step again; see
         # load_weights_from_checkpoint. A plain attribute: it is not part of the model's state.
         self.resume_step_offset = 0
-        # k_scale_reservoir: training state (in checkpoints, so that a resumed run ends where
-        # an uninterrupted one does), never in the inference SAE. Which slots hold rows follows
-        # from the step index and the batch size alone.
-        if self.uses_reservoir:
-            self.register_buffer(
-                _RESERVOIR_ROWS,
-                torch.zeros(cfg.k_scale_reservoir, cfg.d_in, dtype=self.dtype, device=self.device),
-            )
-
-    @property
-    def uses_reservoir(self) -> bool:
-        """Whether training keeps inputs to re-read ``k_scale`` at its last step."""
-        return self.cfg.k_budget == "normalize" and self.cfg.k_scale_reservoir > 0
+        self.register_k_scale_reservoir()
 
     @override
     def initialize_weights(self) -> None:
         super().initialize_weights()
         self.hook_sae_batch_sums = HookPoint()
-
-    def batch_sums(self, *sums: torch.Tensor) -> torch.Tensor:
-        """Sums over the training batch, stacked, passed through ``hook_sae_batch_sums``.
-
-        The identity in one process. Data-parallel training (``softsae_lens.training.distributed``)
-        hooks it to sum over every process's batch, with gradients, so that the k penalty and
-        the relative alpha see the global batch.
-        """
-        return self.hook_sae_batch_sums(torch.stack(sums))
 
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,88 +211,6 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
         acts = (relu_pre * weights).to(hidden_pre.dtype)
         return self.decode_dense(acts), alpha_used, False
 
-    def batch_mean(self, values: torch.Tensor) -> torch.Tensor:
-        """Mean of ``values`` over the training batch (every process's, under data-parallel
-        training: :meth:`batch_sums`), with gradient."""
-        total, count = self.batch_sums(values.sum(), values.new_full((), float(values.numel())))
-        return total / count
-
-    def k_loss(
-        self, k_raw_mean: torch.Tensor, k_target: float, mse_loss: torch.Tensor
-    ) -> torch.Tensor:
-        """The k term of the loss, on the batch mean of the estimator's raw predictions
-        (:meth:`batch_mean` of them).
-
-        ``k_budget="penalty"``: the one-sided penalty (see ``cfg.k_loss_scale``) on the k_hat
-        used. ``"normalize"``: the budget already holds, and this only keeps the raw level at
-        ``k`` (``k_loss_coefficient * log(mean / k)^2``, two-sided), so the normalising factor
-        stays near 1 and its running average cannot lag behind a drifting level.
-        """
-        if self.cfg.k_budget == "normalize":
-            mean = k_raw_mean.clamp(min=_K_MARGIN)
-            return self.cfg.k_loss_coefficient * torch.log(mean / self.cfg.k).square()
-        k_loss = self.cfg.k_loss_coefficient * F.softplus(
-            k_raw_mean - k_target, beta=self.cfg.k_loss_beta
-        )
-        if self.cfg.k_loss_scale == "mse":
-            k_loss = k_loss * (mse_loss.detach().float() / k_target)
-        return k_loss
-
-    def budget_k(
-        self, k_raw: torch.Tensor, k_raw_mean: torch.Tensor, schedule: SoftSchedule
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The k each input gets in this training step and the normalising factor used.
-
-        With ``k_budget="normalize"`` the factor is ``k_target / k_raw_mean`` (the mean over
-        the global batch, :meth:`batch_mean`), with gradient: the estimator then learns only
-        how the budget is shared. Once the target has reached ``k``, the factor inference uses
-        (``k_scale``) becomes ``k`` over a running average of ``k_raw_mean`` (re-read at the
-        last step from ``k_scale_reservoir``'s inputs, :meth:`calibrate_k_scale`). With
-        ``"penalty"`` the factor is 1.
-        """
-        if self.cfg.k_budget == "penalty":
-            return k_raw, k_raw.new_ones(())
-        # k_raw > 0 (a sigmoid), but float32 can round a saturated one to 0.
-        scale = schedule.k_target / k_raw_mean.clamp(min=_K_MARGIN)
-        if schedule.k_target <= self.cfg.k:
-            if schedule.hard:
-                # The estimator's weights are frozen, so restart: one carried over from the
-                # soft phase would lag behind the level they ended at. Still a short average,
-                # not a plain mean over the phase: b_dec learns on, and the level moves with it.
-                n = schedule.steps_in_hard
-                decay = min(self.cfg.k_scale_decay, n / (n + 1))
-            else:
-                # Bias-corrected start (TensorFlow's ExponentialMovingAverage rule): the first
-                # steps at k are not averaged with the buffer's initial 1.
-                n = schedule.steps_at_k
-                decay = min(self.cfg.k_scale_decay, (1 + n) / (10 + n))
-            with torch.no_grad():
-                # Average the level (k_raw's batch mean) and divide once: a mean of the
-                # per-batch ratios k / mean would sit above k / level (Jensen).
-                level = (self.cfg.k / self.k_scale).lerp(
-                    k_raw_mean.detach().to(self.k_scale.dtype), 1.0 - decay
-                )
-                self.k_scale.copy_(self.cfg.k / level.clamp(min=_K_MARGIN))
-        return self._scale_k(k_raw, scale), scale
-
-    @override
-    def _sums_over_inputs(self, *sums: torch.Tensor) -> torch.Tensor:
-        return self.batch_sums(*sums)
-
-    @override
-    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
-        super().process_state_dict_for_saving_inference(state_dict)
-        state_dict.pop(_RESERVOIR_ROWS, None)
-
-    @override
-    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
-        super().process_state_dict_for_loading(state_dict)
-        # A checkpoint written before the reservoir existed, or with it off: NaN marks the
-        # slots no row has filled, and the last step leaves them out (the rows after the
-        # resume are the sample).
-        if self.uses_reservoir and _RESERVOIR_ROWS not in state_dict:
-            state_dict[_RESERVOIR_ROWS] = torch.full_like(getattr(self, _RESERVOIR_ROWS), math.nan)
-
     def training_inputs(self, step_input: TrainStepInput) -> SoftTrainingInputs:
         """The schedule at this step, the pre-activations and k (normalised by
         :meth:`budget_k`, then through ``hook_sae_k``; detached in the hard phase, where k does
@@ -332,12 +224,7 @@ class SoftTrainingSAE(SoftEncoderMixin, TopKTrainingSAE):
         # One global mean serves the k budget and the k loss (one all-reduce under torchrun).
         k_raw_mean = self.batch_mean(k_raw)
         k_hat, k_scale = self.budget_k(k_raw, k_raw_mean, schedule)
-        if self.uses_reservoir:
-            kept = getattr(self, _RESERVOIR_ROWS)
-            batch_rows = k_raw.numel()
-            keep_rows(kept, step_input.sae_in, seen=schedule.step * batch_rows)
-            if schedule.last:
-                self._set_k_scale_from(kept, held_rows(kept, (schedule.step + 1) * batch_rows))
+        self.keep_for_k_scale(step_input.sae_in, schedule, rows=k_raw.numel())
         return SoftTrainingInputs(
             schedule, hidden_pre, self.hook_sae_k(k_hat), k_raw, k_scale, k_raw_mean
         )

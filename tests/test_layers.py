@@ -17,6 +17,7 @@ LAYERS: list[set[str]] = [
     {"soft_topk"},  # the operator
     # the architecture: configs, the classes' shared parts, the training sample behind k_scale
     {"soft_config", "soft_encoder", "soft_reservoir"},
+    {"soft_k_budget"},  # the architecture: the k budget of training
     {"soft_sae"},  # the architecture: the inference and training classes
     {"registration", "hub"},  # SAELens's registry, the Hugging Face layout
     {"cache", "flags"},  # where built files are cached; command lines from config dataclasses
@@ -118,12 +119,14 @@ def test_the_architecture_knows_nothing_above_it():
         "softsae_lens.soft_config",
         "softsae_lens.soft_encoder",
         "softsae_lens.soft_reservoir",
+        "softsae_lens.soft_k_budget",
         "softsae_lens.soft_sae",
     ):
         above = [
             t
             for _, t in _internal(module)
-            if _unit(t) not in {"soft_topk", "soft_config", "soft_encoder", "soft_reservoir"}
+            if _unit(t)
+            not in {"soft_topk", "soft_config", "soft_encoder", "soft_reservoir", "soft_k_budget"}
         ]
         assert not above, f"{module} imports {above}"
 
