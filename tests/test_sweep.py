@@ -389,6 +389,9 @@ def test_sweep_runs_on_a_local_hugging_face_folder(tmp_path):
     assert (reparsed.d_sae, reparsed.layer, reparsed.targets) == (64, 1, (4,))
     saved["command"] = command
     assert f"## {folder.name} (the sweep)" in markdown([saved], [])
+    assert "SoftSAE (normalize)" in markdown([saved], [])
+    saved["config"]["soft_k_max_factor"] = 4.0  # a wider ceiling is named in every row
+    assert "SoftSAE (normalize, k_max 4k)" in markdown([saved], [])
 
 
 def test_matched_l0_rows_interpolate_topk_in_log_l0():
