@@ -52,8 +52,12 @@ EXPERIMENTS = (
         "k-budget",
         "l0/results.md",
         "python -m softsae_lens.experiments.k_budget --sweeps out/sweep out/l0/sweep_2x "
-        "out/l0/sweep_4x out/real2m out/gemma_sweep --synthetic out/l0/synth_1000 out/l0/synth_2000 "
-        "--out out/l0 (each written by the command its page names)",
+        "out/l0/sweep_4x 'out/l0/sweep_4x_res=k_scale_reservoir, ba669bd' out/l0/k4_100000 "
+        "out/l0/k4_200000 out/real2m out/gemma_sweep --synthetic out/l0/synth_1000 "
+        "'out/l0/synth_1000_res=k_scale_reservoir' "
+        "'out/l0/synth_1000_k4=k_scale_reservoir, rerun with the k_max arms' out/l0/synth_2000 "
+        "'out/l0/synth_2000_res=k_scale_reservoir' --out out/l0 (each written by the command "
+        "its page names)",
         "Results of the k budget: held-out L0 against the target",
         "k-budget.md",
     ),
