@@ -418,3 +418,29 @@ def test_matched_l0_rows_interpolate_topk_in_log_l0():
     rows = {r["metric"]: r for r in matched_l0_rows({"runs": runs})}
     assert rows["explained_variance"]["topk"] == pytest.approx(0.85)
     assert rows["explained_variance"]["difference"] == pytest.approx(-0.05)
+
+
+def test_an_sae_does_not_depend_on_the_other_saes_in_its_sweep(tmp_path):
+    """The stream's shuffle draws from the global generator, which building each SAE also
+    draws from: SoftSAE trained alone must equal SoftSAE trained beside TopK (built last)."""
+    from safetensors.torch import load_file
+
+    model = tiny_lm()
+    text = tokenize_corpus(
+        load_corpus(("pydoc",)), model.tokenizer, CTX, use_cache=False, progress=False
+    )
+    weights = {}
+    for archs in (("soft",), ("soft", "topk")):
+        cfg = SweepConfig(
+            architectures=archs,
+            targets=(4,),
+            tokens=128 * 20,
+            out=tmp_path / "-".join(archs),
+            **TINY_RUN,
+        )
+        run_sweep(cfg, model=model, hook_name=HOOK, model_name="tiny", text=text)
+        weights[archs] = load_file(cfg.out / "saes" / "soft-4" / "sae_weights.safetensors")
+    alone, beside = weights.values()
+    assert alone.keys() == beside.keys()
+    for name in alone:
+        assert torch.equal(alone[name], beside[name]), name

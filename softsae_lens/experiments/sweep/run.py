@@ -180,6 +180,12 @@ def compare(
         saes, knobs = build_saes(cfg, sae_cfgs, None)
         if cfg.b_dec_init == "mean":
             start_at_training_mean(saes, model, hook_name, text, cfg.label)
+    # SAELens's mixing buffer shuffles the stream with the global generator, and building an SAE
+    # draws from it (SoftSAE's estimator more than TopK's): without this the training order,
+    # and so every SAE, would depend on which architecture the sweep built last, and a subset
+    # of a sweep (--targets 32, or one side of two sweeps side by side) would not reproduce it.
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
     cfg.out.mkdir(parents=True, exist_ok=True)
     cache_metrics = None
     if cfg.activation_cache is not None:
