@@ -85,6 +85,8 @@ def test_quick_mode_runs_every_offline_eval_and_reports(tmp_path):
     assert (out / "results.md").read_text().startswith("# SAEBench")
     assert (out / "plot.png").stat().st_size > 0
     assert set(results["saes"]) == {"soft-8", "topk-8", "batchtopk-8"}
+    # the first-letter probe is filed under the run's own folder, by the SAEs' model name
+    assert list((out / "work" / "absorption" / "probes").glob("*/layer_*/probe.pth"))
     for name, entry in results["saes"].items():
         evals = entry["evals"]
         errors = {e: r["error"] for e, r in evals.items() if r["error"]}
@@ -194,3 +196,8 @@ def test_absorption_model_stops_after_the_hooks_block_and_caches_the_same_activa
     assert "blocks.2.hook_resid_post" not in cache  # the later blocks did not run
     assert out.shape == (2, 12, model.cfg.d_model)  # the residual stream, not logits
     assert short.cfg is model.cfg and short.tokenizer is model.tokenizer
+    # SAEBench files its probe under probes_dir / cfg.model_name: a local model's absolute path
+    # there would put the probe beside the weights, so the wrapper can carry a plain name
+    named = ForwardToHookLayer(model, layer=0, model_name="tiny")
+    assert named.cfg.model_name == "tiny" and model.cfg.model_name != "tiny"
+    assert named.cfg.d_model == model.cfg.d_model and named.tokenizer is model.tokenizer

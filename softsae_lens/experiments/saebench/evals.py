@@ -18,6 +18,7 @@ here calls the step below it with the local object instead (no patching):
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import math
@@ -150,11 +151,19 @@ class ForwardToHookLayer:
     later block and the unembedding run for nothing (25 of SmolLM2's 30 blocks at layer 5, and a
     49,152-token unembedding). Handing SAEBench this object instead of the model is an argument,
     not a patch: the activations it reads are the same (``tests/test_saebench.py``).
+
+    ``model_name`` replaces ``cfg.model_name`` in a copy of the model's config: SAEBench files its
+    first-letter probe under ``probes_dir / cfg.model_name``, and a model booted from a local
+    folder is named by that folder's absolute path, which would put the probe there (next to
+    the model's weights) instead of under ``probes_dir``.
     """
 
-    def __init__(self, model: Any, layer: int) -> None:
+    def __init__(self, model: Any, layer: int, model_name: str | None = None) -> None:
         self._model = model
         self._stop_at_layer = layer + 1
+        if model_name is not None:
+            self.cfg = copy.copy(model.cfg)
+            self.cfg.model_name = model_name
 
     def run_with_cache(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("stop_at_layer", self._stop_at_layer)
@@ -173,8 +182,10 @@ def run_absorption(name: str, sae: Any, model: Any, dataset: Any, cfg: SaebenchC
     ec = AbsorptionEvalConfig(model_name=str(sae.cfg.metadata.model_name))
     root = work / "absorption"
     layer = sae.cfg.metadata.hook_layer
+    # a plain name, so the probe lands under probes_dir (SAEBench joins it to the path)
+    probe_name = Path(str(sae.cfg.metadata.model_name)).name or "model"
     common = {
-        "model": ForwardToHookLayer(model, layer),
+        "model": ForwardToHookLayer(model, layer, model_name=probe_name),
         "sae": sae,
         "layer": layer,
         "sae_name": name,
