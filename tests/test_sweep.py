@@ -161,12 +161,18 @@ TINY_RUN = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_sweep(tmp_path_factory):
+def tiny_model_and_text():
+    """The tiny model and the pydoc corpus tokenised for it: what every sweep here trains on."""
     model = tiny_lm()
     text = tokenize_corpus(
         load_corpus(("pydoc",)), model.tokenizer, CTX, use_cache=False, progress=False
     )
+    return model, text
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    model, text = tiny_model_and_text()
     cfg = SweepConfig(
         targets=TARGETS, tokens=128 * 80, out=tmp_path_factory.mktemp("sweep"), **TINY_RUN
     )
@@ -285,10 +291,7 @@ def test_sweep_writes_its_files_and_replots(tiny_sweep):
 
 
 def test_sweep_trains_from_an_activation_cache_it_computes_once(tmp_path):
-    model = tiny_lm()
-    text = tokenize_corpus(
-        load_corpus(("pydoc",)), model.tokenizer, CTX, use_cache=False, progress=False
-    )
+    model, text = tiny_model_and_text()
     common = dict(targets=(4,), tokens=128 * 40, activation_cache=tmp_path / "cache", **TINY_RUN)
     first = SweepConfig(
         architectures=("soft", "topk", "jumprelu", "matching_pursuit"),
@@ -425,10 +428,7 @@ def test_an_sae_does_not_depend_on_the_other_saes_in_its_sweep(tmp_path):
     draws from: SoftSAE trained alone must equal SoftSAE trained beside TopK (built last)."""
     from safetensors.torch import load_file
 
-    model = tiny_lm()
-    text = tokenize_corpus(
-        load_corpus(("pydoc",)), model.tokenizer, CTX, use_cache=False, progress=False
-    )
+    model, text = tiny_model_and_text()
     weights = {}
     for archs in (("soft",), ("soft", "topk")):
         cfg = SweepConfig(
