@@ -201,3 +201,47 @@ def test_absorption_model_stops_after_the_hooks_block_and_caches_the_same_activa
     named = ForwardToHookLayer(model, layer=0, model_name="tiny")
     assert named.cfg.model_name == "tiny" and model.cfg.model_name != "tiny"
     assert named.cfg.d_model == model.cfg.d_model and named.tokenizer is model.tokenizer
+
+
+def test_decoder_rows_are_folded_to_unit_norm_where_that_keeps_the_sae_the_same(capsys):
+    # SAEBench's absorption scores a latent by activation * cos(probe, decoder row), so rows of
+    # norm 3 understate a JumpReLU latent's share threefold; SAEBench folds only SAEs it loads by id
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, TopKSAE, TopKSAEConfig
+
+    from softsae_lens.experiments.saebench.evals import unit_norm_decoder
+
+    torch.manual_seed(0)
+    jumprelu = JumpReLUSAE(JumpReLUSAEConfig(d_in=16, d_sae=48))
+    with torch.no_grad():
+        jumprelu.W_enc.normal_()
+        jumprelu.threshold.fill_(0.5)
+        jumprelu.W_dec.mul_(
+            torch.linspace(0.3, 8.0, 48)[:, None] / jumprelu.W_dec.norm(dim=-1, keepdim=True)
+        )
+    x = torch.randn(64, 16)
+    before = jumprelu.encode(x)
+    recon_before = jumprelu.decode(before)
+    assert (before > 0).float().mean() > 0.05  # the check below compares firing latents, not zeros
+
+    folded = unit_norm_decoder("jumprelu", jumprelu)
+    after = folded.encode(x)
+    torch.testing.assert_close(folded.W_dec.norm(dim=-1), torch.ones(48))
+    assert torch.equal(before > 0, after > 0)
+    torch.testing.assert_close(folded.decode(after), recon_before, rtol=1e-4, atol=1e-4)
+    assert "folded decoder norms (median" in capsys.readouterr().out
+
+    # TopK's selection would change under the fold, so SAELens refuses it and the SAE stays as is
+    topk = TopKSAE(TopKSAEConfig(d_in=16, d_sae=48, k=4))
+    with torch.no_grad():
+        topk.W_dec.mul_(3.0)
+    weights = topk.W_dec.detach().clone()
+    assert unit_norm_decoder("topk", topk) is topk
+    assert torch.equal(topk.W_dec, weights)
+    assert "cannot be folded" in capsys.readouterr().out
+
+    # unit rows: untouched, and silent
+    unit = TopKSAE(TopKSAEConfig(d_in=16, d_sae=48, k=4))
+    with torch.no_grad():
+        unit.W_dec.div_(unit.W_dec.norm(dim=-1, keepdim=True))
+    assert unit_norm_decoder("unit", unit) is unit
+    assert capsys.readouterr().out == ""

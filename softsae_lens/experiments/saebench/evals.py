@@ -32,7 +32,7 @@ import torch
 
 from softsae_lens.experiments.saebench.config import SaebenchConfig
 
-__all__ = ["EVAL_FUNCTIONS", "ForwardToHookLayer", "prepare_sae"]
+__all__ = ["EVAL_FUNCTIONS", "ForwardToHookLayer", "prepare_sae", "unit_norm_decoder"]
 
 
 def prepare_sae(name: str, sae: Any, model_name: str, cfg: SaebenchConfig) -> Any:
@@ -45,7 +45,33 @@ def prepare_sae(name: str, sae: Any, model_name: str, cfg: SaebenchConfig) -> An
     if meta.prepend_bos is None:
         meta.prepend_bos = True
     _, sae, _ = load_and_format_sae(name, sae, cfg.device)
-    return sae.to(cfg.device)
+    return unit_norm_decoder(name, sae).to(cfg.device)
+
+
+@torch.no_grad()
+def unit_norm_decoder(name: str, sae: Any) -> Any:
+    """The SAE with unit-norm decoder rows, folded by SAELens's own ``fold_W_dec_norm``.
+
+    SAEBench folds the decoder norms of the SAEs it loads by id but only warns for SAE objects,
+    and absorption scores a latent by ``activation * cos(probe, W_dec row)``, which assumes unit
+    rows: a JumpReLU SAE trained by SAELens keeps rows of norm ~0.4-8, and its absorption read
+    ~0.02 because its latents' probe projections were understated by that factor. The fold keeps
+    the SAE's function (SAELens scales JumpReLU's threshold with it and refuses where it would
+    not, as for TopK without ``rescale_acts_by_decoder_norm``: that SAE is left as it is).
+    """
+    norms = sae.W_dec.norm(dim=-1)
+    if torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
+        return sae
+    try:
+        sae.fold_W_dec_norm()
+    except NotImplementedError as err:
+        print(f"[saebench] {name}: decoder rows are not unit norm and cannot be folded ({err})")
+        return sae
+    print(
+        f"[saebench] {name}: folded decoder norms (median {norms.median().item():.3g}, "
+        f"{norms.min().item():.3g}-{norms.max().item():.3g}) into the encoder"
+    )
+    return sae
 
 
 def _store(sae: Any, model: Any, dataset: Any, cfg: SaebenchConfig) -> Any:
