@@ -116,6 +116,19 @@ EXPERIMENTS = (
         "Results of SAEBench, offline: 15 SAEs trained on 2M tokens of SmolLM2-135M's layer 5",
         "saebench.md",
     ),
+    Experiment(
+        "saebench-absorption-32",
+        "saebench_absorption_32/results.md",
+        "python -m softsae_lens.experiments.sweep --architectures A --targets 32 --tokens 2000000 "
+        "--out out/real2m/A for each architecture A (SoftSAE and TopK under out/real2m/a and b), "
+        "then .venv-saebench/bin/python -m softsae_lens.experiments.saebench --evals absorption "
+        "--probe-datasets 96_spam_is 113_movie_sent 5_hist_fig_ismale --saes "
+        "out/real2m/A/saes/A-32 (one process per core, default --out out/saebench, that folder "
+        "then copied to out/saebench_absorption_32 so the 15-SAE report keeps its own)",
+        "Results of SAEBench's absorption eval: SoftSAE and four SAELens architectures at target "
+        "L0 32, trained on 2M tokens of SmolLM2-135M's layer 5",
+        "saebench.md#the-real-budget-run",
+    ),
 )
 
 _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
