@@ -245,3 +245,32 @@ def test_decoder_rows_are_folded_to_unit_norm_where_that_keeps_the_sae_the_same(
         unit.W_dec.div_(unit.W_dec.norm(dim=-1, keepdim=True))
     assert unit_norm_decoder("unit", unit) is unit
     assert capsys.readouterr().out == ""
+
+
+def test_results_from_before_the_fold_are_redone_only_where_the_fold_changes_them(tmp_path):
+    # a JumpReLU SAE evaluated before the runner folded decoder norms read absorption 0.017
+    # instead of 0.130: a resumed run must not keep that; unit-row SAEs' results stay valid
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, TopKSAE, TopKSAEConfig
+
+    from softsae_lens.experiments.saebench.config import SaebenchConfig
+    from softsae_lens.experiments.saebench.run import PER_SAE, _earlier_result, _weights_digest
+
+    cfg = SaebenchConfig(out=tmp_path / "out")
+    (cfg.out / PER_SAE).mkdir(parents=True)
+    jumprelu = JumpReLUSAE(JumpReLUSAEConfig(d_in=8, d_sae=16))
+    with torch.no_grad():
+        jumprelu.W_dec.mul_(3.0 / jumprelu.W_dec.norm(dim=-1, keepdim=True))
+    unit = TopKSAE(TopKSAEConfig(d_in=8, d_sae=16, k=2))
+    with torch.no_grad():
+        unit.W_dec.div_(unit.W_dec.norm(dim=-1, keepdim=True))
+    for name, sae in (("jumprelu-2", jumprelu), ("topk-2", unit)):
+        sae.save_model(tmp_path / name)
+
+    def saved(name, **extra):
+        entry = {"weights_sha256": _weights_digest(tmp_path / name), "evals": {}, **extra}
+        (cfg.out / PER_SAE / f"{name}.json").write_text(json.dumps(entry))
+        return _earlier_result(cfg, name, tmp_path / name)
+
+    assert saved("jumprelu-2") is None  # unfolded rows, no marker: redone
+    assert saved("jumprelu-2", decoder_norms_folded=True) is not None
+    assert saved("topk-2") is not None  # unit rows: the fold changes nothing, kept

@@ -32,7 +32,13 @@ import torch
 
 from softsae_lens.experiments.saebench.config import SaebenchConfig
 
-__all__ = ["EVAL_FUNCTIONS", "ForwardToHookLayer", "prepare_sae", "unit_norm_decoder"]
+__all__ = [
+    "EVAL_FUNCTIONS",
+    "ForwardToHookLayer",
+    "has_unit_norm_rows",
+    "prepare_sae",
+    "unit_norm_decoder",
+]
 
 
 def prepare_sae(name: str, sae: Any, model_name: str, cfg: SaebenchConfig) -> Any:
@@ -44,13 +50,20 @@ def prepare_sae(name: str, sae: Any, model_name: str, cfg: SaebenchConfig) -> An
     meta.context_size = cfg.context_size
     if meta.prepend_bos is None:
         meta.prepend_bos = True
-    _, sae, _ = load_and_format_sae(name, sae, cfg.device)
-    return unit_norm_decoder(name, sae).to(cfg.device)
+    # folded first, so that SAEBench's own decoder-norm check sees the rows it will evaluate
+    _, sae, _ = load_and_format_sae(name, unit_norm_decoder(name, sae), cfg.device)
+    return sae.to(cfg.device)
+
+
+def has_unit_norm_rows(W_dec: torch.Tensor) -> bool:
+    """Whether every decoder row has norm 1 (to 1e-4): what SAEBench's metrics assume."""
+    norms = W_dec.detach().norm(dim=-1)
+    return torch.allclose(norms, torch.ones_like(norms), atol=1e-4)
 
 
 @torch.no_grad()
 def unit_norm_decoder(name: str, sae: Any) -> Any:
-    """The SAE with unit-norm decoder rows, folded by SAELens's own ``fold_W_dec_norm``.
+    """``sae`` with unit-norm decoder rows, folded in place by SAELens's own ``fold_W_dec_norm``.
 
     SAEBench folds the decoder norms of the SAEs it loads by id but only warns for SAE objects,
     and absorption scores a latent by ``activation * cos(probe, W_dec row)``, which assumes unit
@@ -59,9 +72,9 @@ def unit_norm_decoder(name: str, sae: Any) -> Any:
     the SAE's function (SAELens scales JumpReLU's threshold with it and refuses where it would
     not, as for TopK without ``rescale_acts_by_decoder_norm``: that SAE is left as it is).
     """
-    norms = sae.W_dec.norm(dim=-1)
-    if torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
+    if has_unit_norm_rows(sae.W_dec):
         return sae
+    norms = sae.W_dec.norm(dim=-1)
     try:
         sae.fold_W_dec_norm()
     except NotImplementedError as err:

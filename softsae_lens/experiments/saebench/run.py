@@ -268,6 +268,7 @@ def run(cfg: SaebenchConfig) -> dict[str, Any]:
             "weights_sha256": _weights_digest(path),
             "evals": {},
         }
+        entry["decoder_norms_folded"] = True  # prepare_sae folded them (a no-op on unit rows)
         if sae_hook not in kh_cache:
             kh_cache[sae_hook] = cache_activations(
                 model, sae_hook, eval_docs, 20_000, cfg.context_size, cfg.out / "cache", model_name
@@ -308,14 +309,30 @@ def _weights_digest(folder: Path) -> str | None:
 
 def _earlier_result(cfg: SaebenchConfig, name: str, path: Path) -> dict[str, Any] | None:
     """This SAE's results from an earlier run into ``cfg.out``, if they are of the same weights
-    (a retrained SAE is evaluated again from scratch); its finished evals are kept."""
+    (a retrained SAE is evaluated again from scratch); its finished evals are kept. Results of
+    an SAE whose decoder rows are not unit norm, from before the runner folded them
+    (``evals.unit_norm_decoder``), are not the same measurement and are redone."""
     saved = cfg.out / PER_SAE / f"{name}.json"
     if not saved.exists():
         return None
     entry = json.loads(saved.read_text())
     if entry.get("weights_sha256") != _weights_digest(path):
         return None
+    if not entry.get("decoder_norms_folded") and not _unit_norm_rows_on_disk(path):
+        return None
     return entry
+
+
+def _unit_norm_rows_on_disk(folder: Path) -> bool:
+    from safetensors import safe_open
+
+    from softsae_lens.experiments.saebench.evals import has_unit_norm_rows
+
+    weights_file = Path(folder) / "sae_weights.safetensors"
+    if not weights_file.exists():  # nothing to compare: the digest check decides
+        return True
+    with safe_open(str(weights_file), framework="pt") as weights:
+        return has_unit_norm_rows(weights.get_tensor("W_dec"))
 
 
 def _jsonable(obj: Any) -> Any:
